@@ -1,0 +1,156 @@
+"""One training run: plain SGD, recording the layers' spectral norms every `record_every` steps.
+
+Read it top to bottom: seeds -> data -> model -> loop -> record. Tensors stay on the device;
+the recorded values go into one preallocated device tensor and cross to the host once, at
+the end. The only per-record host sync is the divergence check.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lipbench.data import Dataset
+from lipbench.lipschitz import spectral_norms
+from lipbench.models import build_model, initialise, lipschitz_layers
+from lipbench.records import RunRecord
+from lipbench.suite import RunSpec
+
+MONITOR_SIZE = 1024  # training samples on which loss and accuracy are recorded
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def stream_seed(*parts: int) -> int:
+    """An independent 63-bit seed for a named random stream (numpy's SeedSequence mixes the parts)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def record_steps(steps: int, record_every: int) -> list[int]:
+    marks = list(range(0, steps + 1, record_every))
+    return marks if marks[-1] == steps else [*marks, steps]
+
+
+def corrupt_labels(y: torch.Tensor, p: float, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """Replace each label, with probability p, by a class drawn uniformly (it may redraw the true one)."""
+    if p == 0:
+        return y
+    mask = torch.rand(y.shape, generator=generator) < p
+    drawn = torch.randint(num_classes, y.shape, generator=generator)
+    return torch.where(mask.to(y.device), drawn.to(y.device), y)
+
+
+def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> RunRecord:
+    """Train one run of a claim and return its record; a non-finite loss stops it early."""
+    sc, device = spec.scenario, torch.device(device)
+    started = time.perf_counter()
+    # Separate streams: the init seed alone fixes the weights; sampling, labels and noise have their own.
+    init_gen = torch.Generator().manual_seed(spec.init_seed)
+    label_gen = torch.Generator().manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 1))
+    batch_gen = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 2))
+
+    x_train = data.x_train.to(device)
+    y_train = corrupt_labels(data.y_train, sc.label_noise, data.num_classes, label_gen).to(device)
+    n = x_train.shape[0]
+    x_mon, y_mon = x_train[:MONITOR_SIZE], y_train[:MONITOR_SIZE]
+
+    m = sc.model
+    model = build_model(
+        m.name, data.input_shape, data.num_classes,
+        hidden=m.hidden, width=m.width, dropout=m.dropout, batch_norm=m.batch_norm,
+    )  # fmt: skip
+    initialise(model, init_gen, m.init, m.init_std)  # on the CPU, so every device starts from the same bits
+    model.to(device)
+    layers = [module for _, module in lipschitz_layers(model)]
+    layer_names = [f"{name}.weight" for name, _ in lipschitz_layers(model)]
+    opt = torch.optim.SGD(model.parameters(), lr=sc.optimizer.lr, momentum=0.0, weight_decay=sc.optimizer.weight_decay)
+    b, g = sc.optimizer.batch_size, sc.gradient
+    noise_amp = g.noise_std * (math.sqrt(3.0) if g.noise == "uniform" else 1.0)
+
+    marks = record_steps(sc.steps, sc.record_every)
+    probe_sde = "sde" in sc.record
+    names = [f"sigma_{i}" for i in range(len(layers))] + ["loss", "accuracy"]
+    buffer = torch.full((len(marks), len(names) + (64 if probe_sde else 0)), math.nan, device=device)
+    sde_keys: list[str] = []
+    order = torch.randperm(n, generator=batch_gen, device=device) if sc.sampling == "without_replacement" else None
+    diverged_at, row, pos = None, 0, 0
+
+    for step in range(sc.steps + 1):
+        if order is None:
+            idx = torch.randint(n, (b,), generator=batch_gen, device=device)
+        else:
+            if pos + b > n:  # a new epoch: reshuffle; the incomplete tail is dropped
+                order, pos = torch.randperm(n, generator=batch_gen, device=device), 0
+            idx, pos = order[pos : pos + b], pos + b
+        xb, yb = x_train[idx], y_train[idx]
+
+        if step == marks[row]:
+            model.eval()
+            with torch.no_grad():
+                logits = model(x_mon)
+                buffer[row, : len(layers)] = spectral_norms(layers)
+                buffer[row, len(layers)] = F.cross_entropy(logits, y_mon)
+                buffer[row, len(layers) + 1] = (logits.argmax(1) == y_mon).float().mean()
+            if probe_sde:
+                from lipbench.sde import measure_sde_terms
+
+                terms = measure_sde_terms(model, layer_names, xb, yb, F.cross_entropy, sc.optimizer.lr).as_dict()
+                sde_keys = list(terms)
+                buffer[row, len(names) : len(names) + len(terms)] = torch.stack(list(terms.values()))
+            model.train()
+            if not bool(torch.isfinite(buffer[row, : len(layers) + 1]).all()):  # host sync, once per record
+                diverged_at = step
+                break
+            row += 1
+        if step == sc.steps:
+            break
+
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in model.parameters():
+            if g.scale != 1.0:
+                p.grad.mul_(g.scale)
+            if g.noise == "gaussian":
+                p.grad.add_(torch.randn(p.shape, generator=batch_gen, device=device), alpha=noise_amp)
+            elif g.noise == "uniform":
+                p.grad.add_(torch.rand(p.shape, generator=batch_gen, device=device).mul_(2).sub_(1), alpha=noise_amp)
+        opt.step()
+
+    kept = row if diverged_at is None else row + 1
+    values = buffer[:kept].double().cpu().numpy()  # the one transfer to the host
+    metrics = {name: values[:, i] for i, name in enumerate(names)}
+    metrics.update({k: values[:, len(names) + i] for i, k in enumerate(sde_keys)})
+    sigmas = values[:, : len(layers)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        metrics["log_K"] = np.log(sigmas).sum(axis=1)
+        metrics["K"] = np.exp(metrics["log_K"])
+    summary: dict[str, float] = {}
+    if diverged_at is None:
+        model.eval()
+        with torch.no_grad():
+            xt, yt = data.x_test[:10_000].to(device), data.y_test[:10_000].to(device)
+            summary["test_accuracy"] = float((model(xt).argmax(1) == yt).float().mean())
+    return RunRecord(
+        claim=spec.claim,
+        run_id=spec.run_id,
+        sweep_value=spec.sweep_value,
+        init_seed=spec.init_seed,
+        sampling_seed=spec.sampling_seed,
+        steps=np.asarray(marks[:kept], dtype=np.int64),
+        metrics=metrics,
+        diverged_at=diverged_at,
+        seconds=time.perf_counter() - started,
+        device=str(device),
+        summary=summary,
+    )

@@ -1,0 +1,22 @@
+"""Errors a user can act on: each prints as one line, with no traceback."""
+
+from __future__ import annotations
+
+
+class LipbenchError(Exception):
+    """A problem with the user's input or environment, printed as one line."""
+
+    exit_code = 2
+
+
+class SuiteError(LipbenchError):
+    """A suite file that cannot be loaded: names the file, the key path and what is allowed."""
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        self.file, self.key, self.message = str(file), key, message
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(f"{where}: {message}")
+
+
+class DatasetUnavailable(LipbenchError):
+    """A dataset that is not on disk and may not be downloaded; the message says how to get it."""

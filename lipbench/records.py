@@ -1,0 +1,81 @@
+"""What a training run hands back: its recorded steps, as plain numpy arrays."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class RunRecord:
+    """The record of one training run; `metrics` maps a name (K, log_K, loss, sigma_0 ...) to one value per step."""
+
+    claim: str
+    run_id: str
+    sweep_value: float | None
+    init_seed: int
+    sampling_seed: int
+    steps: np.ndarray
+    metrics: dict[str, np.ndarray]
+    diverged_at: int | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    device: str = "cpu"
+    summary: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.diverged_at is None
+
+    @property
+    def problem(self) -> str | None:
+        if self.error:
+            return f"run {self.run_id} failed: {self.error}"
+        if self.diverged_at is not None:
+            return (
+                f"run {self.run_id} diverged (non-finite loss or weights) at step {self.diverged_at}; "
+                "lower scenario.optimizer.lr"
+            )
+        return None
+
+    def frame(self) -> pd.DataFrame:
+        """Long format, one row per recorded step: the table the assertions read."""
+        df = pd.DataFrame({"step": self.steps, **self.metrics})
+        df.insert(0, "sampling_seed", self.sampling_seed)
+        df.insert(0, "init_seed", self.init_seed)
+        df.insert(0, "sweep_value", math.nan if self.sweep_value is None else self.sweep_value)
+        df.insert(0, "run", self.run_id)
+        return df
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "claim": self.claim,
+            "run_id": self.run_id,
+            "sweep_value": self.sweep_value,
+            "init_seed": self.init_seed,
+            "sampling_seed": self.sampling_seed,
+            "steps": self.steps.tolist(),
+            "metrics": {k: v.tolist() for k, v in self.metrics.items()},
+            "diverged_at": self.diverged_at,
+            "error": self.error,
+            "seconds": self.seconds,
+            "device": self.device,
+            "summary": self.summary,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+        d = dict(d)
+        d["steps"] = np.asarray(d["steps"], dtype=np.int64)
+        d["metrics"] = {k: np.asarray(v, dtype=np.float64) for k, v in d["metrics"].items()}
+        return cls(**d)
+
+
+def records_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """All runs' rows in one long table (only runs that finished cleanly)."""
+    frames = [r.frame() for r in records if r.ok]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,203 @@
+"""Plans the runs of claims, trains them in long-lived worker processes, and judges each claim.
+
+The runner knows nothing of MLflow, baselines or the terminal: callers pass `on_progress`
+and `on_claim_done` and do their own logging, so the CLI and the pytest plugin share it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+from lipbench.assertions import AssertionResult
+from lipbench.errors import LipbenchError
+from lipbench.records import RunRecord, records_frame
+from lipbench.suite import ResolvedClaim, RunSpec
+
+PASS, FAIL, ERROR, XFAIL, XPASS, SKIPPED = "PASS", "FAIL", "ERROR", "XFAIL", "XPASS", "SKIPPED"
+MAX_ATTEMPTS = 2  # a run whose worker process dies is tried once more in a fresh pool
+
+
+@dataclass
+class ClaimOutcome:
+    """A claim's runs, its assertion result and its status (before any baseline comparison)."""
+
+    claim: ResolvedClaim
+    status: str
+    records: list[RunRecord] = field(default_factory=list)
+    result: AssertionResult | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def sentence(self) -> str:
+        if self.error:
+            return self.error
+        return self.result.sentence if self.result else ""
+
+
+def default_workers(device: str, runs: int) -> int:
+    if device.startswith("cuda"):
+        import torch
+
+        return max(1, min(torch.cuda.device_count(), runs))
+    return max(1, min(os.cpu_count() or 1, runs))
+
+
+def run_claims(
+    claims: list[ResolvedClaim],
+    *,
+    device: str = "auto",
+    workers: int | None = None,
+    data_root: str | None = None,
+    on_progress: Callable[[ResolvedClaim, int, int], None] | None = None,
+    on_claim_done: Callable[[ClaimOutcome], None] | None = None,
+) -> list[ClaimOutcome]:
+    """Train every run of every claim (in parallel when workers > 1) and judge each claim."""
+    from lipbench.engine import resolve_device
+
+    device = str(resolve_device(device)) if device == "auto" else device
+    outcomes: dict[str, ClaimOutcome] = {}
+    pending: dict[str, list[RunSpec]] = {}
+    started: dict[str, float] = {}
+    for claim in claims:
+        problem = _precheck(claim, device)
+        if problem is not None:
+            outcomes[claim.name] = problem
+        else:
+            pending[claim.name] = claim.runs()
+            started[claim.name] = time.perf_counter()
+    by_name = {c.name: c for c in claims}
+    done_records: dict[str, list[RunRecord]] = {name: [] for name in pending}
+
+    def finish(name: str) -> None:
+        claim = by_name[name]
+        outcome = judge(claim, done_records[name], time.perf_counter() - started[name])
+        outcomes[name] = outcome
+        if on_claim_done:
+            on_claim_done(outcome)
+
+    for name, outcome in list(outcomes.items()):
+        if on_claim_done:
+            on_claim_done(outcome)
+
+    def collect(record: RunRecord) -> None:
+        name = record.claim
+        done_records[name].append(record)
+        if on_progress:
+            on_progress(by_name[name], len(done_records[name]), len(pending[name]))
+        if len(done_records[name]) == len(pending[name]):
+            finish(name)
+
+    specs = [spec for name in pending for spec in pending[name]]
+    n_workers = workers or default_workers(device, len(specs))
+    if n_workers <= 1 or len(specs) <= 1:
+        for spec in specs:
+            collect(execute_run(spec, device, data_root))
+    else:
+        _run_in_pool(specs, n_workers, device, data_root, collect)
+    return [outcomes[c.name] for c in claims]
+
+
+def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) -> ClaimOutcome:
+    """The claim's status from its records: ERROR if any run failed, else the assertion's verdict."""
+    records = sorted(records, key=lambda r: r.run_id)
+    problems = [r.problem for r in records if not r.ok]
+    if problems:
+        more = f" (and {len(problems) - 1} more runs)" if len(problems) > 1 else ""
+        return ClaimOutcome(claim, ERROR, records, error=problems[0] + more, seconds=seconds)
+    try:
+        frame = records_frame(records)
+        frame.attrs["sweep_name"] = claim.sweep_name
+        result = claim.claim.assertion.evaluate(frame)
+    except ValueError as e:
+        return ClaimOutcome(claim, ERROR, records, error=f"assertion could not be computed: {e}", seconds=seconds)
+    if claim.claim.expect == "fail":
+        status = XPASS if result.passed else XFAIL
+    else:
+        status = PASS if result.passed else FAIL
+    return ClaimOutcome(claim, status, records, result=result, seconds=seconds)
+
+
+def _precheck(claim: ResolvedClaim, device: str) -> ClaimOutcome | None:
+    if claim.claim.scenario.device == "cuda" and not device.startswith("cuda"):
+        return ClaimOutcome(claim, SKIPPED, error="needs a CUDA device (scenario.device: cuda); none is in use")
+    problem = claim.design_problem()
+    if problem:
+        return ClaimOutcome(claim, ERROR, error=f"{claim.file}: seeds/sweep/record_every: {problem.rstrip('.')}")
+    return None
+
+
+def execute_run(spec: RunSpec, device: str, data_root: str | None) -> RunRecord:
+    """Train one run; every failure becomes the record's `error` instead of an exception."""
+    from lipbench.data import load_dataset
+    from lipbench.engine import train
+
+    try:
+        d = spec.scenario.dataset
+        data = load_dataset(
+            d.name, root=data_root, train_size=d.train_size, test_size=d.test_size,
+            synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes,
+            synthetic_size=d.synthetic_size,
+        )  # fmt: skip
+        return train(spec, data, device)
+    except LipbenchError as e:
+        return _failed(spec, str(e))
+    except Exception as e:  # a bug or a resource problem: keep the claim going, say where
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        return _failed(spec, f"{type(e).__name__}: {e} (at {os.path.basename(where.filename)}:{where.lineno})")
+
+
+def _failed(spec: RunSpec, message: str) -> RunRecord:
+    import numpy as np
+
+    return RunRecord(spec.claim, spec.run_id, spec.sweep_value, spec.init_seed, spec.sampling_seed,
+                     np.zeros(0, dtype=np.int64), {}, error=message)  # fmt: skip
+
+
+def _init_worker(threads: int, counter, gpus: int) -> None:
+    """Each worker limits its CPU threads and, with GPUs, takes one (its index modulo the count)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if gpus:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        torch.cuda.set_device(index % gpus)
+
+
+def _run_in_pool(specs: list[RunSpec], n_workers: int, device: str, data_root: str | None, collect) -> None:
+    ctx = mp.get_context("spawn")  # fork after torch (or CUDA) is initialised is unsafe
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    gpus = 0
+    if device.startswith("cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+    attempts = {s.run_id: 0 for s in specs}
+    queue = list(specs)
+    while queue:
+        counter = ctx.Value("i", 0)
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(threads, counter, gpus)) as pool:  # fmt: skip
+            futures: dict[Future, RunSpec] = {pool.submit(execute_run, s, device, data_root): s for s in queue}
+            queue = []
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    spec = futures.pop(fut)
+                    try:
+                        collect(fut.result())
+                    except BrokenProcessPool:
+                        attempts[spec.run_id] += 1
+                        if attempts[spec.run_id] >= MAX_ATTEMPTS:
+                            collect(_failed(spec, "its worker process died twice (out of memory, or killed?)"))
+                        else:
+                            queue.append(spec)

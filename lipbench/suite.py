@@ -1,0 +1,392 @@
+"""Suite files: one YAML file is one claim of the paper, validated by a strict schema.
+
+A file holds the claim (scenario + sweep + seeds + assertion) and named `profiles` that
+override parts of it. Resolution order: file -> profile -> `--set key.path=value`; the
+result goes through the same validation whatever its origin, and any problem becomes one
+`SuiteError` line naming the file, the key path (as written by the user: `profiles.quick...`
+or `--set ...` when it came from there) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lipbench.assertions import ASSERTIONS, AssertionSpec
+from lipbench.data import DATASETS
+from lipbench.errors import SuiteError
+from lipbench.models import MODELS
+
+SCHEMA_VERSION = 1
+SUITE_SUFFIXES = (".yaml", ".yml")
+
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
+ModelName = Literal[MODELS]  # type: ignore[valid-type]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    name: ModelName
+    hidden: list[Annotated[int, Field(gt=0)]] = [512, 256]
+    width: Annotated[int, Field(gt=0)] = 32
+    dropout: bool = False
+    batch_norm: bool = False
+    init: Literal["default", "normal"] = "default"
+    init_std: Annotated[float, Field(gt=0)] = 0.01
+
+
+class DatasetSpec(Strict):
+    name: DatasetName
+    train_size: Annotated[int, Field(gt=0)] | None = None
+    test_size: Annotated[int, Field(gt=0)] | None = None
+    synthetic_shape: tuple[int, int, int] = (1, 8, 8)
+    synthetic_classes: Annotated[int, Field(ge=2)] = 10
+    synthetic_size: Annotated[int, Field(gt=0)] = 2048
+
+
+class OptimizerSpec(Strict):
+    name: Literal["sgd"] = "sgd"
+    lr: Annotated[float, Field(gt=0)]
+    batch_size: Annotated[int, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+class GradientSpec(Strict):
+    """PAPER.md §3 noisy-grad: the applied gradient is scale * g_hat + noise."""
+
+    scale: Annotated[float, Field(gt=0)] = 1.0
+    noise: Literal["none", "gaussian", "uniform"] = "none"
+    noise_std: Annotated[float, Field(ge=0)] = 0.0
+
+
+RecordName = Literal["sigma", "K", "loss", "accuracy", "sde"]
+
+
+class Scenario(Strict):
+    model: ModelSpec
+    dataset: DatasetSpec
+    optimizer: OptimizerSpec
+    steps: Annotated[int, Field(gt=0)]
+    record_every: Annotated[int, Field(gt=0)]
+    label_noise: Probability = 0.0
+    gradient: GradientSpec = GradientSpec()
+    sampling: Literal["with_replacement", "without_replacement"] = "with_replacement"
+    record: list[RecordName] = ["sigma", "K", "loss", "accuracy"]
+    device: Literal["any", "cuda"] = "any"
+
+    @model_validator(mode="after")
+    def _record_within_steps(self) -> Scenario:
+        if self.record_every > self.steps:
+            raise ValueError(f"record_every ({self.record_every}) must not exceed steps ({self.steps})")
+        return self
+
+
+class Sweep(Strict):
+    axis: str = Field(pattern=r"^scenario(\.[a-z_]+)+$")
+    values: list[float] = Field(min_length=2)
+
+
+class Seeds(Strict):
+    """Init and mini-batch sampling seeds vary separately (the paper varies them separately)."""
+
+    init: Annotated[int, Field(gt=0)] = 1
+    sampling: Annotated[int, Field(gt=0)] = 1
+    base: Annotated[int, Field(ge=0)] = 0
+
+
+class Claim(Strict):
+    schema_version: Literal[1]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    claim: str = Field(min_length=1)
+    paper: str = ""
+    scenario: Scenario
+    sweep: Sweep | None = None
+    seeds: Seeds = Seeds()
+    assertion: AssertionSpec
+    expect: Literal["pass", "fail"] = "pass"
+    expect_reason: str = ""
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _expectation_has_reason(self) -> Claim:
+        if self.expect == "fail" and not self.expect_reason:
+            raise ValueError("expect: fail needs expect_reason, one sentence on why the claim does not reproduce")
+        return self
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a claim: the scenario with its sweep value applied, and its seeds."""
+
+    claim: str
+    run_id: str
+    scenario: Scenario
+    sweep_value: float | None
+    init_seed: int
+    sampling_seed: int
+
+
+@dataclass(frozen=True)
+class ResolvedClaim:
+    """A claim resolved for one profile, ready to plan runs from."""
+
+    claim: Claim
+    file: Path
+    profile: str
+    collection: str
+    profiles: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.claim.name
+
+    @property
+    def sweep_name(self) -> str | None:
+        return self.claim.sweep.axis.rsplit(".", 1)[-1] if self.claim.sweep else None
+
+    def runs(self) -> list[RunSpec]:
+        c = self.claim
+        values: list[float | None] = list(c.sweep.values) if c.sweep else [None]
+        runs = []
+        for value in values:
+            scenario = c.scenario if value is None else _sweep_scenario(c, value)
+            for i in range(c.seeds.init):
+                for j in range(c.seeds.sampling):
+                    init_seed, sampling_seed = c.seeds.base + i, c.seeds.base + j
+                    tag = "" if value is None else f"{self.sweep_name}={value:g}-"
+                    run_id = f"{c.name}-{tag}init{init_seed}-samp{sampling_seed}"
+                    runs.append(RunSpec(c.name, run_id, scenario, value, init_seed, sampling_seed))
+        return runs
+
+    def scenario_hash(self) -> str:
+        """A hash of everything that decides the numbers (not the prose): baselines compare only equal hashes."""
+        payload = self.claim.model_dump(mode="json", exclude={"claim", "paper", "expect_reason"})
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def model_steps(self) -> int:
+        return sum(r.scenario.steps for r in self.runs())
+
+    def design_problem(self) -> str | None:
+        """A configuration that can never reach its alpha is found before any training."""
+        c = self.claim
+        records = c.scenario.steps // c.scenario.record_every + 1
+        return c.assertion.check_design(
+            sweep_values=len(c.sweep.values) if c.sweep else 1,
+            init_seeds=c.seeds.init,
+            sampling_seeds=c.seeds.sampling,
+            records_per_run=records,
+        )
+
+
+def _sweep_scenario(claim: Claim, value: float) -> Scenario:
+    data = claim.scenario.model_dump()
+    _set_path(data, claim.sweep.axis.split(".")[1:], value)
+    return Scenario.model_validate(data)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=v` -> ("a.b", v) with v parsed as YAML (numbers, booleans, lists)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SuiteError("--set", text, "expected key.path=value, e.g. --set scenario.steps=200")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_claim(
+    path: str | Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> ResolvedClaim:
+    """Load and validate one suite file; every profile is validated, `profile` is resolved."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    profiles = raw.pop("profiles", None) or {}
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise SuiteError(path, "profiles", "must map profile names to mappings of overrides")
+    raw.setdefault("name", path.stem.replace(" ", "_").lower())
+    sets = [parse_override(o) for o in overrides]
+    for name, body in profiles.items():
+        _validate(path, _merge(raw, body), f"profiles.{name}", body, sets)
+    if profile is None:
+        data, origin, body = raw, "", {}
+    elif profile in profiles:
+        data, origin, body = _merge(raw, profiles[profile]), f"profiles.{profile}", profiles[profile]
+    else:
+        hint = _did_you_mean(profile, profiles)
+        available = ", ".join(profiles) or "none"
+        raise SuiteError(path, "profiles", f"no profile {profile!r}{hint}; this file has: {available}")
+    for key, value in sets:
+        data = _apply_set(path, data, key, value)
+    claim = _validate(path, data, origin, body, sets)
+    collection = path.parent.name or "suites"
+    return ResolvedClaim(claim, path, profile or "default", collection, tuple(profiles))
+
+
+def suite_files(paths: list[str | Path]) -> list[Path]:
+    """Suite files named by `paths`: files as given, directories searched recursively, sorted."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix in SUITE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise SuiteError(p, "", "no such file or directory")
+    if not files:
+        raise SuiteError(", ".join(map(str, paths)), "", "holds no suite files (*.yaml, *.yml)")
+    return files
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SuiteError(path, "", f"cannot be read ({e.__class__.__name__}: {e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SuiteError(path, "", f"not valid YAML ({where}{problem}); fix the syntax there") from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise SuiteError(path, "", f"is {kind}; a suite file is a mapping with schema_version, claim, scenario, ...")
+    return data
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value
+
+
+def _apply_set(path: Path, data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    keys = key.split(".")
+    node: Any = data
+    for i, k in enumerate(keys[:-1]):
+        node = node.get(k) if isinstance(node, dict) else None
+        if node is None:
+            node = {}  # a missing section is created; the schema then says whether it is allowed
+        elif not isinstance(node, dict):
+            raise SuiteError(path, f"--set {key}", f"{'.'.join(keys[: i + 1])} is not a section")
+    out = copy.deepcopy(data)
+    _set_path(out, keys, value)
+    return out
+
+
+def _validate(path: Path, data: dict[str, Any], origin: str, body: dict, sets: list) -> Claim:
+    try:
+        claim = Claim.model_validate(data)
+        if claim.sweep is not None:
+            for i, value in enumerate(claim.sweep.values):
+                try:
+                    _sweep_scenario(claim, value)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    loc = ".".join(str(p) for p in err["loc"])
+                    raise SuiteError(
+                        path, f"sweep.values.{i}", f"{value!r} is not allowed for {claim.sweep.axis} ({loc}: {err['msg']})"
+                    ) from None
+        return claim
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        key = ".".join(loc)
+        if any(k == key or key.startswith(k + ".") for k, _ in sets):
+            where = f"--set {key}"
+        elif origin and _has_path(body, loc):
+            where = f"{origin}.{key}"
+        else:
+            where = key
+        raise SuiteError(path, where, _explain(err, data, loc)) from None
+
+
+def _has_path(body: dict, loc: tuple[str, ...]) -> bool:
+    node: Any = body
+    for k in loc:
+        if not isinstance(node, dict) or k not in node:
+            return False
+        node = node[k]
+    return True
+
+
+def _explain(err: dict[str, Any], data: dict[str, Any], loc: tuple[str, ...]) -> str:
+    """pydantic's message, plus the allowed keys / values and a did-you-mean where we can tell."""
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(data, loc[:-1])
+        hint = _did_you_mean(loc[-1], allowed)
+        return f"unknown key{hint}; allowed here: {', '.join(allowed)}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        expected = [s.strip(" '") for s in err["ctx"]["expected"].replace(" or ", ", ").split(",")]
+        return f"{err['input']!r} is not allowed{_did_you_mean(str(err['input']), expected)}; {msg.lower()}"
+    if kind == "union_tag_invalid":
+        tag = err["ctx"]["tag"]
+        return f"unknown test {tag!r}{_did_you_mean(tag, ASSERTIONS)}; available: {', '.join(ASSERTIONS)}"
+    if kind == "union_tag_not_found":
+        return f"names no test; add `test:` with one of {', '.join(ASSERTIONS)}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return f"{msg} (got {err['input']!r})" if kind != "model_type" else f"{msg}, got {type(err['input']).__name__}"
+
+
+def _allowed_keys(data: dict[str, Any], loc: tuple[str, ...]) -> list[str]:
+    model: Any = Claim
+    node: Any = data
+    for key in loc:
+        if key.isdigit() or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        node = node.get(key, {}) if isinstance(node, dict) else {}
+        model = _field_model(model, key, node)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _field_model(model: type[BaseModel], key: str, node: Any) -> Any:
+    if model is Claim and key == "assertion":
+        return ASSERTIONS.get(node.get("test")) if isinstance(node, dict) else None
+    field = model.model_fields.get(key)
+    if field is None:
+        return None
+    for candidate in (field.annotation, *typing.get_args(field.annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
