@@ -106,8 +106,7 @@ class AssertionResult:
         unknown = [k for k in d if k not in names]
         if missing or unknown:
             raise ValueError(
-                f"An AssertionResult dict needs exactly the keys {names}; "
-                f"missing {missing}, unknown {unknown}."
+                f"An AssertionResult dict needs exactly the keys {names}; missing {missing}, unknown {unknown}."
             )
         values = dict(d)
         for key in ("statistic", "threshold"):
@@ -205,8 +204,7 @@ def _final_values(records: pd.DataFrame, test: str, quantity: str, columns: Sequ
     bad = final.loc[~np.isfinite(final["value"].astype(float)), "run"].tolist()
     if bad:
         raise AssertionDataError(
-            f"{test} needs a finite final {quantity}, "
-            f"but run(s) {bad[:3]} end with a missing or infinite value."
+            f"{test} needs a finite final {quantity}, but run(s) {bad[:3]} end with a missing or infinite value."
         )
     return final
 
@@ -512,14 +510,12 @@ class GrowthTrend(BaseModel):
             where = "" if value is None else f" at sweep value {_g(value)}"
             if not np.isfinite(table.to_numpy(dtype=float)).all():
                 raise AssertionDataError(
-                    f"growth_trend needs runs that share a step grid and a finite {q}, "
-                    f"but runs{where} do not."
+                    f"growth_trend needs runs that share a step grid and a finite {q}, but runs{where} do not."
                 )
             n_late = _late_count(self.window, len(table))
             if n_late < 3:
                 raise AssertionDataError(
-                    f"growth_trend needs at least 3 records in its late window, "
-                    f"but runs{where} give {n_late}."
+                    f"growth_trend needs at least 3 records in its late window, but runs{where} give {n_late}."
                 )
             late = table.iloc[-n_late:]
             res = _growth_one(late.index.to_numpy(dtype=float), late.mean(axis=1).to_numpy(dtype=float), self)
@@ -585,14 +581,10 @@ class PowerLaw(BaseModel):
         """Return why the planned design can never pass, or None if it can."""
         if sweep_values < 3:
             return (
-                "power_law needs at least 3 sweep values to fit a slope with a CI, "
-                f"but the design has {sweep_values}."
+                f"power_law needs at least 3 sweep values to fit a slope with a CI, but the design has {sweep_values}."
             )
         if sampling_seeds < 2:
-            return (
-                "power_law needs at least 2 sampling seeds for a variance, "
-                f"but the design has {sampling_seeds}."
-            )
+            return f"power_law needs at least 2 sampling seeds for a variance, but the design has {sampling_seeds}."
         if init_seeds < 1:
             return "power_law needs at least 1 init seed, but the design has none."
         return None
@@ -641,8 +633,7 @@ class PowerLaw(BaseModel):
             f"Across-sampling-seed variance of final {q} scales as {_sweep_name(records)}^k with "
             f"k = {_g(k, 2)} over {n} sweep values ({_ci(low, high, self.confidence, 2)}, width "
             f"{_g(width, 2)}; needed: contains {_g(self.expected_exponent)}, excludes 0, width <= "
-            f"{_g(self.max_ci_width)}), r^2 = {_g(fit.rvalue**2, 2)} — {_verdict(passed)}"
-            + f"{_reasons(reasons)}."
+            f"{_g(self.max_ci_width)}), r^2 = {_g(fit.rvalue**2, 2)} — {_verdict(passed)}" + f"{_reasons(reasons)}."
         )
         details = {
             "variances": [
@@ -691,9 +682,7 @@ def _invariance_one(final: pd.DataFrame, model: Invariance, where: str) -> dict[
     """Within- and between-init spreads of one sweep value's final values."""
     groups = [(int(i), g["value"].to_numpy(dtype=float)) for i, g in final.groupby("init_seed", sort=True)]
     if len(groups) < 2:
-        raise AssertionDataError(
-            f"invariance needs at least 2 init seeds, but records{where} have {len(groups)}."
-        )
+        raise AssertionDataError(f"invariance needs at least 2 init seeds, but records{where} have {len(groups)}.")
     fewest = min(len(v) for _, v in groups)
     if fewest < 3:
         raise AssertionDataError(
@@ -725,8 +714,7 @@ def _invariance_one(final: pd.DataFrame, model: Invariance, where: str) -> dict[
         "init_effect_pvalue": float(anova.pvalue),
         "n_runs": int(sum(len(v) for v in samples)),
         "per_init": [
-            {"init_seed": i, "mean": float(v.mean()), "sd": float(v.std(ddof=1)), "n": len(v)}
-            for i, v in groups
+            {"init_seed": i, "mean": float(v.mean()), "sd": float(v.std(ddof=1)), "n": len(v)} for i, v in groups
         ],
     }
 
@@ -755,14 +743,9 @@ class Invariance(BaseModel):
     ) -> str | None:
         """Return why the planned design can never pass, or None if it can."""
         if init_seeds < 2:
-            return (
-                f"invariance needs at least 2 init seeds to compare spreads, but the design has {init_seeds}."
-            )
+            return f"invariance needs at least 2 init seeds to compare spreads, but the design has {init_seeds}."
         if sampling_seeds < 3:
-            return (
-                "invariance needs at least 3 sampling seeds per init seed, "
-                f"but the design has {sampling_seeds}."
-            )
+            return f"invariance needs at least 3 sampling seeds per init seed, but the design has {sampling_seeds}."
         return None
 
     def evaluate(self, records: pd.DataFrame) -> AssertionResult:

@@ -6,7 +6,6 @@ Exit codes: 0 every claim passed (or XFAIL), 1 any FAIL / XPASS(strict) / ERROR,
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,8 +22,7 @@ from lipbench.suite import ResolvedClaim, load_claim, suite_files
 console = Console(stderr=False, highlight=False)
 errors = Console(stderr=True, highlight=False)
 
-STYLE = {"PASS": "green", "FAIL": "red", "ERROR": "bold red", "XFAIL": "yellow", "XPASS": "magenta",
-         "SKIPPED": "dim"}  # fmt: skip
+STYLE = {"PASS": "green", "FAIL": "red", "ERROR": "bold red", "XFAIL": "yellow", "XPASS": "magenta", "SKIPPED": "dim"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,8 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     def selection(p: argparse.ArgumentParser) -> None:
         p.add_argument("paths", nargs="+", metavar="PATH", help="suite files or directories of them")
         p.add_argument("--profile", help="profile of each suite to use (default: paper with a GPU, else quick)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any field, e.g. --set scenario.steps=200 (repeatable)")  # fmt: skip
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override any field, e.g. --set scenario.steps=200 (repeatable)",
+        )
 
     run = sub.add_parser("run", help="train every claim's runs and judge them")
     selection(run)
@@ -99,7 +103,9 @@ def load_claims(args, device: str = "auto") -> tuple[list[ResolvedClaim], list[S
     for c in claims:
         key = (c.collection, c.name)
         if key in seen:
-            problems.append(SuiteError(c.file, "name", f"{c.name!r} is also the name of {seen[key]}; names must differ"))
+            problems.append(
+                SuiteError(c.file, "name", f"{c.name!r} is also the name of {seen[key]}; names must differ")
+            )
         seen[key] = c.file
     return claims, problems
 
@@ -125,8 +131,15 @@ def cmd_list(args) -> int:
         table.add_column(col, justify="right" if col in ("runs", "model-steps") else "left")
     for c in claims:
         sweep = f"{c.sweep_name} x{len(c.claim.sweep.values)}" if c.claim.sweep else "-"
-        table.add_row(c.collection, c.name, ", ".join(c.profiles), c.claim.assertion.test, sweep,
-                      str(len(c.runs())), f"{c.model_steps():,}")  # fmt: skip
+        table.add_row(
+            c.collection,
+            c.name,
+            ", ".join(c.profiles),
+            c.claim.assertion.test,
+            sweep,
+            str(len(c.runs())),
+            f"{c.model_steps():,}",
+        )
     console.print(table)
     for p in problems:
         errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
@@ -156,8 +169,10 @@ def cmd_run(args) -> int:
     if not claims:
         return 2
     out = Path(args.out or Path("lipbench-results") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    console.print(f"lipbench: {len(claims)} claims, {sum(len(c.runs()) for c in claims)} runs, "
-                  f"profile {claims[0].profile}, device {device}; results in {out}")  # fmt: skip
+    console.print(
+        f"lipbench: {len(claims)} claims, {sum(len(c.runs()) for c in claims)} runs, "
+        f"profile {claims[0].profile}, device {device}; results in {out}"
+    )
     outcomes = execute(claims, args, device, out)
     print_table(outcomes)
     if problems:
@@ -171,47 +186,40 @@ def _lenient_xpass(outcome) -> bool:
 
 def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
     """Run claims with progress bars; each finished claim is saved, drawn and logged at once."""
-    from lipbench.plots import claim_figure
-    from lipbench.results import environment, save_outcome
     from lipbench.runner import run_claims
+    from lipbench.session import Session
 
-    env = environment(device)
-    trackers = {}
-    if not args.no_mlflow:
-        from lipbench.tracking import Tracker
+    def warn(text: str) -> None:
+        errors.print(text, markup=False, soft_wrap=True)
 
-        for collection in sorted({c.collection for c in claims}):
-            trackers[collection] = Tracker(f"lipbench/{collection}", args.tracking_uri)
+    session = Session(out, device, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow, warn=warn)
+    session.prepare(claims)
 
     def done(outcome) -> None:
-        folder = save_outcome(outcome, out, env)
-        figure = None
-        try:
-            figure = claim_figure(outcome, folder / "figure.png")
-        except Exception as e:  # a figure must never cost a result
-            errors.print(f"lipbench: warning: no figure for {outcome.claim.name}: {e}", markup=False)
-        tracker = trackers.get(outcome.claim.collection)
-        if tracker:
-            try:
-                artifacts = {"figure": figure} if figure else {}
-                artifacts["records"] = folder / "records.json"
-                run_id = tracker.log_claim(outcome, tags={"lipbench.device": env["device"]}, artifacts=artifacts)
-                (folder / "mlflow_run_id").write_text(run_id + "\n")
-            except Exception as e:
-                errors.print(f"lipbench: warning: MLflow logging of {outcome.claim.name} failed ({e}); "
-                             f"its results are in {folder}", markup=False)  # fmt: skip
+        session.finish_claim(outcome)
         progress.update(tasks[outcome.claim.name], description=f"{outcome.claim.name} [{outcome.status}]")
 
     def advance(claim, done_runs: int, total: int) -> None:
         progress.update(tasks[claim.name], completed=done_runs, total=total)
 
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=not console.is_terminal) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=not console.is_terminal,
+    ) as progress:
         tasks = {c.name: progress.add_task(c.name, total=len(c.runs())) for c in claims}
-        workers = args.workers if args.workers is not None else None
-        outcomes = run_claims(claims, device=device, workers=workers, data_root=args.data_root,
-                              on_progress=advance, on_claim_done=done)  # fmt: skip
+        outcomes = run_claims(
+            claims,
+            device=device,
+            workers=args.workers,
+            data_root=args.data_root,
+            on_progress=advance,
+            on_claim_done=done,
+        )
     console.print(f"finished in {time.perf_counter() - started:.0f} s")
     return outcomes
 
@@ -225,8 +233,16 @@ def print_table(outcomes) -> None:
         stat = f"{r.statistic_name} = {r.statistic:.3g}" if r else "-"
         thr = f"{r.threshold:.3g}" if r else "-"
         p = f"{r.pvalue:.2g}" if r and r.pvalue is not None else "-"
-        table.add_row(o.claim.name, o.claim.profile, f"[{STYLE.get(o.status, '')}]{o.status}[/]", stat, thr, p,
-                      str(len(o.records)), f"{o.seconds:.0f} s")  # fmt: skip
+        table.add_row(
+            o.claim.name,
+            o.claim.profile,
+            f"[{STYLE.get(o.status, '')}]{o.status}[/]",
+            stat,
+            thr,
+            p,
+            str(len(o.records)),
+            f"{o.seconds:.0f} s",
+        )
     console.print(table)
     for o in outcomes:
         if o.sentence:
@@ -236,4 +252,3 @@ def print_table(outcomes) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
-    os._exit(0)

@@ -186,9 +186,7 @@ def _load_cached(
     return Dataset(name, x_train, y_train.long(), x_test, y_test.long(), num_classes)
 
 
-def _prefix(
-    x: torch.Tensor, y: torch.Tensor, n: int | None, arg: str, name: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _prefix(x: torch.Tensor, y: torch.Tensor, n: int | None, arg: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if n is None:
         return x, y
     if n > len(x):

@@ -66,9 +66,14 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
 
     m = sc.model
     model = build_model(
-        m.name, data.input_shape, data.num_classes,
-        hidden=m.hidden, width=m.width, dropout=m.dropout, batch_norm=m.batch_norm,
-    )  # fmt: skip
+        m.name,
+        data.input_shape,
+        data.num_classes,
+        hidden=m.hidden,
+        width=m.width,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
+    )
     initialise(model, init_gen, m.init, m.init_std)  # on the CPU, so every device starts from the same bits
     model.to(device)
     layers = [module for _, module in lipschitz_layers(model)]

@@ -52,10 +52,18 @@ class ConvNet(nn.Module):
         drop = [nn.Dropout(0.2)] if dropout > 0 else []
         norm = [nn.BatchNorm2d(c3, track_running_stats=False)] if batch_norm else []
         self.features = nn.Sequential(
-            nn.Conv2d(channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), *drop, nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c2, c3, 3, padding=1, stride=2), *drop, *norm, nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(channels, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            *drop,
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, 3, padding=1, stride=2),
+            *drop,
+            *norm,
+            nn.ReLU(),
+        )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, channels, height, width_px)).numel()  # 128*4*4 for CIFAR
         self.classifier = nn.Sequential(

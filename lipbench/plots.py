@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from lipbench.records import records_frame  # noqa: E402
-from lipbench.runner import ClaimOutcome  # noqa: E402
+from lipbench.records import records_frame
+from lipbench.runner import ClaimOutcome
 
 
 def claim_figure(outcome: ClaimOutcome, path: str | Path) -> Path | None:
@@ -49,7 +49,7 @@ def _final(df: pd.DataFrame, quantity: str = "K") -> pd.DataFrame:
 def _trajectories(ax, df: pd.DataFrame, sweep: str) -> None:
     groups = df.groupby("sweep_value", dropna=False)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, groups.ngroups)))
-    for color, (value, g) in zip(colors, groups):
+    for color, (value, g) in zip(colors, groups, strict=False):
         stats = g.groupby("step")["K"].agg(["mean", "min", "max"])
         label = "all runs" if pd.isna(value) else f"{sweep} = {value:g}"
         ax.plot(stats.index, stats["mean"], color=color, label=label)
@@ -85,8 +85,13 @@ def _power_law(ax, df: pd.DataFrame, outcome: ClaimOutcome, sweep: str) -> None:
         intercept = np.mean(np.log(y) - slope * np.log(x))
         ax.loglog(x, np.exp(intercept + slope * np.log(x)), "-", label=f"fit: slope {slope:.2f}")
         ref = outcome.result.threshold
-        ax.loglog(x, np.exp(np.mean(np.log(y) - ref * np.log(x)) + ref * np.log(x)), "--", color="gray",
-                  label=f"reference slope {ref:g}")  # fmt: skip
+        ax.loglog(
+            x,
+            np.exp(np.mean(np.log(y) - ref * np.log(x)) + ref * np.log(x)),
+            "--",
+            color="gray",
+            label=f"reference slope {ref:g}",
+        )
     ax.set_xlabel(sweep)
     ax.set_ylabel(f"Var[final {quantity}]")
     ax.set_title(_short(outcome), fontsize=8)

@@ -83,7 +83,7 @@ def run_claims(
         if on_claim_done:
             on_claim_done(outcome)
 
-    for name, outcome in list(outcomes.items()):
+    for _name, outcome in list(outcomes.items()):
         if on_claim_done:
             on_claim_done(outcome)
 
@@ -118,10 +118,7 @@ def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) 
         result = claim.claim.assertion.evaluate(frame)
     except ValueError as e:
         return ClaimOutcome(claim, ERROR, records, error=f"assertion could not be computed: {e}", seconds=seconds)
-    if claim.claim.expect == "fail":
-        status = XPASS if result.passed else XFAIL
-    else:
-        status = PASS if result.passed else FAIL
+    status = (XPASS if result.passed else XFAIL) if claim.claim.expect == "fail" else PASS if result.passed else FAIL
     return ClaimOutcome(claim, status, records, result=result, seconds=seconds)
 
 
@@ -142,10 +139,14 @@ def execute_run(spec: RunSpec, device: str, data_root: str | None) -> RunRecord:
     try:
         d = spec.scenario.dataset
         data = load_dataset(
-            d.name, root=data_root, train_size=d.train_size, test_size=d.test_size,
-            synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes,
+            d.name,
+            root=data_root,
+            train_size=d.train_size,
+            test_size=d.test_size,
+            synthetic_shape=d.synthetic_shape,
+            synthetic_classes=d.synthetic_classes,
             synthetic_size=d.synthetic_size,
-        )  # fmt: skip
+        )
         return train(spec, data, device)
     except LipbenchError as e:
         return _failed(spec, str(e))
@@ -157,8 +158,16 @@ def execute_run(spec: RunSpec, device: str, data_root: str | None) -> RunRecord:
 def _failed(spec: RunSpec, message: str) -> RunRecord:
     import numpy as np
 
-    return RunRecord(spec.claim, spec.run_id, spec.sweep_value, spec.init_seed, spec.sampling_seed,
-                     np.zeros(0, dtype=np.int64), {}, error=message)  # fmt: skip
+    return RunRecord(
+        spec.claim,
+        spec.run_id,
+        spec.sweep_value,
+        spec.init_seed,
+        spec.sampling_seed,
+        np.zeros(0, dtype=np.int64),
+        {},
+        error=message,
+    )
 
 
 def _init_worker(threads: int, counter, gpus: int) -> None:
@@ -185,8 +194,9 @@ def _run_in_pool(specs: list[RunSpec], n_workers: int, device: str, data_root: s
     queue = list(specs)
     while queue:
         counter = ctx.Value("i", 0)
-        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(threads, counter, gpus)) as pool:  # fmt: skip
+        with ProcessPoolExecutor(
+            n_workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, counter, gpus)
+        ) as pool:
             futures: dict[Future, RunSpec] = {pool.submit(execute_run, s, device, data_root): s for s in queue}
             queue = []
             while futures:

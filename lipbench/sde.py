@@ -40,9 +40,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------------------------
 
 
-def _q_from_projections(
-    s: torch.Tensor, a: torch.Tensor, c: torch.Tensor, null_sq: torch.Tensor
-) -> torch.Tensor:
+def _q_from_projections(s: torch.Tensor, a: torch.Tensor, c: torch.Tensor, null_sq: torch.Tensor) -> torch.Tensor:
     """Q from a_j = u_j^T E v1, c_j = u1^T E v_j (..., r) and the null-space energy (...)."""
     s1, sj = s[0], s[1:]
     aj, cj = a[..., 1:], c[..., 1:]
@@ -73,9 +71,7 @@ def hessian_quadratic_form(W: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
     dtype; assumes a simple top singular value (s1 > s2), else Q is unbounded.
     """
     if W.ndim != 2 or E.ndim not in (2, 3) or E.shape[-2:] != W.shape:
-        raise ValueError(
-            f"E must have shape {tuple(W.shape)} or (B, *{tuple(W.shape)}), not {tuple(E.shape)}"
-        )
+        raise ValueError(f"E must have shape {tuple(W.shape)} or (B, *{tuple(W.shape)}), not {tuple(E.shape)}")
     return _quad_form(*torch.linalg.svd(W, full_matrices=False), E)
 
 
@@ -224,9 +220,7 @@ def _linear_factors(
 # --------------------------------------------------------------------------------------------
 
 
-def _linear_terms(
-    W: torch.Tensor, G: torch.Tensor, delta: torch.Tensor, xin: torch.Tensor, lr: float
-) -> LayerTerms:
+def _linear_terms(W: torch.Tensor, G: torch.Tensor, delta: torch.Tensor, xin: torch.Tensor, lr: float) -> LayerTerms:
     # Algebra: g_i = sum_t d_it x_it^T, so every projection is a product of projections of the
     # factors and no b x m x n tensor is formed:
     #   u1^T g_i v1 = sum_t (u1.d_it)(x_it.v1)

@@ -315,7 +315,9 @@ def _validate(path: Path, data: dict[str, Any], origin: str, body: dict, sets: l
                     err = e.errors()[0]
                     loc = ".".join(str(p) for p in err["loc"])
                     raise SuiteError(
-                        path, f"sweep.values.{i}", f"{value!r} is not allowed for {claim.sweep.axis} ({loc}: {err['msg']})"
+                        path,
+                        f"sweep.values.{i}",
+                        f"{value!r} is not allowed for {claim.sweep.axis} ({loc}: {err['msg']})",
                     ) from None
         return claim
     except ValidationError as e:

@@ -47,8 +47,9 @@ class Tracker:
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.experiment_id = experiment_id
 
-    def log_claim(self, outcome: ClaimOutcome, tags: dict[str, str] | None = None,
-                  artifacts: dict[str, Path] | None = None) -> str:  # fmt: skip
+    def log_claim(
+        self, outcome: ClaimOutcome, tags: dict[str, str] | None = None, artifacts: dict[str, Path] | None = None
+    ) -> str:
         """Log a finished claim; returns the parent run id."""
         from mlflow.entities import Metric, Param, RunTag
 
@@ -64,14 +65,16 @@ class Tracker:
             "mlflow.note.content": outcome.sentence,
             **(tags or {}),
         }
-        parent = self.client.create_run(self.experiment_id, run_name=f"{claim.name} [{claim.profile}]",
-                                        tags=base_tags)  # fmt: skip
+        parent = self.client.create_run(self.experiment_id, run_name=f"{claim.name} [{claim.profile}]", tags=base_tags)
         pid = parent.info.run_id
         params = flatten(claim.claim.model_dump(mode="json", exclude={"claim", "paper", "expect_reason"}))
         params["profile"] = claim.profile
         now = int(time.time() * 1000)
-        metrics = {"seconds": outcome.seconds, "runs": float(len(outcome.records)), "passed": float(
-            outcome.status in ("PASS", "XPASS"))}  # fmt: skip
+        metrics = {
+            "seconds": outcome.seconds,
+            "runs": float(len(outcome.records)),
+            "passed": float(outcome.status in ("PASS", "XPASS")),
+        }
         for key in ("statistic", "pvalue", "ci_low", "ci_high", "effect_size", "threshold", "n"):
             if isinstance(result.get(key), (int, float)):
                 metrics[f"assertion.{key}"] = float(result[key])
@@ -83,10 +86,13 @@ class Tracker:
         )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "assertion.json"
-            path.write_text(json.dumps({"status": outcome.status, "error": outcome.error, "result": result},
-                                       indent=2, sort_keys=True))  # fmt: skip
+            path.write_text(
+                json.dumps(
+                    {"status": outcome.status, "error": outcome.error, "result": result}, indent=2, sort_keys=True
+                )
+            )
             self.client.log_artifact(pid, str(path))
-        for name, file in (artifacts or {}).items():
+        for _name, file in (artifacts or {}).items():
             if Path(file).exists():
                 self.client.log_artifact(pid, str(file))
         expected = {record.run_id: self._log_child(pid, record, claim.name) for record in outcome.records}
@@ -97,29 +103,41 @@ class Tracker:
     def _log_child(self, parent_id: str, record, claim: str) -> int:
         from mlflow.entities import Metric, Param, RunTag
 
-        run = self.client.create_run(self.experiment_id, run_name=record.run_id, tags={
-            PARENT_TAG: parent_id, "lipbench.claim": claim, "lipbench.run": record.run_id})  # fmt: skip
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=record.run_id,
+            tags={PARENT_TAG: parent_id, "lipbench.claim": claim, "lipbench.run": record.run_id},
+        )
         rid = run.info.run_id
         now = int(time.time() * 1000)
         metrics = [
             Metric(name, float(value), now, int(step))
             for name, values in record.metrics.items()
-            for step, value in zip(record.steps, values)
+            for step, value in zip(record.steps, values, strict=False)
             if value == value and abs(value) != float("inf")  # MLflow stores no NaN/inf reliably
         ]
-        params = {"sweep_value": record.sweep_value, "init_seed": record.init_seed,
-                  "sampling_seed": record.sampling_seed, "device": record.device}  # fmt: skip
+        params = {
+            "sweep_value": record.sweep_value,
+            "init_seed": record.init_seed,
+            "sampling_seed": record.sampling_seed,
+            "device": record.device,
+        }
         summary = [Metric(f"summary.{k}", float(v), now, 0) for k, v in record.summary.items()]
         summary.append(Metric("seconds", record.seconds, now, 0))
-        self.client.log_batch(rid, metrics=metrics + summary, params=[Param(k, str(v)) for k, v in params.items()],
-                              tags=[RunTag("lipbench.problem", record.problem or "")])  # fmt: skip
+        self.client.log_batch(
+            rid,
+            metrics=metrics + summary,
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag("lipbench.problem", record.problem or "")],
+        )
         self.client.set_terminated(rid, "FINISHED" if record.ok else "FAILED")
         return len(metrics)
 
     def verify(self, parent_id: str, expected: dict[str, int]) -> None:
         """Count the child runs and step-metric points the store holds; raise if any is missing."""
-        children = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                                           max_results=10_000)  # fmt: skip
+        children = self.client.search_runs(
+            [self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10_000
+        )
         stored = {run.info.run_name: run for run in children}
         missing = sorted(set(expected) - set(stored))
         if missing:

@@ -24,9 +24,7 @@ from lipbench.assertions import (
 SEEDS = [0, 1, 2, 3, 4]
 
 
-def finals_frame(
-    final: dict[tuple[float, int, int], float], rng: np.random.Generator, steps: int = 4
-) -> pd.DataFrame:
+def finals_frame(final: dict[tuple[float, int, int], float], rng: np.random.Generator, steps: int = 4) -> pd.DataFrame:
     """Records with `steps` rows per run; only the last row holds the given final K.
 
     Earlier rows hold unrelated values, so a test that does not take the final row fails.
@@ -304,12 +302,8 @@ def test_power_law_fails_on_uninformative_fit() -> None:
 
 def test_power_law_check_design_and_errors() -> None:
     model = PowerLaw()
-    assert "3 sweep values" in model.check_design(
-        sweep_values=2, init_seeds=2, sampling_seeds=8, records_per_run=5
-    )
-    assert "sampling seeds" in model.check_design(
-        sweep_values=5, init_seeds=2, sampling_seeds=1, records_per_run=5
-    )
+    assert "3 sweep values" in model.check_design(sweep_values=2, init_seeds=2, sampling_seeds=8, records_per_run=5)
+    assert "sampling seeds" in model.check_design(sweep_values=5, init_seeds=2, sampling_seeds=1, records_per_run=5)
     assert model.check_design(sweep_values=5, init_seeds=1, sampling_seeds=4, records_per_run=5) is None
     records = power_records(0, exponent=-1.0, sampling_seeds=2)
     one_seed = records[records["sampling_seed"] == 0]
@@ -320,9 +314,7 @@ def test_power_law_check_design_and_errors() -> None:
 # --------------------------------------------------------------------------- invariance
 
 
-def invariance_records(
-    seed: int, init_cv: float, sampling_cv: float, sweep: list[float] | None = None
-) -> pd.DataFrame:
+def invariance_records(seed: int, init_cv: float, sampling_cv: float, sweep: list[float] | None = None) -> pd.DataFrame:
     """Final K = 10 * exp(N(0, init_cv)) per init seed * exp(N(0, sampling_cv)) per run."""
     rng = np.random.default_rng(seed)
     final = {}
@@ -374,12 +366,8 @@ def test_invariance_checks_every_sweep_value() -> None:
 
 def test_invariance_check_design_and_errors() -> None:
     model = Invariance()
-    assert "init seeds" in model.check_design(
-        sweep_values=1, init_seeds=1, sampling_seeds=5, records_per_run=5
-    )
-    assert "sampling seeds" in model.check_design(
-        sweep_values=1, init_seeds=3, sampling_seeds=2, records_per_run=5
-    )
+    assert "init seeds" in model.check_design(sweep_values=1, init_seeds=1, sampling_seeds=5, records_per_run=5)
+    assert "sampling seeds" in model.check_design(sweep_values=1, init_seeds=3, sampling_seeds=2, records_per_run=5)
     assert model.check_design(sweep_values=1, init_seeds=2, sampling_seeds=3, records_per_run=5) is None
     records = invariance_records(0, init_cv=0.2, sampling_cv=0.01)
     with pytest.raises(ValueError, match="at least 3 sampling seeds"):

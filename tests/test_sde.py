@@ -256,9 +256,7 @@ def test_mu_plus_eps_predict_the_expected_sgd_step_exactly_enumerated():
     def step_change(idx: list[int]) -> torch.Tensor:
         model.zero_grad()
         F.cross_entropy(model(x[idx]), y[idx]).backward()  # the SGD step's g_hat
-        return torch.stack(
-            [torch.linalg.matrix_norm(W[n] - lr * params[n].grad, ord=2) - sigma[n] for n in names]
-        )
+        return torch.stack([torch.linalg.matrix_norm(W[n] - lr * params[n].grad, ord=2) - sigma[n] for n in names])
 
     changes = torch.stack([step_change(list(idx)) for idx in itertools.product(range(N), repeat=b)])
     full_batch = step_change(list(range(N)))  # b = N without replacement: no noise at all
@@ -275,9 +273,7 @@ def test_mu_plus_eps_predict_the_expected_sgd_step_exactly_enumerated():
         assert abs(expected - (t.mu + curvature_G)) >= 0.5 * eps_b  # eps is resolved, not noise
         # Diffusion: Var over batches = lr^2 Var_pop(u1^T g_i v1)/b; beta2 used the unbiased
         # variance over N and 1/N: Var = beta2_N * (N - 1)/b, up to O(lr^3).
-        torch.testing.assert_close(
-            changes[:, layer].var(correction=0), t.beta2 * (N - 1) / b, rtol=0.05, atol=0
-        )
+        torch.testing.assert_close(changes[:, layer].var(correction=0), t.beta2 * (N - 1) / b, rtol=0.05, atol=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,9 +298,7 @@ def test_predicted_moments():
     mean, var = predicted_moments(2.0, 0.3, 0.04)
     torch.testing.assert_close(mean, torch.tensor(2.0 * torch.e**0.3, dtype=DT))
     torch.testing.assert_close(var, mean**2 * (torch.e**0.04 - 1))
-    mean, var = predicted_moments(
-        torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.1]), torch.tensor([0.0, 0.2])
-    )
+    mean, var = predicted_moments(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.1]), torch.tensor([0.0, 0.2]))
     assert mean.shape == var.shape == (2,) and var[0] == 0
 
 
