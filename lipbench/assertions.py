@@ -694,12 +694,20 @@ def _invariance_one(final: pd.DataFrame, model: Invariance, where: str) -> dict[
     within = float(_pooled_cv(*samples))
     low, high, method = _bootstrap_ci(samples, _pooled_cv, model.confidence, paired=False)
     means = np.array([v.mean() for v in samples])
-    between = float(np.std(means, ddof=1) / np.mean(means))
+    k, m = len(samples), float(np.mean([len(v) for v in samples]))
+    within_var = float(np.mean([v.var(ddof=1) for v in samples]))
+    # The spread of per-init means holds sampling noise too (var/m): subtract it to get the init component.
+    between = float(np.sqrt(max(0.0, np.var(means, ddof=1) - within_var / m)) / np.mean(means))
     ratio = within / between if between > 0 else math.inf
     anova = _quiet(stats.f_oneway, *samples)
+    # One-sided test of H0 "init spread <= sampling spread" (sigma_b^2 <= sigma_w^2): under equality
+    # E[MS_between] = (1 + m) sigma_w^2, so F / (1 + m) ~ F(k - 1, k (m - 1)).
+    f_scaled = float(anova.statistic) / (1.0 + m) if np.isfinite(anova.statistic) else math.inf
+    dominance_p = float(stats.f.sf(f_scaled, k - 1, int(round(k * (m - 1)))))
     reasons = _failed(
         ("CI high not below the spread threshold", not high < model.max_relative_spread),
         ("within/between ratio not below its limit", not ratio < model.max_spread_ratio),
+        ("init spread not significantly above the sampling spread", not dominance_p < model.alpha),
     )
     return {
         "passed": not reasons,
@@ -711,6 +719,7 @@ def _invariance_one(final: pd.DataFrame, model: Invariance, where: str) -> dict[
         "between_cv": between,
         "ratio": ratio,
         "init_effect_f": float(anova.statistic),
+        "init_dominance_pvalue": dominance_p,
         "init_effect_pvalue": float(anova.pvalue),
         "n_runs": int(sum(len(v) for v in samples)),
         "per_init": [
@@ -725,8 +734,10 @@ class Invariance(BaseModel):
     within = pooled coefficient of variation across sampling seeds (sqrt of the mean over
     init seeds of var/mean^2); between = CV across init seeds of the per-init means. Its
     ``confidence`` CI comes from ``bootstrap`` resampling sampling seeds within each init
-    seed. Passes iff the CI high < ``max_relative_spread`` and within/between <
-    ``max_spread_ratio``; ``f_oneway`` across init seeds is reported in details. With a
+    seed. between = CV of the init-seed variance component (the spread of per-init means less
+    the sampling noise they carry). Passes iff the CI high < ``max_relative_spread``,
+    within/between < ``max_spread_ratio``, and a one-sided F test rejects "init spread <=
+    sampling spread" at ``alpha`` (F / (1 + m) ~ F(k-1, k(m-1)) under equality). With a
     sweep every value must pass and the worst one is reported.
     """
 
@@ -737,6 +748,7 @@ class Invariance(BaseModel):
     max_relative_spread: float = Field(0.05, gt=0)
     max_spread_ratio: float = Field(1.0, gt=0)
     confidence: float = Field(0.95, gt=0.5, lt=1)
+    alpha: float = Field(0.05, gt=0, le=0.5)
 
     def check_design(
         self, *, sweep_values: int, init_seeds: int, sampling_seeds: int, records_per_run: int
@@ -763,8 +775,9 @@ class Invariance(BaseModel):
             f"Sampling seed barely moves final {q} with the init seed fixed{which}: within-init CV = "
             f"{_pct(worst['within_cv'])} ({_g(100 * self.confidence)}% CI [{_pct(worst['ci_low'])}, "
             f"{_pct(worst['ci_high'])}], needed < {_pct(self.max_relative_spread)}), within/between-init "
-            f"ratio = {_g(worst['ratio'], 2)} (needed < {_g(self.max_spread_ratio)}) — {_verdict(passed)}"
-            f"{_reasons(worst['reasons'])}."
+            f"ratio = {_g(worst['ratio'], 2)} (needed < {_g(self.max_spread_ratio)}), init spread above "
+            f"sampling spread at p = {_g(worst['init_dominance_pvalue'], 2)} (needed < {_g(self.alpha)}) — "
+            f"{_verdict(passed)}{_reasons(worst['reasons'])}."
         )
         return AssertionResult(
             test=self.test,
@@ -772,7 +785,7 @@ class Invariance(BaseModel):
             statistic=worst["within_cv"],
             statistic_name="within_init_cv",
             threshold=self.max_relative_spread,
-            pvalue=None,
+            pvalue=_finite_or_none(worst["init_dominance_pvalue"]),
             ci_low=_finite_or_none(worst["ci_low"]),
             ci_high=_finite_or_none(worst["ci_high"]),
             confidence=self.confidence,
