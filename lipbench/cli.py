@@ -1,6 +1,8 @@
-"""`lipbench run | list | show | validate`: a thin face over suite loading, the runner and the sinks.
+"""`lipbench run | list | show | validate | baseline | compare | report`: a thin face over the library.
 
-Exit codes: 0 every claim passed (or XFAIL), 1 any FAIL / XPASS(strict) / ERROR, 2 bad input.
+Exit codes of `run` (for CI): 0 when every verdict is PASS, IMPROVED, NEW, XFAIL, SKIPPED or a
+non-strict XPASS; 1 on any FAIL, REGRESSED, ERROR or strict XPASS; 2 bad input. The verdicts
+and the baseline tolerance rule are documented in `lipbench.baselines`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ from lipbench.suite import ResolvedClaim, load_claim, suite_files
 console = Console(stderr=False, highlight=False)
 errors = Console(stderr=True, highlight=False)
 
-STYLE = {"PASS": "green", "FAIL": "red", "ERROR": "bold red", "XFAIL": "yellow", "XPASS": "magenta", "SKIPPED": "dim"}
+STYLE = {
+    "PASS": "green",
+    "FAIL": "red",
+    "ERROR": "bold red",
+    "XFAIL": "yellow",
+    "XPASS": "magenta",
+    "SKIPPED": "dim",
+    "REGRESSED": "bold red",
+    "IMPROVED": "cyan",
+    "NEW": "blue",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,15 +66,61 @@ def build_parser() -> argparse.ArgumentParser:
             help="override any field, e.g. --set scenario.steps=200 (repeatable)",
         )
 
-    run = sub.add_parser("run", help="train every claim's runs and judge them")
+    def training(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+        p.add_argument("--workers", type=int, default=None, help="worker processes (default: GPUs, else cores)")
+        p.add_argument("--tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI or ./mlflow.db)")
+        p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results are still saved)")
+        p.add_argument("--data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
+        p.add_argument("--out", default=None, help="results folder (default lipbench-results/<time>)")
+        baselines_option(p)
+
+    def baselines_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--baselines",
+            default=None,
+            metavar="DIR",
+            help="baselines folder (default LIPBENCH_BASELINES, else the baselines/ folder above the suite file)",
+        )
+
+    run = sub.add_parser("run", help="train every claim's runs and judge them against their baselines")
     selection(run)
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    run.add_argument("--workers", type=int, default=None, help="worker processes (default: GPUs, else cores)")
-    run.add_argument("--tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI or ./mlflow.db)")
-    run.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results are still saved)")
-    run.add_argument("--data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
-    run.add_argument("--out", default=None, help="results folder (default lipbench-results/<time>)")
+    training(run)
     run.set_defaults(func=cmd_run)
+
+    base = sub.add_parser("baseline", help="store or show the baselines runs are judged against")
+    base_sub = base.add_subparsers(dest="baseline_command", required=True)
+    update = base_sub.add_parser("update", help="run claims (or read a finished run) and store their baselines")
+    update.add_argument("paths", nargs="+", metavar="PATH", help="suite files or directories of them")
+    update.add_argument("--profile", help="profile to store (default: paper with a GPU, else quick; or the run's)")
+    update.add_argument(
+        "--from-run",
+        default=None,
+        metavar="RESULTS_OR_RUN_ID",
+        help="store from a finished run (a results folder or a claim's MLflow run id) instead of running",
+    )
+    update.add_argument(
+        "--force", action="store_true", help="store claims that did not PASS, or whose scenario differs"
+    )
+    training(update)
+    update.set_defaults(func=cmd_baseline_update, overrides=[])
+    show_base = base_sub.add_parser("show", help="table of the stored baselines of suite files")
+    show_base.add_argument("paths", nargs="+", metavar="PATH", help="suite files or directories of them")
+    show_base.add_argument("--profile", help="only this profile (default: every stored profile)")
+    baselines_option(show_base)
+    show_base.set_defaults(func=cmd_baseline_show)
+
+    comp = sub.add_parser("compare", help="per-claim differences of two runs (results folders or MLflow run ids)")
+    comp.add_argument("a", metavar="A")
+    comp.add_argument("b", metavar="B")
+    comp.add_argument("--tracking-uri", default=None, help="MLflow store of run ids (default MLFLOW_TRACKING_URI)")
+    comp.set_defaults(func=cmd_compare)
+
+    rep = sub.add_parser("report", help="a self-contained HTML report of a finished run")
+    rep.add_argument("results", metavar="RESULTS_DIR", help="results folder (or a claim's MLflow run id)")
+    rep.add_argument("--out", default=None, metavar="DIR", help="folder of report.html (default: RESULTS_DIR)")
+    rep.add_argument("--tracking-uri", default=None, help="MLflow store of a run id (default MLFLOW_TRACKING_URI)")
+    rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser("list", help="claims, profiles, runs and model-steps of suites")
     selection(lst)
@@ -156,13 +214,19 @@ def cmd_show(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def _device(args) -> str:
     from lipbench.engine import resolve_device
 
     try:
-        device = str(resolve_device(args.device))
+        return str(resolve_device(args.device))
     except RuntimeError as e:
         raise LipbenchError(str(e)) from None
+
+
+def cmd_run(args) -> int:
+    from lipbench.baselines import exit_code
+
+    device = _device(args)
     claims, problems = load_claims(args, device)
     for p in problems:
         errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
@@ -175,29 +239,162 @@ def cmd_run(args) -> int:
     )
     outcomes = execute(claims, args, device, out)
     print_table(outcomes)
-    if problems:
+    return exit_code(outcomes, bad_input=bool(problems))
+
+
+def cmd_baseline_update(args) -> int:
+    """Run the claims (or read --from-run) and store each one that passed; exit 1 if any was refused."""
+    from lipbench.baselines import default_root, store
+    from lipbench.results import environment
+
+    if args.from_run:
+        return _update_from_run(args)
+    device = _device(args)
+    claims, problems = load_claims(args, device)
+    for p in problems:
+        errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
+    if problems or not claims:
         return 2
-    return 0 if all(o.status in ("PASS", "XFAIL", "SKIPPED") or _lenient_xpass(o) for o in outcomes) else 1
+    out = Path(args.out or Path("lipbench-results") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    console.print(f"lipbench: running {len(claims)} claims to store their baselines; results in {out}")
+    outcomes = execute(claims, args, device, out)
+    print_table(outcomes)
+    env = environment(device)
+    refused = 0
+    for o in outcomes:
+        path, message = store(
+            o, Path(args.baselines) if args.baselines else default_root(o.claim.file), env, force=args.force
+        )
+        refused += path is None
+        (console if path else errors).print(message, markup=False, soft_wrap=True)
+    return 1 if refused else 0
 
 
-def _lenient_xpass(outcome) -> bool:
-    return outcome.status == "XPASS" and not outcome.claim.claim.strict
+def _update_from_run(args) -> int:
+    from lipbench.baselines import changed_keys, default_root, scenario_dump, store
+    from lipbench.compare import load_side
+    from lipbench.results import load_outcome, load_result
+
+    found = {}
+    for folder in load_side(args.from_run, args.tracking_uri):
+        data = load_result(folder)
+        found[(data["collection"], data["claim"], data["profile"])] = folder
+    matched, refused = 0, 0
+    for file in suite_files(args.paths):
+        named = load_claim(file, args.profile)
+        for (collection, name, profile), folder in sorted(found.items()):
+            if (collection, name) != (named.collection, named.name) or (args.profile and profile != args.profile):
+                continue
+            matched += 1
+            outcome = load_outcome(folder)
+            current = load_claim(file, None if profile == "default" else profile)
+            problem = None
+            if outcome.claim.scenario_hash() != current.scenario_hash():
+                keys = changed_keys(scenario_dump(current), scenario_dump(outcome.claim))
+                problem = (
+                    f"the run's scenario differs from {file} [{profile}] ({'; '.join(keys[:4]) or 'hash only'}): "
+                    "it ran with --set, or the file changed since"
+                )
+            root = Path(args.baselines) if args.baselines else default_root(file)
+            path, message = store(
+                outcome, root, load_result(folder)["environment"], force=args.force, hash_problem=problem
+            )
+            refused += path is None
+            (console if path else errors).print(message, markup=False, soft_wrap=True)
+    if not matched:
+        errors.print(f"lipbench: error: {args.from_run} holds no result of the claims in {', '.join(args.paths)}")
+        return 2
+    return 1 if refused else 0
+
+
+def cmd_baseline_show(args) -> int:
+    from lipbench.baselines import BaselineError, default_root, read_baseline
+
+    table = Table(title="stored baselines")
+    for col in ("claim", "profile", "status", "statistic", "tracked (value ± bootstrap se)", "taken", "scenario"):
+        table.add_column(col)
+    shown, bad = 0, 0
+    for file in suite_files(args.paths):
+        named = load_claim(file, args.profile)
+        root = Path(args.baselines) if args.baselines else default_root(file)
+        pattern = f"{named.name}.{args.profile}.json" if args.profile else f"{named.name}.*.json"
+        for path in sorted((root / named.collection).glob(pattern)):
+            try:
+                data = read_baseline(path)
+            except BaselineError as e:
+                errors.print(f"lipbench: error: {e}", markup=False, soft_wrap=True)
+                bad += 1
+                continue
+            shown += 1
+            profile = data["profile"]
+            try:
+                current = load_claim(file, None if profile == "default" else profile).scenario_hash()
+                same = "same as file" if current == data["scenario_hash"] else "[red]file changed: not comparable[/]"
+            except SuiteError:
+                same = f"[red]profile {profile!r} is gone from the file[/]"
+            a, env = data["assertion"], data.get("environment", {})
+            tracked = "\n".join(
+                f"{t['name']} = {t['value']:.3g} ± {'-' if t['se'] is None else format(t['se'], '.2g')}"
+                for t in data["summary"].get("tracked", [])
+                if t["value"] is not None
+            )
+            table.add_row(
+                f"{data['collection']}/{data['claim']}",
+                profile,
+                f"[{STYLE.get(data['status'], '')}]{data['status']}[/]",
+                f"{a['statistic_name']} = {a['statistic']:.3g}" if a.get("statistic") is not None else "-",
+                tracked or "-",
+                f"{env.get('date', '-')}\n{env.get('device', '-')} @ {env.get('git_commit') or '-'}",
+                f"{data['scenario_hash']}\n{same}",
+            )
+    console.print(table)
+    if not shown and not bad:
+        console.print("no baselines stored for these suites; store them with `lipbench baseline update PATH`")
+    return 2 if bad else 0
+
+
+def cmd_compare(args) -> int:
+    from lipbench.compare import compare_rows, print_compare, sides
+
+    rows = compare_rows(sides(args.a, args.tracking_uri), sides(args.b, args.tracking_uri))
+    print_compare(rows, console, args.a, args.b)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from lipbench.compare import load_side
+    from lipbench.report import write_report
+
+    folders = load_side(args.results, args.tracking_uri)
+    source = Path(args.results) if Path(args.results).exists() else folders
+    path = write_report(source, args.out)
+    console.print(f"report: {path}")
+    return 0
 
 
 def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
     """Run claims with progress bars; each finished claim is saved, drawn and logged at once."""
+    from lipbench.baselines import verdict_of
     from lipbench.runner import run_claims
     from lipbench.session import Session
 
     def warn(text: str) -> None:
         errors.print(text, markup=False, soft_wrap=True)
 
-    session = Session(out, device, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow, warn=warn)
+    session = Session(
+        out,
+        device,
+        tracking_uri=args.tracking_uri,
+        mlflow=not args.no_mlflow,
+        warn=warn,
+        baselines=getattr(args, "baselines", None),
+    )
     session.prepare(claims)
 
     def done(outcome) -> None:
         session.finish_claim(outcome)
-        progress.update(tasks[outcome.claim.name], description=f"{outcome.claim.name} [{outcome.status}]")
+        verdict = verdict_of(outcome)
+        progress.update(tasks[outcome.claim.name], description=f"{outcome.claim.name} [{verdict}]")
 
     def advance(claim, done_runs: int, total: int) -> None:
         progress.update(tasks[claim.name], completed=done_runs, total=total)
@@ -225,29 +422,49 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
 
 
 def print_table(outcomes) -> None:
+    from lipbench.baselines import comparison_of, verdict_of
+
     table = Table(title="lipbench verdicts", show_lines=False)
-    for col in ("claim", "profile", "verdict", "statistic", "threshold", "p", "runs", "time"):
+    for col in ("claim", "profile", "verdict", "statistic", "threshold", "p", "vs baseline", "runs", "time"):
         table.add_column(col)
     for o in outcomes:
-        r = o.result
+        r, verdict, comparison = o.result, verdict_of(o), comparison_of(o)
         stat = f"{r.statistic_name} = {r.statistic:.3g}" if r else "-"
         thr = f"{r.threshold:.3g}" if r else "-"
         p = f"{r.pvalue:.2g}" if r and r.pvalue is not None else "-"
         table.add_row(
             o.claim.name,
             o.claim.profile,
-            f"[{STYLE.get(o.status, '')}]{o.status}[/]",
+            f"[{STYLE.get(verdict, '')}]{verdict}[/]",
             stat,
             thr,
             p,
+            _versus(comparison),
             str(len(o.records)),
             f"{o.seconds:.0f} s",
         )
     console.print(table)
     for o in outcomes:
+        verdict, comparison = verdict_of(o), comparison_of(o)
         if o.sentence:
-            console.print(f"[{STYLE.get(o.status, '')}]{o.status}[/] {o.claim.name}: ", end="")
+            console.print(f"[{STYLE.get(verdict, '')}]{verdict}[/] {o.claim.name}: ", end="")
             console.print(o.sentence, markup=False, highlight=False)
+        if comparison is not None and comparison.sentence:
+            console.print(f"    baseline: {comparison.sentence}", markup=False, highlight=False)
+
+
+def _versus(comparison) -> str:
+    """The baseline column: the largest |z| of the tracked statistics, or why there is none."""
+    if comparison is None or comparison.comparable is None:
+        return "new" if comparison is not None and comparison.verdict == "NEW" else "-"
+    if not comparison.comparable:
+        return "not comparable"
+    zs = [c for c in comparison.changes if c.z is not None]
+    if not zs:
+        return "not compared"
+    worst = max(zs, key=lambda c: abs(c.z))
+    wider = f", band x{comparison.factor:g}" if comparison.factor != 1 else ""
+    return f"{worst.name}: z = {worst.z:.2g}{wider}"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the end. The only per-record host sync is the divergence check.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -18,6 +19,7 @@ from lipbench.data import Dataset
 from lipbench.lipschitz import spectral_norms
 from lipbench.models import build_model, initialise, lipschitz_layers
 from lipbench.records import RunRecord
+from lipbench.regularisers import BatchTransform
 from lipbench.suite import RunSpec
 
 MONITOR_SIZE = 1024  # training samples on which loss and accuracy are recorded
@@ -50,6 +52,16 @@ def corrupt_labels(y: torch.Tensor, p: float, num_classes: int, generator: torch
     return torch.where(mask.to(y.device), drawn.to(y.device), y)
 
 
+def init_sigma_theory(layers: list[torch.nn.Module], scheme: str, std: float) -> list[float]:
+    """s (sqrt(m) + sqrt(n)) per layer matrix m x n (PAPER.md §3 init), s the entry std of the init scheme."""
+    out = []
+    for layer in layers:
+        rows, cols = layer.weight.shape[0], layer.weight[0].numel()
+        s = std if scheme == "normal" else 1.0 / math.sqrt(3 * cols)  # U(-1/sqrt(fan_in), ..) has std 1/sqrt(3 fan_in)
+        out.append(s * (math.sqrt(rows) + math.sqrt(cols)))
+    return out
+
+
 def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> RunRecord:
     """Train one run of a claim and return its record; a non-finite loss stops it early."""
     sc, device = spec.scenario, torch.device(device)
@@ -58,6 +70,8 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     init_gen = torch.Generator().manual_seed(spec.init_seed)
     label_gen = torch.Generator().manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 1))
     batch_gen = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 2))
+    noise_gen = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 3))
+    torch.manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 4))  # dropout masks use the global RNG
 
     x_train = data.x_train.to(device)
     y_train = corrupt_labels(data.y_train, sc.label_noise, data.num_classes, label_gen).to(device)
@@ -81,6 +95,21 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     opt = torch.optim.SGD(model.parameters(), lr=sc.optimizer.lr, momentum=0.0, weight_decay=sc.optimizer.weight_decay)
     b, g = sc.optimizer.batch_size, sc.gradient
     noise_amp = g.noise_std * (math.sqrt(3.0) if g.noise == "uniform" else 1.0)
+    # Regularisers (mixup, label smoothing, auto-augment, FGSM): the batch and loss the step trains on.
+    reg_seed = stream_seed(spec.sampling_seed, spec.init_seed, 5)
+    transform = BatchTransform(sc.regularisers, x_train, data.num_classes, device, reg_seed)
+    if "sde" in sc.record:
+        from lipbench.sde import measure_sde_terms
+
+        probe = functools.partial(  # the terms of the update the step applies (lipbench.sde)
+            measure_sde_terms,
+            lr=sc.optimizer.lr,
+            batch_stats="contributions" if m.batch_norm else "error",
+            weight_decay=sc.optimizer.weight_decay,
+            gradient_scale=g.scale,
+            gradient_noise_var=g.noise_std**2 if g.noise != "none" else 0.0,
+            population=n if sc.sampling == "without_replacement" else None,
+        )
 
     marks = record_steps(sc.steps, sc.record_every)
     probe_sde = "sde" in sc.record
@@ -98,6 +127,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
                 order, pos = torch.randperm(n, generator=batch_gen, device=device), 0
             idx, pos = order[pos : pos + b], pos + b
         xb, yb = x_train[idx], y_train[idx]
+        xb, yb = transform(model, xb, yb)  # unchanged without regularisers; mixup makes yb soft targets
 
         if step == marks[row]:
             model.eval()
@@ -106,10 +136,9 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
                 buffer[row, : len(layers)] = spectral_norms(layers)
                 buffer[row, len(layers)] = F.cross_entropy(logits, y_mon)
                 buffer[row, len(layers) + 1] = (logits.argmax(1) == y_mon).float().mean()
+            model.train()  # the probe sees what the step sees: dropout masks, batch statistics
             if probe_sde:
-                from lipbench.sde import measure_sde_terms
-
-                terms = measure_sde_terms(model, layer_names, xb, yb, F.cross_entropy, sc.optimizer.lr).as_dict()
+                terms = probe(model, layer_names, xb, yb, transform.loss).as_dict()
                 sde_keys = list(terms)
                 buffer[row, len(names) : len(names) + len(terms)] = torch.stack(list(terms.values()))
             model.train()
@@ -120,16 +149,16 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
         if step == sc.steps:
             break
 
-        loss = F.cross_entropy(model(xb), yb)
+        loss = transform.loss(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for p in model.parameters():
             if g.scale != 1.0:
                 p.grad.mul_(g.scale)
             if g.noise == "gaussian":
-                p.grad.add_(torch.randn(p.shape, generator=batch_gen, device=device), alpha=noise_amp)
+                p.grad.add_(torch.randn(p.shape, generator=noise_gen, device=device), alpha=noise_amp)
             elif g.noise == "uniform":
-                p.grad.add_(torch.rand(p.shape, generator=batch_gen, device=device).mul_(2).sub_(1), alpha=noise_amp)
+                p.grad.add_(torch.rand(p.shape, generator=noise_gen, device=device).mul_(2).sub_(1), alpha=noise_amp)
         opt.step()
 
     kept = row if diverged_at is None else row + 1
@@ -140,6 +169,9 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     with np.errstate(divide="ignore", invalid="ignore"):
         metrics["log_K"] = np.log(sigmas).sum(axis=1)
         metrics["K"] = np.exp(metrics["log_K"])
+    if "init" in sc.record:  # the random-matrix prediction for each layer at init: a constant per run
+        for i, v in enumerate(init_sigma_theory(layers, m.init, m.init_std)):
+            metrics[f"sigma_init_theory_{i}"] = np.full(kept, v)
     summary: dict[str, float] = {}
     if diverged_at is None:
         model.eval()

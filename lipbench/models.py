@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 MODELS: tuple[str, ...] = ("mlp", "convnet")
+MLP_DROPOUT = 0.2  # the paper gives no MLP rate; the ConvNet's conv-block rate
 
 
 class MLP(nn.Module):
@@ -85,14 +86,18 @@ def build_model(
     *,
     hidden: Sequence[int] = (512, 256),
     width: int = 32,
-    dropout: float = 0.0,
+    dropout: bool = False,
     batch_norm: bool = False,
 ) -> nn.Module:
-    """Build a model by registry name; parameters are left for `initialise` to set."""
+    """Build a model by registry name; parameters are left for `initialise` to set.
+
+    `dropout` is a switch (the scenario's `model.dropout: true`); the rates are fixed, as in the paper.
+    """
     if name == "mlp":
         if batch_norm:
             raise ValueError("model.batch_norm applies to the convnet only; the paper's MLP has none")
-        return MLP(math.prod(input_shape), hidden, num_classes, dropout)
+        # A switch, not a rate: nn.Dropout(True) would drop every activation (p = 1).
+        return MLP(math.prod(input_shape), hidden, num_classes, MLP_DROPOUT if dropout else 0.0)
     if name == "convnet":
         return ConvNet(input_shape, num_classes, dropout=dropout, batch_norm=batch_norm, width=width)
     raise ValueError(f"model must be one of {', '.join(MODELS)}, not {name!r}")

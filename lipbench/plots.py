@@ -22,8 +22,11 @@ def claim_figure(outcome: ClaimOutcome, path: str | Path) -> Path | None:
         return None
     sweep = outcome.claim.sweep_name or "run"
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    _trajectories(left, df, sweep)
     test = outcome.result.test if outcome.result else ""
+    if test == "invariance" and df["sweep_value"].isna().all():
+        _trajectories(left, df, "init seed", by="init_seed")  # paper Fig. 4: one band per init seed
+    else:
+        _trajectories(left, df, sweep)
     if test == "power_law":
         _power_law(right, df, outcome, sweep)
     elif test == "invariance":
@@ -32,7 +35,7 @@ def claim_figure(outcome: ClaimOutcome, path: str | Path) -> Path | None:
         _growth(right, df, outcome)
     else:
         _final_vs_sweep(right, df, outcome, sweep)
-    verdict = outcome.status
+    verdict = getattr(outcome, "verdict", None) or outcome.status  # the baseline verdict, once judged
     fig.suptitle(f"{outcome.claim.name} [{outcome.claim.profile}] — {verdict}", fontsize=11)
     fig.tight_layout()
     path = Path(path)
@@ -46,8 +49,8 @@ def _final(df: pd.DataFrame, quantity: str = "K") -> pd.DataFrame:
     return df.loc[df.groupby("run")["step"].idxmax(), ["run", "sweep_value", "init_seed", "sampling_seed", quantity]]
 
 
-def _trajectories(ax, df: pd.DataFrame, sweep: str) -> None:
-    groups = df.groupby("sweep_value", dropna=False)
+def _trajectories(ax, df: pd.DataFrame, sweep: str, by: str = "sweep_value") -> None:
+    groups = df.groupby(by, dropna=False)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, groups.ngroups)))
     for color, (value, g) in zip(colors, groups, strict=False):
         stats = g.groupby("step")["K"].agg(["mean", "min", "max"])
@@ -56,7 +59,7 @@ def _trajectories(ax, df: pd.DataFrame, sweep: str) -> None:
         ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("K = prod sigma_max (mean, min-max over seeds)")
+    ax.set_ylabel("K = prod sigma_max (mean, min-max over runs)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 

@@ -1,7 +1,8 @@
 """The local copy of every finished claim: the source of truth, written before anything is logged.
 
-Layout: `<out>/<collection>/<claim>/` with `result.json` (status, assertion result, scenario
-hash, environment), `records.json` (every run's recorded steps) and `figure.png`.
+Layout: `<out>/<collection>/<claim>/` with `result.json` (status, final verdict, assertion
+result, baseline comparison, scenario hash, resolved claim, environment), `records.json` (every
+run's recorded steps) and `figure.png`. `load_outcome` rebuilds a ClaimOutcome from a folder.
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ def save_outcome(outcome: ClaimOutcome, out: Path, env: dict[str, Any]) -> Path:
         "profile": claim.profile,
         "scenario_hash": claim.scenario_hash(),
         "status": outcome.status,
+        "verdict": getattr(outcome, "verdict", None) or outcome.status,
         "error": outcome.error,
         "seconds": round(outcome.seconds, 3),
         "runs": len(outcome.records),
         "assertion": outcome.result.to_dict() if outcome.result else None,
         "environment": env,
+        "resolved": claim.claim.model_dump(mode="json"),
     }
     (folder / "result.json").write_text(json.dumps(payload, indent=2) + "\n")
     (folder / "records.json").write_text(json.dumps([r.to_dict() for r in outcome.records]) + "\n")
@@ -80,3 +83,40 @@ def load_records(folder: Path) -> list[RunRecord]:
 
 def load_result(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "result.json").read_text())
+
+
+def update_result(folder: Path, **fields: Any) -> None:
+    """Add or replace top-level fields of a saved result.json (the verdict, once it is known)."""
+    path = Path(folder) / "result.json"
+    payload = json.loads(path.read_text())
+    payload.update(fields)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def find_results(root: str | Path) -> list[Path]:
+    """Every claim folder (one holding result.json) at or under `root`, sorted."""
+    root = Path(root)
+    if (root / "result.json").is_file():
+        return [root]
+    return sorted(p.parent for p in root.rglob("result.json"))
+
+
+def load_outcome(folder: str | Path) -> ClaimOutcome:
+    """Rebuild a finished claim from its folder: the claim as it was resolved, its records and result."""
+    from lipbench.assertions import AssertionResult
+    from lipbench.suite import Claim, ResolvedClaim, load_claim
+
+    folder = Path(folder)
+    data = load_result(folder)
+    if data.get("resolved"):
+        claim = ResolvedClaim(
+            Claim.model_validate(data["resolved"]), Path(data["file"]), data["profile"], data["collection"], ()
+        )
+    else:  # written before result.json held the resolved claim: read the suite file again
+        claim = load_claim(data["file"], None if data["profile"] == "default" else data["profile"])
+    result = AssertionResult.from_dict(data["assertion"]) if data.get("assertion") else None
+    records = load_records(folder) if (folder / "records.json").exists() else []
+    outcome = ClaimOutcome(claim, data["status"], records, result, data.get("error"), data.get("seconds", 0.0))
+    if data.get("verdict"):
+        outcome.verdict = data["verdict"]  # type: ignore[attr-defined]
+    return outcome

@@ -95,7 +95,8 @@ def run_claims(
         if len(done_records[name]) == len(pending[name]):
             finish(name)
 
-    specs = [spec for name in pending for spec in pending[name]]
+    # Longest runs first, so that no long run starts last and leaves the other workers idle.
+    specs = sorted((s for name in pending for s in pending[name]), key=_cost, reverse=True)
     n_workers = workers or default_workers(device, len(specs))
     if n_workers <= 1 or len(specs) <= 1:
         for spec in specs:
@@ -103,6 +104,10 @@ def run_claims(
     else:
         _run_in_pool(specs, n_workers, device, data_root, collect)
     return [outcomes[c.name] for c in claims]
+
+
+def _cost(spec: RunSpec) -> float:
+    return spec.scenario.steps * (spec.scenario.optimizer.batch_size + 64)  # + a per-step overhead
 
 
 def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) -> ClaimOutcome:

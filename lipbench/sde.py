@@ -9,14 +9,28 @@ For one layer with SVD W = sum_j s_j u_j v_j^T and per-sample gradients g_i (G =
 Q(E) = d^2/dt^2 sigma_max(W + tE) at t = 0, the full second directional derivative (second-order
 perturbation theory of the symmetric dilation [[0, W], [W^T, 0]]), so PAPER.md's formula needs no
 extra factor. Everything here stays on the weights' device: no host syncs.
+
+Beside the SDE's terms, each layer reports the discrete-time correction the SDE omits:
+
+    disc  = lr^2 / 2 * Q(G)                        (E[d sigma] = mu + eps + disc + O(lr^3))
+
+and the network its log-K form, sum_l disc_l / sigma_l - mu_l^2 / (2 sigma_l^2) (the deterministic
+second-order terms of E[d log K]; the noise's -beta^2/2 is the SDE's own Ito term).
+
+The terms describe the update SGD really applies, W <- W - lr (scale * g_hat + noise + wd * W):
+`gradient_scale`, `gradient_noise_var` (i.i.d. noise per entry) and `weight_decay` enter mu, beta2,
+eps and disc in closed form; `population` applies the without-replacement factor (N - b)/(N - 1)
+to the sampling noise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -26,6 +40,7 @@ __all__ = [
     "LayerTerms",
     "SDETerms",
     "hessian_quadratic_form",
+    "hessian_trace",
     "layer_matrix",
     "measure_sde_terms",
     "per_sample_grads",
@@ -75,6 +90,23 @@ def hessian_quadratic_form(W: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
     return _quad_form(*torch.linalg.svd(W, full_matrices=False), E)
 
 
+def _trace_from_svd(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    # Sum of Q over the basis e_a e_b^T: sum a_j^2 = sum c_j^2 = 1, sum a_j c_j = 0 for j >= 2, and each
+    # of the m - r left and n - r right null directions adds 1/s1.
+    s1, sj = s[0], s[1:]
+    return (2 * s1 / (s1.square() - sj.square())).sum() + (m + n - 2 * s.numel()) / s1
+
+
+def hessian_trace(W: torch.Tensor) -> torch.Tensor:
+    """tr H of sigma_max at W (m x n): E[Q(N)] / v for N with i.i.d. entries of variance v.
+
+    tr H = sum_{j=2..r} 2 s1 / (s1^2 - s_j^2) + (m + n - 2r) / s1, from the singular values alone.
+    """
+    if W.ndim != 2:
+        raise ValueError(f"W must be a matrix, not a tensor of shape {tuple(W.shape)}")
+    return _trace_from_svd(torch.linalg.svdvals(W), *W.shape)
+
+
 # --------------------------------------------------------------------------------------------
 # Result objects
 # --------------------------------------------------------------------------------------------
@@ -88,6 +120,7 @@ class LayerTerms:
     mu: torch.Tensor
     beta2: torch.Tensor
     eps: torch.Tensor
+    disc: torch.Tensor  # lr^2/2 Q(G): the discrete step's own curvature, outside the SDE
 
 
 @dataclass
@@ -98,6 +131,7 @@ class SDETerms:
     mu: torch.Tensor  # sum_l mu_l / sigma_l
     beta2: torch.Tensor  # sum_l beta_l^2 / sigma_l^2
     eps: torch.Tensor  # sum_l eps_l / sigma_l
+    disc: torch.Tensor  # sum_l disc_l / sigma_l - mu_l^2 / (2 sigma_l^2): discrete-time terms of E[d log K]
 
     @property
     def drift(self) -> torch.Tensor:
@@ -105,10 +139,11 @@ class SDETerms:
         return self.mu + self.eps - self.beta2 / 2
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        """Flat record keys: sde_mu, sde_beta2, sde_eps, sde_drift and sde_{mu,beta2,eps}_{l}."""
+        """Flat record keys: sde_{mu,beta2,eps,drift,disc} and sde_{mu,beta2,eps,disc}_{l}."""
         out = {"sde_mu": self.mu, "sde_beta2": self.beta2, "sde_eps": self.eps, "sde_drift": self.drift}
+        out["sde_disc"] = self.disc
         for i, t in enumerate(self.layers):
-            out |= {f"sde_mu_{i}": t.mu, f"sde_beta2_{i}": t.beta2, f"sde_eps_{i}": t.eps}
+            out |= {f"sde_mu_{i}": t.mu, f"sde_beta2_{i}": t.beta2, f"sde_eps_{i}": t.eps, f"sde_disc_{i}": t.disc}
         return out
 
 
@@ -172,13 +207,42 @@ def per_sample_grads(
         return vmap(grad(sample_loss), in_dims=(None, 0, 0), randomness="different")(wanted, x, y)
 
 
+def _factorable(module: nn.Module) -> bool:
+    """Layers whose per-sample gradient is sum_t delta_it x_it^T with x from the input alone."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)  # "same"/"valid": left to per_sample_grads
+    )
+
+
+def _layer_input(module: nn.Module, inp: torch.Tensor, b: int) -> torch.Tensor:
+    """The layer's input as b x t x fan_in rows: Linear's extra dims, or a Conv2d's unfolded patches."""
+    if isinstance(module, nn.Conv2d):
+        patches = F.unfold(inp, module.kernel_size, module.dilation, module.padding, module.stride)
+        return patches.transpose(1, 2)  # b x positions x (in * kh * kw), the order of layer_matrix
+    return inp.reshape(b, -1, inp.shape[-1])  # b x t x in
+
+
+def _layer_out_grad(module: nn.Module, g: torch.Tensor, b: int) -> torch.Tensor:
+    if isinstance(module, nn.Conv2d):
+        return g.reshape(b, g.shape[1], -1).transpose(1, 2)  # b x positions x out
+    return g.reshape(b, -1, g.shape[-1])  # b x t x out
+
+
 def _linear_factors(
-    model: nn.Module, linears: dict[str, nn.Linear], x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+    model: nn.Module, linears: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor]]:
-    """For each Linear: (delta, xin) with g_i = sum_t delta[i, t] xin[i, t]^T, and G = mean_i g_i.
+    """For each Linear or Conv2d: (delta, xin) with g_i = sum_t delta[i, t] xin[i, t]^T, and G = mean_i g_i.
 
     delta is the per-sample loss gradient w.r.t. the layer's output: b times the batch-mean loss's
-    output gradient. Extra input dims (and repeated calls of a shared layer) become the t axis.
+    output gradient. Extra input dims, a convolution's positions (unfolded patches) and repeated
+    calls of a shared layer become the t axis. Without batch statistics g_i is sample i's own
+    gradient; with them (BatchNorm in training mode) it is sample i's share of the batch gradient,
+    the statistics' dependence included, and still mean_i g_i = G exactly.
     """
     b = x.shape[0]
     inputs: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
@@ -189,10 +253,10 @@ def _linear_factors(
             if args[0].shape[0] != b:
                 raise ValueError(f"layer {name!r} got a batch of {args[0].shape[0]}, expected dim 0 = {b}")
             call = len(inputs[name])
-            inputs[name].append(args[0].detach().reshape(b, -1, args[0].shape[-1]))  # b x t x in
+            inputs[name].append(_layer_input(module, args[0].detach(), b))
 
             def grad_hook(g: torch.Tensor) -> None:
-                out_grads[name][call] = g.detach().reshape(b, -1, g.shape[-1])  # b x t x out
+                out_grads[name][call] = _layer_out_grad(module, g.detach(), b)
 
             out.register_hook(grad_hook)
 
@@ -212,7 +276,8 @@ def _linear_factors(
         calls = range(len(inputs[n]))
         delta = b * torch.cat([out_grads[n][k] for k in calls], dim=1)
         factors[n] = (delta, torch.cat(inputs[n], dim=1))
-    return factors, dict(zip(linears, grads, strict=True))
+    G = {n: g.reshape(g.shape[0], -1) for n, g in zip(linears, grads, strict=True)}
+    return factors, G
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +285,36 @@ def _linear_factors(
 # --------------------------------------------------------------------------------------------
 
 
-def _linear_terms(W: torch.Tensor, G: torch.Tensor, delta: torch.Tensor, xin: torch.Tensor, lr: float) -> LayerTerms:
+@dataclass(frozen=True)
+class _Update:
+    """What SGD applies besides lr * g_hat: W <- W - lr (scale g_hat + noise + wd W)."""
+
+    lr: float
+    scale: float = 1.0
+    weight_decay: float = 0.0
+    noise_var: float = 0.0
+    fpc: float = 1.0  # (N - b)/(N - 1) without replacement, else 1
+
+
+def _terms(
+    W: torch.Tensor, G: torch.Tensor, svd: tuple, proj: torch.Tensor, q: torch.Tensor, up: _Update
+) -> LayerTerms:
+    """LayerTerms from u1^T g_i v1 (b) and Q(g_i - G) (b) of the loss gradients, for the update `up`."""
+    U, s, Vh = svd
+    b, lr = proj.shape[0], up.lr
+    sampling = up.scale**2 * up.fpc / b  # Cov[scale * g_hat] = scale^2 * fpc * Sigma / b
+    noise_q = up.noise_var * _trace_from_svd(s, *W.shape) if up.noise_var else 0.0
+    drift = up.scale * G + up.weight_decay * W if up.weight_decay else up.scale * G
+    return LayerTerms(
+        sigma=s[0],
+        mu=-lr * (U[:, 0] @ drift @ Vh[0]),
+        beta2=lr**2 * (sampling * proj.var(correction=1) + up.noise_var),
+        eps=lr**2 / 2 * (sampling * q.mean() + noise_q),
+        disc=lr**2 / 2 * _quad_form(U, s, Vh, drift),
+    )
+
+
+def _linear_terms(W: torch.Tensor, G: torch.Tensor, delta: torch.Tensor, xin: torch.Tensor, up: _Update) -> LayerTerms:
     # Algebra: g_i = sum_t d_it x_it^T, so every projection is a product of projections of the
     # factors and no b x m x n tensor is formed:
     #   u1^T g_i v1 = sum_t (u1.d_it)(x_it.v1)
@@ -228,7 +322,6 @@ def _linear_terms(W: torch.Tensor, G: torch.Tensor, delta: torch.Tensor, xin: to
     #   c_ij = u1^T (g_i - G) v_j = sum_t (u1.d_it)(x_it.v_j) - u1^T G v_j
     #   (g_i - G) v1 = sum_t d_it (x_it.v1) - G v1,  (g_i - G)^T u1 = sum_t x_it (u1.d_it) - G^T u1
     # and the null-space terms project the last two off U and V.
-    b = delta.shape[0]
     U, s, Vh = torch.linalg.svd(W, full_matrices=False)
     u1, v1, V = U[:, 0], Vh[0], Vh.T
     du1, xv1 = delta @ u1, xin @ v1  # b x t
@@ -238,69 +331,93 @@ def _linear_terms(W: torch.Tensor, G: torch.Tensor, delta: torch.Tensor, xin: to
     Etu1 = torch.einsum("btn,bt->bn", xin, du1) - Gtu1  # b x n: (g_i - G)^T u1
     a, c = Ev1 @ U, Etu1 @ V  # b x r
     q = _q_from_projections(s, a, c, _null_energy(Ev1, U, a) + _null_energy(Etu1, V, c))
-    return LayerTerms(
-        sigma=s[0],
-        mu=-lr * (u1 @ Gv1),
-        beta2=lr**2 * proj.var(correction=1) / b,
-        eps=lr**2 / (2 * b) * q.mean(),
-    )
+    return _terms(W, G, (U, s, Vh), proj, q, up)
 
 
-def _matrix_terms(W: torch.Tensor, g: torch.Tensor, lr: float) -> LayerTerms:
+def _matrix_terms(W: torch.Tensor, g: torch.Tensor, up: _Update) -> LayerTerms:
     """Terms from explicit per-sample gradient matrices g (b x m x n)."""
-    b = g.shape[0]
     G = g.mean(dim=0)
     U, s, Vh = torch.linalg.svd(W, full_matrices=False)
     proj = torch.einsum("m,bmn,n->b", U[:, 0], g, Vh[0])  # b: u1^T g_i v1
-    q = _quad_form(U, s, Vh, g - G)
-    return LayerTerms(
-        sigma=s[0],
-        mu=-lr * (U[:, 0] @ G @ Vh[0]),
-        beta2=lr**2 * proj.var(correction=1) / b,
-        eps=lr**2 / (2 * b) * q.mean(),
-    )
+    return _terms(W, G, (U, s, Vh), proj, _quad_form(U, s, Vh, g - G), up)
+
+
+BatchStats = Literal["error", "contributions"]
 
 
 def measure_sde_terms(
-    model: nn.Module, layer_names: list[str], x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, lr: float
+    model: nn.Module,
+    layer_names: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    lr: float,
+    *,
+    batch_stats: BatchStats = "error",
+    weight_decay: float = 0.0,
+    gradient_scale: float = 1.0,
+    gradient_noise_var: float = 0.0,
+    population: int | None = None,
 ) -> SDETerms:
-    """mu, beta^2, eps of PAPER.md §2 for the named layer weights on the batch (x, y).
+    """mu, beta^2, eps (and the discrete term disc) of PAPER.md §2 for the named layer weights on (x, y).
 
     b = x.shape[0] plays both roles: the samples the moments are estimated from and the SGD
-    batch size in the 1/b of beta^2 and eps. loss_fn must be the batch-mean loss. nn.Linear
-    weights use the closed form g_i = delta_i x_i^T; other layers (convolutions) use
-    `per_sample_grads` and their `layer_matrix`. Parameter .grad fields are left untouched.
+    batch size in the 1/b of beta^2 and eps. loss_fn must be the batch-mean loss; y may be class
+    indices or soft targets (mixup). nn.Linear and nn.Conv2d weights use the closed form
+    g_i = sum_t delta_it x_it^T (a convolution's t runs over its unfolded positions); other layers
+    use `per_sample_grads` and their `layer_matrix`. Parameter .grad fields are left untouched.
+
+    With BatchNorm using batch statistics per-sample gradients do not exist: `batch_stats="error"`
+    raises; `"contributions"` measures every layer with the closed form on one forward pass of the
+    whole batch, g_i being sample i's share of the batch gradient (see `_linear_factors`): exact
+    per-sample gradients for layers after the last BatchNorm, and for the layers before it the
+    spread of the shares stands in for the gradient noise (mean_i g_i = G still holds exactly).
+
+    The update is W <- W - lr (gradient_scale * g_hat + noise + weight_decay * W), noise with
+    i.i.d. entries of variance gradient_noise_var; `population` = N when batches are drawn
+    without replacement from N samples (sampling noise times (N - b)/(N - 1)).
     """
     b = x.shape[0]
     if b < 2:
         raise ValueError(f"x must hold at least 2 samples for the gradient variance, not {b}")
-    _check_no_batch_stats(model)
+    if batch_stats not in ("error", "contributions"):
+        raise ValueError(f"batch_stats must be 'error' or 'contributions', not {batch_stats!r}")
+    if population is not None and population < b:
+        raise ValueError(f"population ({population}) must be at least the batch size ({b})")
+    if batch_stats == "error":
+        _check_no_batch_stats(model)
+    fpc = 1.0 if population is None or population == 1 else (population - b) / (population - 1)
+    up = _Update(lr, gradient_scale, weight_decay, gradient_noise_var, fpc)
     named = dict(model.named_parameters())
     _check_names(named, layer_names)
-    linears: dict[str, nn.Linear] = {}
+    linears: dict[str, nn.Module] = {}
     for n in layer_names:
         prefix, _, attr = n.rpartition(".")
         module = model.get_submodule(prefix)
-        if isinstance(module, nn.Linear) and attr == "weight":
+        if _factorable(module) and attr == "weight":
             linears[n] = module
     others = [n for n in layer_names if n not in linears]
+    if others and batch_stats == "contributions":
+        raise ValueError(f"batch_stats='contributions' needs Linear or Conv2d weights; {others} are neither")
 
     terms: dict[str, LayerTerms] = {}
     if linears:
         factors, G = _linear_factors(model, linears, x, y, loss_fn)
         for n in linears:
-            terms[n] = _linear_terms(named[n].detach(), G[n], *factors[n], lr)
+            terms[n] = _linear_terms(layer_matrix(named[n].detach()), G[n], *factors[n], up)
     if others:
         grads = per_sample_grads(model, others, x, y, loss_fn)
         for n in others:
             g = grads[n].reshape(b, named[n].shape[0], -1)  # b x out x (in*kh*kw)
-            terms[n] = _matrix_terms(layer_matrix(named[n].detach()), g, lr)
+            terms[n] = _matrix_terms(layer_matrix(named[n].detach()), g, up)
 
     layers = [terms[n] for n in layer_names]
     sig = torch.stack([t.sigma for t in layers])
+    mu = torch.stack([t.mu for t in layers])
     return SDETerms(
         layers=layers,
-        mu=(torch.stack([t.mu for t in layers]) / sig).sum(),
+        mu=(mu / sig).sum(),
         beta2=(torch.stack([t.beta2 for t in layers]) / sig.square()).sum(),
         eps=(torch.stack([t.eps for t in layers]) / sig).sum(),
+        disc=(torch.stack([t.disc for t in layers]) / sig - mu.square() / (2 * sig.square())).sum(),
     )

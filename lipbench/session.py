@@ -1,6 +1,10 @@
 """What happens to a finished claim, the same from the CLI and from pytest: save it locally,
-draw its figure, log it to MLflow. The local copy is written first, so nothing computed is
-lost when a later step fails.
+judge it against its baseline, draw its figure, log it to MLflow. The local copy is written
+first, so nothing computed is lost when a later step fails.
+
+The final verdict (PASS, FAIL, REGRESSED, IMPROVED, NEW, ERROR, XFAIL, XPASS, SKIPPED) is put on
+the outcome by `finish_claim`: read it with `lipbench.baselines.verdict_of(outcome)` (or the
+attributes `outcome.verdict` and `outcome.comparison`, a `baselines.Comparison`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Session:
         mlflow: bool = True,
         experiment_ids: dict[str, str] | None = None,
         warn: Warn = print,
+        baselines: str | Path | None = None,
     ):
         from lipbench.results import environment
 
@@ -34,6 +39,7 @@ class Session:
         self.tracking_uri, self.mlflow = tracking_uri, mlflow
         self.experiment_ids = dict(experiment_ids or {})
         self.trackers: dict = {}
+        self.baselines = Path(baselines) if baselines is not None else None  # None: baselines.default_root
 
     @staticmethod
     def experiment_name(collection: str) -> str:
@@ -53,11 +59,15 @@ class Session:
         return {name: t.experiment_id for name, t in self.trackers.items()}
 
     def finish_claim(self, outcome: ClaimOutcome) -> Path:
-        """Save, draw and log one finished claim; returns its results folder."""
+        """Save, judge against its baseline, draw and log one finished claim; returns its results folder.
+
+        Sets `outcome.verdict` and `outcome.comparison` (see `lipbench.baselines.verdict_of`).
+        """
         from lipbench.plots import claim_figure
         from lipbench.results import save_outcome
 
         folder = save_outcome(outcome, self.out, self.env)
+        comparison = self._judge(outcome, folder)
         figure = None
         try:
             figure = claim_figure(outcome, folder / "figure.png")
@@ -66,11 +76,12 @@ class Session:
         if self.mlflow:
             self.prepare([outcome.claim])
             try:
-                artifacts = {"records": folder / "records.json"}
+                artifacts = {"records": folder / "records.json", "result": folder / "result.json"}
                 if figure:
                     artifacts["figure"] = figure
+                tags, metrics = _verdict_tags(comparison)
                 run_id = self.trackers[outcome.claim.collection].log_claim(
-                    outcome, tags={"lipbench.device": self.env["device"]}, artifacts=artifacts
+                    outcome, tags={"lipbench.device": self.env["device"], **tags}, artifacts=artifacts, metrics=metrics
                 )
                 (folder / "mlflow_run_id").write_text(run_id + "\n")
             except Exception as e:
@@ -79,3 +90,42 @@ class Session:
                     f"its results are in {folder}"
                 )
         return folder
+
+    def baselines_root(self, claim: ResolvedClaim) -> Path:
+        from lipbench.baselines import default_root
+
+        return self.baselines if self.baselines is not None else default_root(claim.file)
+
+    def _judge(self, outcome: ClaimOutcome, folder: Path):
+        """Compare with the baseline, put the verdict on the outcome and into result.json."""
+        from lipbench.baselines import Comparison, attach, verdict_for
+        from lipbench.results import update_result
+
+        try:
+            comparison = verdict_for(outcome, self.baselines_root(outcome.claim), self.env["device"])
+        except Exception as e:  # a broken comparison must never cost a result: say so, keep the status
+            self.warn(f"lipbench: warning: no baseline comparison for {outcome.claim.name}: {type(e).__name__}: {e}")
+            note = f"baseline comparison failed: {type(e).__name__}: {e}"
+            comparison = Comparison(outcome.status, outcome.status, notes=(note,))
+        attach(outcome, comparison)
+        update_result(folder, verdict=comparison.verdict, baseline=comparison.to_dict(), summary=comparison.summary)
+        return comparison
+
+
+def _verdict_tags(comparison) -> tuple[dict[str, str], dict[str, float]]:
+    """MLflow tags and metrics of the verdict (names listed in lipbench.compare's docstring)."""
+    state = {None: "none", True: "compared", False: "not comparable"}[comparison.comparable]
+    tags = {
+        "lipbench.verdict": comparison.verdict,
+        "lipbench.baseline": state,
+        "lipbench.comparison": comparison.sentence[:5000],
+    }
+    metrics: dict[str, float] = {}
+    if comparison.summary.get("final_mean") is not None:
+        metrics["final.mean"] = float(comparison.summary["final_mean"])
+    for change in comparison.changes:
+        for key in ("z", "change"):
+            value = getattr(change, key)
+            if value is not None and abs(value) != float("inf") and value == value:
+                metrics[f"baseline.{change.name}.{key}"] = float(value)
+    return tags, metrics

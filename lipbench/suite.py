@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from lipbench.assertions import ASSERTIONS, AssertionSpec
 from lipbench.data import DATASETS
@@ -47,6 +47,13 @@ class ModelSpec(Strict):
     init: Literal["default", "normal"] = "default"
     init_std: Annotated[float, Field(gt=0)] = 0.01
 
+    @field_validator("batch_norm")
+    @classmethod
+    def _batch_norm_convnet_only(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("name") == "mlp":
+            raise ValueError("batch_norm applies to the convnet only; the paper's MLP has none")
+        return value
+
 
 class DatasetSpec(Strict):
     name: DatasetName
@@ -72,7 +79,19 @@ class GradientSpec(Strict):
     noise_std: Annotated[float, Field(ge=0)] = 0.0
 
 
-RecordName = Literal["sigma", "K", "loss", "accuracy", "sde"]
+class RegularisersSpec(Strict):
+    """PAPER.md §3 validation (paper §7): training-time regularisers, each off by default.
+
+    Applied to each mini-batch in this order: auto_augment, mixup, FGSM (see lipbench.regularisers).
+    """
+
+    mixup: Annotated[float, Field(ge=0)] = 0.0  # alpha of lambda ~ Beta(alpha, alpha); 0: off
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    auto_augment: Literal["none", "cifar10", "imagenet", "svhn"] = "none"  # a torchvision policy
+    fgsm_epsilon: Annotated[float, Field(ge=0)] = 0.0  # L-inf radius in model-input (standardised) units; 0: off
+
+
+RecordName = Literal["sigma", "K", "loss", "accuracy", "sde", "init"]
 
 
 class Scenario(Strict):
@@ -86,17 +105,30 @@ class Scenario(Strict):
     sampling: Literal["with_replacement", "without_replacement"] = "with_replacement"
     record: list[RecordName] = ["sigma", "K", "loss", "accuracy"]
     device: Literal["any", "cuda"] = "any"
+    regularisers: RegularisersSpec = RegularisersSpec()
 
-    @model_validator(mode="after")
-    def _record_within_steps(self) -> Scenario:
-        if self.record_every > self.steps:
-            raise ValueError(f"record_every ({self.record_every}) must not exceed steps ({self.steps})")
-        return self
+    @field_validator("record_every")
+    @classmethod
+    def _record_within_steps(cls, value: int, info: ValidationInfo) -> int:
+        # A field validator (not a model one), so the error names scenario.record_every.
+        steps = info.data.get("steps")
+        if steps is not None and value > steps:
+            raise ValueError(f"record_every must not exceed steps ({steps})")
+        return value
 
 
 class Sweep(Strict):
     axis: str = Field(pattern=r"^scenario(\.[a-z_]+)+$")
     values: list[float] = Field(min_length=2)
+
+    @field_validator("values")
+    @classmethod
+    def _distinct(cls, values: list[float]) -> list[float]:
+        tags = [f"{v:g}" for v in values]  # the form run ids use
+        twice = next((t for i, t in enumerate(tags) if t in tags[:i]), None)
+        if twice is not None:
+            raise ValueError(f"sweep values must all differ, but {twice} appears twice")
+        return values
 
 
 class Seeds(Strict):
@@ -117,14 +149,26 @@ class Claim(Strict):
     seeds: Seeds = Seeds()
     assertion: AssertionSpec
     expect: Literal["pass", "fail"] = "pass"
-    expect_reason: str = ""
+    expect_reason: str = Field("", validate_default=True)
     strict: bool = False
 
-    @model_validator(mode="after")
-    def _expectation_has_reason(self) -> Claim:
-        if self.expect == "fail" and not self.expect_reason:
+    @field_validator("expect_reason")
+    @classmethod
+    def _expectation_has_reason(cls, value: str, info: ValidationInfo) -> str:
+        # A field validator (not a model one), so the error names expect_reason.
+        if info.data.get("expect") == "fail" and not value.strip():
             raise ValueError("expect: fail needs expect_reason, one sentence on why the claim does not reproduce")
-        return self
+        return value
+
+    @field_validator("assertion")
+    @classmethod
+    def _assertion_has_its_records(cls, value: Any, info: ValidationInfo) -> Any:
+        # Tests that read probe outputs (sde terms, init theory) name them in `needs_record`.
+        scenario = info.data.get("scenario")
+        missing = [r for r in getattr(value, "needs_record", ()) if scenario is not None and r not in scenario.record]
+        if missing:
+            raise ValueError(f"test {value.test} needs {missing} in scenario.record")
+        return value
 
 
 @dataclass(frozen=True)
@@ -223,9 +267,15 @@ def load_claim(
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise SuiteError(path, "profiles", "must map profile names to mappings of overrides")
     raw.setdefault("name", path.stem.replace(" ", "_").lower())
-    sets = [parse_override(o) for o in overrides]
+    try:
+        sets = [parse_override(o) for o in overrides]
+    except SuiteError as e:
+        raise SuiteError(path, f"--set {e.key}", e.message) from None
+    # The file itself first, so a broken file reports its own key, not one a profile happens to touch
+    # (or "no profile"). No overrides are applied yet, so no error is blamed on a --set.
+    _validate(path, raw, "", {}, [])
     for name, body in profiles.items():
-        _validate(path, _merge(raw, body), f"profiles.{name}", body, sets)
+        _validate(path, _merge(raw, body), f"profiles.{name}", body, [])
     if profile is None:
         data, origin, body = raw, "", {}
     elif profile in profiles:
@@ -305,41 +355,75 @@ def _apply_set(path: Path, data: dict[str, Any], key: str, value: Any) -> dict[s
 
 
 def _validate(path: Path, data: dict[str, Any], origin: str, body: dict, sets: list) -> Claim:
-    try:
-        claim = Claim.model_validate(data)
-        if claim.sweep is not None:
-            for i, value in enumerate(claim.sweep.values):
-                try:
-                    _sweep_scenario(claim, value)
-                except ValidationError as e:
-                    err = e.errors()[0]
-                    loc = ".".join(str(p) for p in err["loc"])
-                    raise SuiteError(
-                        path,
-                        f"sweep.values.{i}",
-                        f"{value!r} is not allowed for {claim.sweep.axis} ({loc}: {err['msg']})",
-                    ) from None
-        return claim
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    def where(loc: tuple[str, ...]) -> str:
         key = ".".join(loc)
         if any(k == key or key.startswith(k + ".") for k, _ in sets):
-            where = f"--set {key}"
-        elif origin and _has_path(body, loc):
-            where = f"{origin}.{key}"
-        else:
-            where = key
-        raise SuiteError(path, where, _explain(err, data, loc)) from None
+            return f"--set {key}"
+        if origin and loc and _has_path(body, loc):
+            return f"{origin}.{key}"
+        return key
+
+    try:
+        claim = Claim.model_validate(data)
+    except ValidationError as e:
+        errs = e.errors()
+        # A misspelt key also makes its correct spelling "missing": report the misspelling.
+        err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
+        loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        if len(loc) > 1 and loc[0] == "assertion" and loc[1] in ASSERTIONS:
+            del loc[1]  # pydantic's discriminator tag is not a key the user wrote
+        raise SuiteError(path, where(tuple(loc)), _explain(err, data, tuple(loc))) from None
+    if claim.sweep is not None:
+        problem = _axis_problem(claim.sweep.axis)
+        if problem:
+            raise SuiteError(path, where(("sweep", "axis")), problem)
+        for i, value in enumerate(claim.sweep.values):
+            try:
+                _sweep_scenario(claim, value)
+            except ValidationError as e:
+                err = e.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"])
+                raise SuiteError(
+                    path,
+                    where(("sweep", "values", str(i))),
+                    f"{value!r} is not allowed for {claim.sweep.axis} ({loc}: {err['msg']})",
+                ) from None
+    return claim
+
+
+def _axis_problem(axis: str) -> str | None:
+    """Why a sweep axis names no numeric key of the scenario, or None."""
+    model: Any = Scenario
+    keys = axis.split(".")[1:]
+    for i, key in enumerate(keys):
+        here = ".".join(["scenario", *keys[:i]])
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return f"{axis!r} goes inside {here}, which is a value, not a section"
+        if key not in model.model_fields:
+            allowed = list(model.model_fields)
+            return f"{axis!r} names no key of {here}{_did_you_mean(key, allowed)}; allowed there: {', '.join(allowed)}"
+        model = _field_model(model, key, {})
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return f"{axis!r} is a section; sweep one number inside it: {', '.join(model.model_fields)}"
+    return None
 
 
 def _has_path(body: dict, loc: tuple[str, ...]) -> bool:
     node: Any = body
     for k in loc:
-        if not isinstance(node, dict) or k not in node:
+        if isinstance(node, list) and k.isdigit() and int(k) < len(node):
+            node = node[int(k)]
+        elif isinstance(node, dict) and k in node:
+            node = node[k]
+        else:
             return False
-        node = node[k]
     return True
+
+
+PATTERN_HELP = {
+    "name": "must be lower-case letters, digits, '_' or '-', starting with a letter or digit",
+    "sweep.axis": "must be a key path under scenario, e.g. scenario.label_noise or scenario.optimizer.batch_size",
+}
 
 
 def _explain(err: dict[str, Any], data: dict[str, Any], loc: tuple[str, ...]) -> str:
@@ -350,31 +434,46 @@ def _explain(err: dict[str, Any], data: dict[str, Any], loc: tuple[str, ...]) ->
         hint = _did_you_mean(loc[-1], allowed)
         return f"unknown key{hint}; allowed here: {', '.join(allowed)}"
     if kind == "missing":
-        return "required key is missing"
+        model = _section_model(data, loc[:-1])
+        if model is None:
+            return "required key is missing"
+        required = ", ".join(k for k, f in model.model_fields.items() if f.is_required())
+        return f"required key is missing; {'this section' if loc[:-1] else 'a suite file'} needs {required}"
     if kind == "literal_error":
         expected = [s.strip(" '") for s in err["ctx"]["expected"].replace(" or ", ", ").split(",")]
-        return f"{err['input']!r} is not allowed{_did_you_mean(str(err['input']), expected)}; {msg.lower()}"
+        hint = _did_you_mean(str(err["input"]), expected)
+        return f"{err['input']!r} is not allowed{hint}; {msg[0].lower()}{msg[1:]}"
     if kind == "union_tag_invalid":
         tag = err["ctx"]["tag"]
         return f"unknown test {tag!r}{_did_you_mean(tag, ASSERTIONS)}; available: {', '.join(ASSERTIONS)}"
     if kind == "union_tag_not_found":
         return f"names no test; add `test:` with one of {', '.join(ASSERTIONS)}"
+    if kind == "string_pattern_mismatch" and ".".join(loc) in PATTERN_HELP:
+        return f"{PATTERN_HELP['.'.join(loc)]} (got {err['input']!r})"
+    if kind == "model_type":
+        allowed = _allowed_keys(data, loc)
+        keys = f" (keys: {', '.join(allowed)})" if allowed else ""
+        return f"must be a mapping{keys}, got {type(err['input']).__name__}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    return f"{msg} (got {err['input']!r})" if kind != "model_type" else f"{msg}, got {type(err['input']).__name__}"
+    got = err["input"]
+    return msg if got == "" or isinstance(got, dict) else f"{msg} (got {got!r})"
 
 
-def _allowed_keys(data: dict[str, Any], loc: tuple[str, ...]) -> list[str]:
+def _section_model(data: dict[str, Any], loc: tuple[str, ...]) -> type[BaseModel] | None:
     model: Any = Claim
     node: Any = data
     for key in loc:
         if key.isdigit() or not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
+            return None
         node = node.get(key, {}) if isinstance(node, dict) else {}
         model = _field_model(model, key, node)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _allowed_keys(data: dict[str, Any], loc: tuple[str, ...]) -> list[str]:
+    model = _section_model(data, loc)
+    return list(model.model_fields) if model is not None else []
 
 
 def _field_model(model: type[BaseModel], key: str, node: Any) -> Any:

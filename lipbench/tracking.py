@@ -48,9 +48,13 @@ class Tracker:
         self.experiment_id = experiment_id
 
     def log_claim(
-        self, outcome: ClaimOutcome, tags: dict[str, str] | None = None, artifacts: dict[str, Path] | None = None
+        self,
+        outcome: ClaimOutcome,
+        tags: dict[str, str] | None = None,
+        artifacts: dict[str, Path] | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> str:
-        """Log a finished claim; returns the parent run id."""
+        """Log a finished claim (with extra parent-run `metrics`, e.g. baseline z-scores); returns the parent run id."""
         from mlflow.entities import Metric, Param, RunTag
 
         claim = outcome.claim
@@ -74,6 +78,7 @@ class Tracker:
             "seconds": outcome.seconds,
             "runs": float(len(outcome.records)),
             "passed": float(outcome.status in ("PASS", "XPASS")),
+            **(metrics or {}),
         }
         for key in ("statistic", "pvalue", "ci_low", "ci_high", "effect_size", "threshold", "n"):
             if isinstance(result.get(key), (int, float)):

@@ -286,8 +286,8 @@ def test_as_dict_keys_and_drift():
     x, y = torch.randn(8, 6, dtype=DT), torch.randint(0, 3, (8,))
     terms = measure_sde_terms(model, _linear_names(model), x, y, F.cross_entropy, 0.1)
     d = terms.as_dict()
-    assert set(d) == {"sde_mu", "sde_beta2", "sde_eps", "sde_drift"} | {
-        f"sde_{k}_{i}" for k in ("mu", "beta2", "eps") for i in range(3)
+    assert set(d) == {"sde_mu", "sde_beta2", "sde_eps", "sde_drift", "sde_disc"} | {
+        f"sde_{k}_{i}" for k in ("mu", "beta2", "eps", "disc") for i in range(3)
     }
     assert all(v.ndim == 0 for v in d.values())
     torch.testing.assert_close(d["sde_drift"], terms.mu + terms.eps - terms.beta2 / 2)

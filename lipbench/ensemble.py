@@ -1,0 +1,405 @@
+"""Many runs of a claim trained as one vectorised program: `train_ensemble(specs, data, device)`.
+
+Runs that share everything but their seeds and a few numbers (`ensemble_key`) become the members
+of one ensemble. Their parameters are stacked along a leading member axis; the forward pass is
+`torch.func.vmap` over `functional_call` of one module, and one backward pass through the sum of
+the members' losses gives every member its own gradient (no member's loss depends on another's).
+
+Each member keeps what engine.train gives a run, drawn the same way, so the same seeds give the
+same trajectory within float tolerance:
+- its initial weights: its module is built and `initialise`d on the CPU from its init seed;
+- its sampling stream: its own generator seeded as in engine.py, drawing indices, epoch
+  permutations and gradient noise in engine.train's order (one small draw per member per step);
+- its corrupted labels, learning rate, weight decay, gradient scale and noise std (these may
+  differ between members; everything else in the scenario is shared).
+
+Vectorised: the MLP and the ConvNet, both samplings, label noise, gradient scale, Gaussian and
+uniform gradient noise, weight decay, batch norm (the paper's track_running_stats=False uses batch
+statistics, which vmap handles per member) and dropout (vmap randomness="different": every member
+its own masks, from the global generator as in engine.train, whose dropout is not seeded either).
+Falls back to per-run `engine.train`: runs that record the SDE terms ("sde" in scenario.record:
+the probe needs one module's per-sample gradients), and any scenario field this module does not
+know (a feature added later is never silently ignored).
+
+Lipschitz tracking: at every record a warm-started power iteration (`power_iters` iterations,
+batched over members, vectors kept between records) estimates each layer's sigma_max. The first
+and last records, and every `exact_every`-th, take an exact SVD instead; there the estimate's
+relative error is measured and reported as summary["sigma_rel_err"] (its maximum over checks).
+Without "loss"/"accuracy" in scenario.record the monitor forward pass is skipped.
+
+Divergence: a member whose record holds a non-finite sigma or loss is marked (diverged_at, as
+in engine.train); its learning rate and noise drop to zero and its later rows are dropped; the
+other members go on. No host sync in the loop: records go into one device tensor that crosses
+to the host once per chunk; divergence marks stay on the device until then. Members are
+chunked by `max_members` (default: a memory estimate).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from lipbench.data import Dataset
+from lipbench.engine import MONITOR_SIZE, corrupt_labels, init_sigma_theory, record_steps, stream_seed, train
+from lipbench.lipschitz import exact_spectral_norms, power_iteration, top_singular
+from lipbench.models import build_model, initialise, lipschitz_layers
+from lipbench.records import RunRecord
+from lipbench.suite import RunSpec
+
+__all__ = [
+    "POWER_ITERS",
+    "can_ensemble",
+    "default_exact_every",
+    "default_max_members",
+    "ensemble_key",
+    "group_specs",
+    "train_ensemble",
+]
+
+POWER_ITERS = 2  # power-iteration steps per record (warm-started)
+EXACT_EVERY_STEPS = 1000  # by default an exact SVD about every this many training steps
+MAX_MEMBERS = 256
+CPU_MEMORY_BUDGET = 2 * 1024**3  # bytes an ensemble may use on the CPU; on CUDA, half the free memory
+
+# Scenario fields this module implements; those under PER_MEMBER may differ within an ensemble.
+_KNOWN = {
+    "": {"model", "dataset", "optimizer", "steps", "record_every", "label_noise", "gradient", "sampling"}
+    | {"record", "device", "regularisers"},
+    "model": {"name", "hidden", "width", "dropout", "batch_norm", "init", "init_std"},
+    "dataset": {"name", "train_size", "test_size", "synthetic_shape", "synthetic_classes", "synthetic_size"},
+    "optimizer": {"name", "lr", "batch_size", "weight_decay"},
+    "gradient": {"scale", "noise", "noise_std"},
+    "regularisers": {"mixup", "label_smoothing", "auto_augment", "fgsm_epsilon"},
+}
+PER_MEMBER = ("optimizer.lr", "optimizer.weight_decay", "label_noise", "gradient.scale", "gradient.noise_std")
+
+
+def ensemble_key(spec: RunSpec) -> str | None:
+    """What members of one ensemble must share (a JSON string), or None if the run must train alone."""
+    sc = spec.scenario.model_dump(mode="json")
+    reg = sc.get("regularisers", {})
+    if "sde" in sc["record"] or sc["optimizer"]["name"] != "sgd":
+        return None
+    if reg.get("mixup", 0) or reg.get("fgsm_epsilon", 0) or reg.get("auto_augment", "none") != "none":
+        return None
+    for section, known in _KNOWN.items():
+        fields = sc if section == "" else sc[section]
+        if set(fields) - known:
+            return None
+    for path in PER_MEMBER:
+        section, _, name = path.rpartition(".")
+        (sc[section] if section else sc).pop(name)
+    return json.dumps(sc, sort_keys=True)
+
+
+def can_ensemble(spec: RunSpec) -> bool:
+    return ensemble_key(spec) is not None
+
+
+def group_specs(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """Specs that can train as one ensemble, in first-seen order; a run that cannot is a group of one."""
+    groups: dict[str, list[RunSpec]] = {}
+    alone: list[list[RunSpec]] = []
+    order: list[list[RunSpec]] = []
+    for spec in specs:
+        key = ensemble_key(spec)
+        if key is None:
+            alone.append([spec])
+            order.append(alone[-1])
+        elif key in groups:
+            groups[key].append(spec)
+        else:
+            groups[key] = [spec]
+            order.append(groups[key])
+    return order
+
+
+def default_exact_every(record_every: int) -> int:
+    """Records between exact SVD checks: about one check every EXACT_EVERY_STEPS training steps."""
+    return max(1, round(EXACT_EVERY_STEPS / record_every))
+
+
+def default_max_members(spec: RunSpec, data: Dataset, device: torch.device | str) -> int:
+    """How many members fit: a rough estimate of one member's bytes against a memory budget."""
+    sc, device = spec.scenario, torch.device(device)
+    model = _build(spec, data)
+    n_params = sum(p.numel() for p in model.parameters())
+    acts = [0]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: acts.__setitem__(0, acts[0] + out.numel()))
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, *data.input_shape))
+    for h in hooks:
+        h.remove()
+    # parameters, gradients, noise and temporaries; saved activations and their gradients; the monitor pass
+    per_member = 4 * (5 * n_params + acts[0] * (3 * sc.optimizer.batch_size + MONITOR_SIZE))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)  # once per ensemble, not in the loop
+        budget = free // 2
+    else:
+        budget = CPU_MEMORY_BUDGET
+    return int(max(1, min(MAX_MEMBERS, budget // per_member)))
+
+
+def train_ensemble(
+    specs: Sequence[RunSpec],
+    data: Dataset,
+    device: torch.device | str = "cpu",
+    *,
+    max_members: int | None = None,
+    power_iters: int = POWER_ITERS,
+    exact_every: int | None = None,
+) -> list[RunRecord]:
+    """Train `specs` as few vectorised ensembles as they allow; one record per spec, in order.
+
+    Specs are grouped by `ensemble_key` (those that cannot be vectorised train alone with
+    engine.train); each group is split into chunks of at most `max_members`. `exact_every`
+    (records between exact SVDs) defaults to `default_exact_every(record_every)`.
+    """
+    if max_members is not None and max_members < 1:
+        raise ValueError(f"`max_members` must be a positive integer or None, got {max_members}.")
+    if power_iters < 1:
+        raise ValueError(f"`power_iters` must be a positive integer, got {power_iters}.")
+    device = torch.device(device)
+    out: dict[int, RunRecord] = {}
+    position = {id(s): i for i, s in enumerate(specs)}
+    for group in group_specs(specs):
+        if ensemble_key(group[0]) is None:
+            out[position[id(group[0])]] = train(group[0], data, device)
+            continue
+        cap = max_members or default_max_members(group[0], data, device)
+        for start in range(0, len(group), cap):
+            chunk = group[start : start + cap]
+            every = exact_every or default_exact_every(chunk[0].scenario.record_every)
+            for spec, record in zip(chunk, _train_chunk(chunk, data, device, power_iters, every)):
+                out[position[id(spec)]] = record
+    return [out[i] for i in range(len(specs))]
+
+
+def _build(spec: RunSpec, data: Dataset) -> torch.nn.Module:
+    m = spec.scenario.model
+    return build_model(
+        m.name,
+        data.input_shape,
+        data.num_classes,
+        hidden=m.hidden,
+        width=m.width,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
+    )
+
+
+def _member_vector(specs: Sequence[RunSpec], get, device: torch.device) -> torch.Tensor:
+    return torch.tensor([float(get(s.scenario)) for s in specs], dtype=torch.float32, device=device)
+
+
+def _train_chunk(
+    specs: Sequence[RunSpec], data: Dataset, device: torch.device, power_iters: int, exact_every: int
+) -> list[RunRecord]:
+    started = time.perf_counter()
+    sc, M = specs[0].scenario, len(specs)
+    b, noise = sc.optimizer.batch_size, sc.gradient.noise
+
+    # Members' modules are built and initialised one by one on the CPU exactly as engine.train does.
+    modules = []
+    for spec in specs:
+        module = _build(spec, data)
+        initialise(module, torch.Generator().manual_seed(spec.init_seed), sc.model.init, sc.model.init_std)
+        modules.append(module)
+    names = [name for name, _ in modules[0].named_parameters()]  # model.parameters() order: the noise order
+    params = {
+        name: torch.stack([dict(m.named_parameters())[name].detach() for m in modules]).to(device).requires_grad_()
+        for name in names
+    }  # each M x *shape
+    base = modules[0].to(device)  # the skeleton functional_call fills with a member's parameters
+    if list(base.buffers()):
+        raise ValueError("lipbench.ensemble cannot stack module buffers (batch norm must not track running stats)")
+    lip_names = [f"{name}.weight" for name, _ in lipschitz_layers(base)]
+    plist = [params[name] for name in names]
+
+    def forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, p, (x,))
+
+    forward_batches = vmap(forward, in_dims=(0, 0), randomness="different")  # x: M x b x C x H x W
+    forward_shared = vmap(forward, in_dims=(0, None), randomness="different")  # x: N x C x H x W
+
+    # Streams: as engine.train, per member.
+    label_gens = [torch.Generator().manual_seed(stream_seed(s.sampling_seed, s.init_seed, 1)) for s in specs]
+    batch_gens = [
+        torch.Generator(device=device).manual_seed(stream_seed(s.sampling_seed, s.init_seed, 2)) for s in specs
+    ]
+    noise_gens = [
+        torch.Generator(device=device).manual_seed(stream_seed(s.sampling_seed, s.init_seed, 3)) for s in specs
+    ]
+    # Dropout masks come from the global generator under vmap: seeded from the first member, as
+    # engine.train seeds it per run (so an ensemble repeats itself, but its masks are not engine.train's).
+    torch.manual_seed(stream_seed(specs[0].sampling_seed, specs[0].init_seed, 4))
+    train_loss = functools.partial(F.cross_entropy, reduction="none", label_smoothing=sc.regularisers.label_smoothing)
+    x_train = data.x_train.to(device)
+    n = x_train.shape[0]
+    y_members = torch.stack(
+        [
+            corrupt_labels(data.y_train, s.scenario.label_noise, data.num_classes, g).to(device)
+            for s, g in zip(specs, label_gens)
+        ]
+    )  # M x N
+    x_mon, y_mon = x_train[:MONITOR_SIZE], y_members[:, :MONITOR_SIZE]
+
+    def per_member(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.view(M, *([1] * (like.dim() - 1)))  # (M,) -> M x 1 x ... to broadcast over one parameter
+
+    neg_lr = -_member_vector(specs, lambda s: s.optimizer.lr, device)
+    weight_decay = _member_vector(specs, lambda s: s.optimizer.weight_decay, device)
+    scale = _member_vector(specs, lambda s: s.gradient.scale, device)
+    amp = _member_vector(specs, lambda s: s.gradient.noise_std, device) * (math.sqrt(3.0) if noise == "uniform" else 1)
+    use_wd = any(s.scenario.optimizer.weight_decay != 0 for s in specs)
+    use_scale = any(s.scenario.gradient.scale != 1.0 for s in specs)
+    noise_bufs = [torch.empty_like(p, requires_grad=False) for p in plist] if noise != "none" else []
+
+    marks = record_steps(sc.steps, sc.record_every)
+    R, L = len(marks), len(lip_names)
+    monitor = "loss" in sc.record or "accuracy" in sc.record
+    cols = L + (2 if monitor else 0)
+    buffer = torch.full((R, M, cols), math.nan, device=device)  # the records, on the device until the end
+    alive = torch.ones(M, dtype=torch.bool, device=device)
+    died_row = torch.full((M,), R, dtype=torch.long, device=device)  # R: never
+    rel_err = torch.zeros(M, device=device)
+    vectors: list[torch.Tensor] = []
+
+    idx = torch.empty((M, b), dtype=torch.long, device=device)
+    orders = None
+    if sc.sampling == "without_replacement":
+        orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in batch_gens])  # M x N
+    pos, row = 0, 0
+
+    for step in range(sc.steps + 1):
+        if step == marks[row]:
+            with torch.no_grad():
+                mats = [params[name].detach().reshape(M, params[name].shape[1], -1) for name in lip_names]
+                if row == 0:
+                    sigmas, vectors = top_singular(mats)  # exact, and the power iteration's warm start
+                else:
+                    sigmas, vectors = power_iteration(mats, vectors, power_iters)
+                    if row % exact_every == 0 or row == R - 1:
+                        exact = exact_spectral_norms(mats)
+                        err = ((sigmas - exact).abs() / exact).amax(dim=1)
+                        rel_err = torch.maximum(rel_err, torch.where(alive & torch.isfinite(err), err, 0.0))
+                        sigmas = exact
+                buffer[row, :, :L] = sigmas
+                if monitor:
+                    base.eval()
+                    logits = forward_shared(params, x_mon)  # M x MONITOR_SIZE x classes
+                    base.train()
+                    buffer[row, :, L] = F.cross_entropy(logits.flatten(0, 1), y_mon.flatten(), reduction="none").view(
+                        M, -1
+                    ).mean(1)
+                    buffer[row, :, L + 1] = (logits.argmax(-1) == y_mon).float().mean(1)
+                finite = torch.isfinite(buffer[row, :, : L + (1 if monitor else 0)]).all(dim=1)
+                died_row = torch.where(alive & ~finite, row, died_row)
+                alive &= finite
+                neg_lr, amp = neg_lr * alive, amp * alive  # a diverged member stops moving
+            row += 1
+            if step == sc.steps:
+                break
+
+        # This step's draws, member by member from its own generator, in engine.train's order.
+        if orders is None:
+            for i, g in enumerate(batch_gens):
+                idx[i].random_(0, n, generator=g)
+        else:
+            if pos + b > n:  # a new epoch: reshuffle; the incomplete tail is dropped
+                for i, g in enumerate(batch_gens):
+                    orders[i] = torch.randperm(n, generator=g, device=device)
+                pos = 0
+            idx, pos = orders[:, pos : pos + b], pos + b
+        for i, g in enumerate(noise_gens):
+            for buf in noise_bufs:
+                if noise == "gaussian":
+                    buf[i].normal_(generator=g)
+                else:
+                    buf[i].uniform_(0.0, 1.0, generator=g)
+
+        xb = x_train[idx]  # M x b x C x H x W
+        yb = y_members.gather(1, idx)  # M x b
+        logits = forward_batches(params, xb)  # M x b x classes
+        losses = train_loss(logits.flatten(0, 1), yb.flatten()).view(M, b).mean(1)
+        grads = torch.autograd.grad(losses.sum(), plist)
+        with torch.no_grad():
+            for k, (p, g) in enumerate(zip(plist, grads)):
+                if use_scale:
+                    g.mul_(per_member(scale, g))
+                if noise_bufs:
+                    buf = noise_bufs[k].mul_(2).sub_(1) if noise == "uniform" else noise_bufs[k]
+                    g.add_(buf.mul_(per_member(amp, g)))
+                if use_wd:
+                    g.add_(p * per_member(weight_decay, p))
+                p.addcmul_(g, per_member(neg_lr, p))
+
+    # The one transfer to the host (plus the divergence marks and the test accuracy below).
+    values = buffer.double().cpu().numpy()  # R x M x cols
+    died = died_row.cpu().numpy()
+    errors = rel_err.double().cpu().numpy()
+    accuracy = _test_accuracy(base, params, data, device, [int(d) == R for d in died])
+    seconds = (time.perf_counter() - started) / M  # the chunk's wall time, shared out
+    init_theory = init_sigma_theory([m for _, m in lipschitz_layers(base)], sc.model.init, sc.model.init_std)
+
+    records = []
+    for i, spec in enumerate(specs):
+        kept = R if died[i] == R else int(died[i]) + 1
+        cols_i = values[:kept, i]
+        metrics = {f"sigma_{j}": cols_i[:, j] for j in range(L)}
+        if monitor:
+            metrics["loss"], metrics["accuracy"] = cols_i[:, L], cols_i[:, L + 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            metrics["log_K"] = np.log(cols_i[:, :L]).sum(axis=1)
+            metrics["K"] = np.exp(metrics["log_K"])
+        if "init" in sc.record:  # the random-matrix prediction for each layer at init, as engine.train
+            for j, v in enumerate(init_theory):
+                metrics[f"sigma_init_theory_{j}"] = np.full(kept, v)
+        summary = {"sigma_rel_err": float(errors[i])}
+        if accuracy[i] is not None:
+            summary["test_accuracy"] = accuracy[i]
+        records.append(
+            RunRecord(
+                claim=spec.claim,
+                run_id=spec.run_id,
+                sweep_value=spec.sweep_value,
+                init_seed=spec.init_seed,
+                sampling_seed=spec.sampling_seed,
+                steps=np.asarray(marks[:kept], dtype=np.int64),
+                metrics=metrics,
+                diverged_at=None if died[i] == R else marks[int(died[i])],
+                seconds=seconds,
+                device=str(device),
+                summary=summary,
+            )
+        )
+    return records
+
+
+@torch.no_grad()
+def _test_accuracy(
+    base: torch.nn.Module, params: dict[str, torch.Tensor], data: Dataset, device: torch.device, ok: list[bool]
+) -> list[float | None]:
+    """engine.train's test accuracy, member by member (batch norm sees the same 10,000 samples)."""
+    xt, yt = data.x_test[:10_000].to(device), data.y_test[:10_000].to(device)
+    base.eval()
+    found = [
+        (functional_call(base, {k: v[i] for k, v in params.items()}, (xt,)).argmax(1) == yt).float().mean()
+        for i in range(len(ok))
+        if ok[i]
+    ]
+    base.train()
+    values = iter(torch.stack(found).cpu().tolist() if found else [])
+    return [next(values) if good else None for good in ok]

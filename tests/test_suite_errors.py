@@ -1,0 +1,174 @@
+"""A broken suite file is one line on stderr (file, key path, what is allowed) and exit code 2.
+
+Each file under tests/malformed/ holds one realistic mistake. `validate` and `run` are called
+in-process for each file (the interpreter starts once); one subprocess runs
+`python -m lipbench.cli validate` on the whole folder to check the real entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lipbench.cli import main
+
+MALFORMED = Path(__file__).parent / "malformed"
+REPO = Path(__file__).parent.parent
+
+#: file stem -> (key path the message names, "" for a file-level problem; words it must contain)
+EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "unknown_top_level_key": ("notes", ("unknown key", "allowed here: schema_version", "scenario")),
+    "misspelt_optimiser": ("scenario.optimiser", ("did you mean 'optimizer'?", "allowed here:")),
+    "steps_not_a_number": ("scenario.steps", ("valid integer", "'many'")),
+    "negative_steps": ("scenario.steps", ("greater than 0", "-200")),
+    "record_every_exceeds_steps": ("scenario.record_every", ("must not exceed steps (200)", "500")),
+    "label_noise_above_one": ("scenario.label_noise", ("less than or equal to 1", "1.5")),
+    "dataset_underscore": ("scenario.dataset.name", ("did you mean 'fashion-mnist'?", "'digits'", "'synthetic'")),
+    "unknown_model": ("scenario.model.name", ("'resnet18' is not allowed", "'mlp' or 'convnet'")),
+    "unknown_assertion_test": ("assertion", ("did you mean 'monotone_trend'?", "available: monotone_trend")),
+    "assertion_unknown_param": ("assertion.min_rho", ("did you mean 'min_abs_rho'?", "allowed here: test")),
+    "alpha_out_of_range": ("assertion.alpha", ("less than or equal to 0.5", "got 5")),
+    "missing_scenario": ("scenario", ("required key is missing", "needs schema_version")),
+    "missing_assertion": ("assertion", ("required key is missing", "needs schema_version")),
+    "tab_indentation": ("", ("not valid YAML", "line 12", "'\\t'")),
+    "bad_indentation": ("", ("not valid YAML", "line 12")),
+    "empty": ("", ("is empty", "a suite file is a mapping")),
+    "top_level_list": ("", ("is a list", "a suite file is a mapping")),
+    "sweep_axis_not_under_scenario": ("sweep.axis", ("key path under scenario", "'label_noise'")),
+    "sweep_axis_misspelt": ("sweep.axis", ("did you mean 'label_noise'?", "allowed there:")),
+    "sweep_value_out_of_range": ("sweep.values.3", ("2.0 is not allowed for scenario.label_noise", "less than")),
+    "duplicate_sweep_values": ("sweep.values", ("must all differ", "0.4 appears twice")),
+    "profile_unknown_key": ("profiles.quick.scenario.stepz", ("did you mean 'steps'?", "allowed here:")),
+    "expect_fail_without_reason": ("expect_reason", ("expect: fail needs expect_reason",)),
+    "schema_version_2": ("schema_version", ("2 is not allowed", "should be 1")),
+    "mlp_batch_norm": ("scenario.model.batch_norm", ("convnet only",)),
+    "optimizer_momentum": ("scenario.optimizer.momentum", ("unknown key", "allowed here: name, lr, batch_size")),
+    "profiles_as_list": ("profiles", ("must map profile names",)),
+    "claim_name_with_spaces": ("name", ("lower-case letters", "'Label noise (tiny)'")),
+}
+#: Loads fine but can never reach its alpha: validate says so (exit 2), run reports an ERROR (exit 1).
+DESIGN = MALFORMED / "design_alpha_unreachable.yaml"
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+def _check_one_line(captured, path: Path | str, key: str, words: tuple[str, ...]) -> None:
+    assert "Traceback" not in captured.err + captured.out
+    lines = _error_lines(captured.err)
+    assert len(lines) == 1, lines
+    prefix = f"lipbench: error: {path}: {key}: " if key else f"lipbench: error: {path}: "
+    assert lines[0].startswith(prefix), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_every_malformed_file_has_an_expectation() -> None:
+    files = {p.stem for p in MALFORMED.glob("*.yaml")}
+    assert files == set(EXPECTED) | {DESIGN.stem}
+    assert len(EXPECTED) >= 18
+
+
+@pytest.mark.parametrize("stem", sorted(EXPECTED))
+def test_validate_prints_one_line(stem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = MALFORMED / f"{stem}.yaml"
+    assert main(["validate", str(path)]) == 2
+    key, words = EXPECTED[stem]
+    _check_one_line(capsys.readouterr(), path, key, words)
+
+
+@pytest.mark.parametrize("stem", sorted(EXPECTED))
+def test_run_prints_one_line_and_trains_nothing(stem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = MALFORMED / f"{stem}.yaml"
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--no-mlflow", "--workers", "1", "--out", str(out)]) == 2
+    key, words = EXPECTED[stem]
+    _check_one_line(capsys.readouterr(), path, key, words)
+    assert not out.exists()
+
+
+def test_python_m_validate_names_each_file_once() -> None:
+    """The real entry point, once for the whole folder: one line per file, exit 2, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lipbench.cli", "validate", str(MALFORMED)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = _error_lines(proc.stderr)
+    assert len(lines) == len(EXPECTED) + 1
+    for stem, (key, _) in [*EXPECTED.items(), (DESIGN.stem, ("seeds/sweep", ()))]:
+        named = [line for line in lines if line.startswith(f"lipbench: error: {MALFORMED / stem}.yaml: {key}")]
+        assert len(named) == 1, (stem, lines)
+
+
+def test_design_that_cannot_reach_alpha_fails_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(DESIGN)]) == 2
+    _check_one_line(capsys.readouterr(), DESIGN, "seeds/sweep", ("2 sweep values x 2 runs", "never below alpha = 0.01"))
+
+
+def test_design_that_cannot_reach_alpha_is_an_error_verdict_in_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(DESIGN), "--no-mlflow", "--workers", "1", "--out", str(out)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    result = json.loads((out / "malformed" / "design-alpha-unreachable" / "result.json").read_text())
+    assert result["status"] == "ERROR"
+    assert result["runs"] == 0  # found before any training
+    assert result["error"].startswith(f"{DESIGN}: ")
+    assert "never below alpha = 0.01" in result["error"]
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_duplicate_claim_names_in_a_directory(
+    command: str, write_suite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = write_suite("first", {"name": "same-name"})
+    second = write_suite("second", {"name": "same-name"})
+    extra = ["--no-mlflow", "--workers", "1", "--out", str(tmp_path / "out")] if command == "run" else []
+    assert main([command, str(first.parent), *extra]) == 2
+    _check_one_line(capsys.readouterr(), second, "name", (f"also the name of {first}", "names must differ"))
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize(
+    ("override", "key", "words"),
+    [
+        ("scenario.steps=-1", "--set scenario.steps", ("greater than 0", "got -1")),
+        ("scenario.stepz=3", "--set scenario.stepz", ("unknown key", "did you mean 'steps'?")),
+        ("scenario.label_noise=2", "--set scenario.label_noise", ("less than or equal to 1",)),
+        ("scenario.steps", "--set scenario.steps", ("expected key.path=value",)),
+    ],
+)
+def test_bad_set_override_is_one_line(
+    command: str, override: str, key: str, words: tuple[str, ...], write_suite, tmp_path: Path, capsys
+) -> None:
+    path = write_suite("tiny")
+    extra = ["--no-mlflow", "--workers", "1", "--out", str(tmp_path / "out")] if command == "run" else []
+    assert main([command, str(path), "--set", override, *extra]) == 2
+    _check_one_line(capsys.readouterr(), path, key, words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_broken_file_does_not_stop_the_others(write_suite, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "mixed"
+    good = write_suite("good", folder=folder)
+    bad = shutil.copy(MALFORMED / "negative_steps.yaml", folder / "bad.yaml")
+    out = tmp_path / "out"
+    assert main(["run", str(folder), "--no-mlflow", "--workers", "1", "--out", str(out)]) == 2
+    _check_one_line(capsys.readouterr(), bad, "scenario.steps", ("greater than 0",))
+    result = json.loads((out / "mixed" / "good" / "result.json").read_text())
+    assert result["status"] == "PASS"
+    assert result["file"] == str(good)
+    assert not (out / "mixed" / "negative-steps").exists()
