@@ -66,7 +66,8 @@ class ConvNet(nn.Module):
             nn.ReLU(),
         )
         with torch.no_grad():
-            flat = self.features(torch.zeros(1, channels, height, width_px)).numel()  # 128*4*4 for CIFAR
+            # A batch of 2: batch norm in training mode needs more than one value per channel (1x8x8 input).
+            flat = self.features(torch.zeros(2, channels, height, width_px))[0].numel()  # 128*4*4 for CIFAR
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(flat, hidden),
