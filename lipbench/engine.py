@@ -116,6 +116,8 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     names = [f"sigma_{i}" for i in range(len(layers))] + ["loss", "accuracy"]
     buffer = torch.full((len(marks), len(names) + (64 if probe_sde else 0)), math.nan, device=device)
     sde_keys: list[str] = []
+    if sc.sampling == "without_replacement" and b > n:
+        raise ValueError(f"batch_size {b} exceeds the {n} training samples; sampling without replacement needs b <= n")
     order = torch.randperm(n, generator=batch_gen, device=device) if sc.sampling == "without_replacement" else None
     diverged_at, row, pos = None, 0, 0
 

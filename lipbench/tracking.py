@@ -44,7 +44,9 @@ class Tracker:
         self.client = MlflowClient(self.uri)
         if experiment_id is None:
             found = self.client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=_artifact_location(self.uri)
+            )
         self.experiment_id = experiment_id
 
     def log_claim(
@@ -153,3 +155,11 @@ class Tracker:
             held = sum(len(self.client.get_metric_history(run.info.run_id, k)) for k in keys)
             if held != points:
                 raise RuntimeError(f"MLflow holds {held} of {points} metric points of run {name}")
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a sqlite store go beside the database, not into ./mlruns of whatever folder we run from."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :]).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
