@@ -424,8 +424,10 @@ def store(
     if hash_problem and not force:
         return None, f"{claim.name}: not stored: {hash_problem}; pass --force to store it anyway"
     path = baseline_path(root, claim.collection, claim.name, claim.profile)
+    verdict = verdict_of(outcome)
+    was = f", {verdict} against the baseline it replaces" if verdict not in (outcome.status, NEW) else ""
     write_baseline(build_baseline(outcome, env), path)
-    return path, f"{claim.name}: stored {path} ({outcome.status})"
+    return path, f"{claim.name}: stored {path} ({outcome.status}{was})"
 
 
 def _relative(path: str | Path) -> str:
@@ -535,7 +537,6 @@ class Comparison:
     @property
     def sentence(self) -> str:
         head = {
-            NEW: "no baseline",
             REGRESSED: "regressed against the baseline",
             IMPROVED: "improved on the baseline",
         }.get(self.verdict, "")
@@ -601,9 +602,11 @@ def judge_against(
     `file_hash` / `file_scenario` describe the suite file's claim without `--set` overrides.
     """
     status, where = outcome.status, None if path is None else _relative(path)
-    if status in (ERROR, SKIPPED, XFAIL, XPASS) or outcome.result is None:
+    if status in (ERROR, SKIPPED) or outcome.result is None:
         return Comparison(status, status, where, None)
     summary = summary if summary is not None else summarise(outcome)
+    if status in (XFAIL, XPASS):  # expected to fail: its numbers are kept, but not judged
+        return Comparison(status, status, where, None, summary=summary)
     if problem is not None:
         return Comparison(status, status, where, False, notes=(f"not comparable: {problem}",), summary=summary)
     if baseline is None:

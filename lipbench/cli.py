@@ -329,7 +329,11 @@ def cmd_baseline_show(args) -> int:
             profile = data["profile"]
             try:
                 current = load_claim(file, None if profile == "default" else profile).scenario_hash()
-                same = "same as file" if current == data["scenario_hash"] else "[red]file changed: not comparable[/]"
+                same = (
+                    "same as the file's"
+                    if current == data["scenario_hash"]
+                    else f"[red]file's is now {current} (file or schema changed): not comparable[/]"
+                )
             except SuiteError:
                 same = f"[red]profile {profile!r} is gone from the file[/]"
             a, env = data["assertion"], data.get("environment", {})

@@ -8,21 +8,25 @@ the members' losses gives every member its own gradient (no member's loss depend
 Each member keeps what engine.train gives a run, drawn the same way, so the same seeds give the
 same trajectory within float tolerance:
 - its initial weights: its module is built and `initialise`d on the CPU from its init seed;
-- its sampling stream: its own generator seeded as in engine.py, drawing indices, epoch
-  permutations and gradient noise in engine.train's order (one small draw per member per step);
+- its streams: its own generators seeded as in engine.py: indices and epoch permutations from
+  the sampling stream, gradient noise from the noise stream, in engine.train's order (one small
+  draw per member per step, member by member);
 - its corrupted labels, learning rate, weight decay, gradient scale and noise std (these may
   differ between members; everything else in the scenario is shared).
 
 Vectorised: the MLP and the ConvNet, both samplings, label noise, gradient scale, Gaussian and
-uniform gradient noise, weight decay, batch norm (the paper's track_running_stats=False uses batch
-statistics, which vmap handles per member) and dropout (vmap randomness="different": every member
-its own masks, from the global generator as in engine.train, whose dropout is not seeded either).
+uniform gradient noise, weight decay, label smoothing, batch norm (the paper's
+track_running_stats=False uses batch statistics, which vmap keeps per member) and dropout (vmap
+randomness="different": every member its own masks from the global generator, seeded from the
+first member's seeds; reproducible for the same ensemble, but not engine.train's masks).
 Falls back to per-run `engine.train`: runs that record the SDE terms ("sde" in scenario.record:
-the probe needs one module's per-sample gradients), and any scenario field this module does not
-know (a feature added later is never silently ignored).
+the probe needs one module's per-sample gradients); mixup, AutoAugment and FGSM (per-run batch
+transforms with their own streams); and any scenario field this module does not know (a feature
+added later is never silently ignored).
 
-Lipschitz tracking: at every record a warm-started power iteration (`power_iters` iterations,
-batched over members, vectors kept between records) estimates each layer's sigma_max. The first
+Lipschitz tracking: at every record a warm-started power iteration, Krylov-accelerated
+(`lipschitz.lanczos_spectral_norms`: `lanczos_steps` Golub-Kahan-Lanczos steps, batched over
+members, the top Ritz vector kept between records), estimates each layer's sigma_max. The first
 and last records, and every `exact_every`-th, take an exact SVD instead; there the estimate's
 relative error is measured and reported as summary["sigma_rel_err"] (its maximum over checks).
 Without "loss"/"accuracy" in scenario.record the monitor forward pass is skipped.
@@ -49,22 +53,21 @@ from torch.func import functional_call, vmap
 
 from lipbench.data import Dataset
 from lipbench.engine import MONITOR_SIZE, corrupt_labels, init_sigma_theory, record_steps, stream_seed, train
-from lipbench.lipschitz import exact_spectral_norms, power_iteration, top_singular
+from lipbench.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
 from lipbench.models import build_model, initialise, lipschitz_layers
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec
 
 __all__ = [
-    "POWER_ITERS",
     "can_ensemble",
     "default_exact_every",
+    "default_lanczos_steps",
     "default_max_members",
     "ensemble_key",
     "group_specs",
     "train_ensemble",
 ]
 
-POWER_ITERS = 2  # power-iteration steps per record (warm-started)
 EXACT_EVERY_STEPS = 1000  # by default an exact SVD about every this many training steps
 MAX_MEMBERS = 256
 CPU_MEMORY_BUDGET = 2 * 1024**3  # bytes an ensemble may use on the CPU; on CUDA, half the free memory
@@ -127,6 +130,16 @@ def default_exact_every(record_every: int) -> int:
     return max(1, round(EXACT_EVERY_STEPS / record_every))
 
 
+def default_lanczos_steps(record_every: int) -> int:
+    """Krylov steps per record: 6 when recording every step, 12 when records are 4+ steps apart.
+
+    Measured on MLP/ConvNet trajectories early in training, where the top directions move most
+    (lr up to 0.2): recording every step, 6 steps keep the error below 1e-3 where 1 step (one
+    power iteration) is off by 5e-2; records 10 or 100 SGD steps apart need about 12 (16: 1e-5).
+    """
+    return min(12, 6 + 2 * (record_every - 1))
+
+
 def default_max_members(spec: RunSpec, data: Dataset, device: torch.device | str) -> int:
     """How many members fit: a rough estimate of one member's bytes against a memory budget."""
     sc, device = spec.scenario, torch.device(device)
@@ -158,19 +171,21 @@ def train_ensemble(
     device: torch.device | str = "cpu",
     *,
     max_members: int | None = None,
-    power_iters: int = POWER_ITERS,
+    lanczos_steps: int | None = None,
     exact_every: int | None = None,
 ) -> list[RunRecord]:
     """Train `specs` as few vectorised ensembles as they allow; one record per spec, in order.
 
     Specs are grouped by `ensemble_key` (those that cannot be vectorised train alone with
-    engine.train); each group is split into chunks of at most `max_members`. `exact_every`
-    (records between exact SVDs) defaults to `default_exact_every(record_every)`.
+    engine.train); each group is split into chunks of at most `max_members`. `lanczos_steps`
+    (Krylov steps per record) and `exact_every` (records between exact SVDs) default to
+    `default_lanczos_steps(record_every)` and `default_exact_every(record_every)`.
     """
     if max_members is not None and max_members < 1:
         raise ValueError(f"`max_members` must be a positive integer or None, got {max_members}.")
-    if power_iters < 1:
-        raise ValueError(f"`power_iters` must be a positive integer, got {power_iters}.")
+    for arg, value in (("lanczos_steps", lanczos_steps), ("exact_every", exact_every)):
+        if value is not None and value < 1:
+            raise ValueError(f"`{arg}` must be a positive integer or None, got {value}.")
     device = torch.device(device)
     out: dict[int, RunRecord] = {}
     position = {id(s): i for i, s in enumerate(specs)}
@@ -181,8 +196,10 @@ def train_ensemble(
         cap = max_members or default_max_members(group[0], data, device)
         for start in range(0, len(group), cap):
             chunk = group[start : start + cap]
-            every = exact_every or default_exact_every(chunk[0].scenario.record_every)
-            for spec, record in zip(chunk, _train_chunk(chunk, data, device, power_iters, every)):
+            record_every = chunk[0].scenario.record_every
+            steps = lanczos_steps or default_lanczos_steps(record_every)
+            every = exact_every or default_exact_every(record_every)
+            for spec, record in zip(chunk, _train_chunk(chunk, data, device, steps, every), strict=True):
                 out[position[id(spec)]] = record
     return [out[i] for i in range(len(specs))]
 
@@ -205,7 +222,7 @@ def _member_vector(specs: Sequence[RunSpec], get, device: torch.device) -> torch
 
 
 def _train_chunk(
-    specs: Sequence[RunSpec], data: Dataset, device: torch.device, power_iters: int, exact_every: int
+    specs: Sequence[RunSpec], data: Dataset, device: torch.device, lanczos_steps: int, exact_every: int
 ) -> list[RunRecord]:
     started = time.perf_counter()
     sc, M = specs[0].scenario, len(specs)
@@ -248,10 +265,12 @@ def _train_chunk(
     train_loss = functools.partial(F.cross_entropy, reduction="none", label_smoothing=sc.regularisers.label_smoothing)
     x_train = data.x_train.to(device)
     n = x_train.shape[0]
+    if sc.sampling == "without_replacement" and b > n:  # as engine.train
+        raise ValueError(f"batch_size {b} exceeds the {n} training samples; sampling without replacement needs b <= n")
     y_members = torch.stack(
         [
             corrupt_labels(data.y_train, s.scenario.label_noise, data.num_classes, g).to(device)
-            for s, g in zip(specs, label_gens)
+            for s, g in zip(specs, label_gens, strict=True)
         ]
     )  # M x N
     x_mon, y_mon = x_train[:MONITOR_SIZE], y_members[:, :MONITOR_SIZE]
@@ -288,9 +307,9 @@ def _train_chunk(
             with torch.no_grad():
                 mats = [params[name].detach().reshape(M, params[name].shape[1], -1) for name in lip_names]
                 if row == 0:
-                    sigmas, vectors = top_singular(mats)  # exact, and the power iteration's warm start
+                    sigmas, vectors = top_singular(mats)  # exact, and the tracker's warm start
                 else:
-                    sigmas, vectors = power_iteration(mats, vectors, power_iters)
+                    sigmas, vectors = lanczos_spectral_norms(mats, vectors, lanczos_steps)
                     if row % exact_every == 0 or row == R - 1:
                         exact = exact_spectral_norms(mats)
                         err = ((sigmas - exact).abs() / exact).amax(dim=1)
@@ -301,9 +320,9 @@ def _train_chunk(
                     base.eval()
                     logits = forward_shared(params, x_mon)  # M x MONITOR_SIZE x classes
                     base.train()
-                    buffer[row, :, L] = F.cross_entropy(logits.flatten(0, 1), y_mon.flatten(), reduction="none").view(
-                        M, -1
-                    ).mean(1)
+                    buffer[row, :, L] = (
+                        F.cross_entropy(logits.flatten(0, 1), y_mon.flatten(), reduction="none").view(M, -1).mean(1)
+                    )
                     buffer[row, :, L + 1] = (logits.argmax(-1) == y_mon).float().mean(1)
                 finite = torch.isfinite(buffer[row, :, : L + (1 if monitor else 0)]).all(dim=1)
                 died_row = torch.where(alive & ~finite, row, died_row)
@@ -336,7 +355,7 @@ def _train_chunk(
         losses = train_loss(logits.flatten(0, 1), yb.flatten()).view(M, b).mean(1)
         grads = torch.autograd.grad(losses.sum(), plist)
         with torch.no_grad():
-            for k, (p, g) in enumerate(zip(plist, grads)):
+            for k, (p, g) in enumerate(zip(plist, grads, strict=True)):
                 if use_scale:
                     g.mul_(per_member(scale, g))
                 if noise_bufs:

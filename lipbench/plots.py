@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -95,6 +96,8 @@ def _power_law(ax, df: pd.DataFrame, outcome: ClaimOutcome, sweep: str) -> None:
             color="gray",
             label=f"reference slope {ref:g}",
         )
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # label the swept values, nothing else
+    ax.set_xticks(x, [f"{v:g}" for v in x])
     ax.set_xlabel(sweep)
     ax.set_ylabel(f"Var[final {quantity}]")
     ax.set_title(_short(outcome), fontsize=8)
@@ -108,6 +111,7 @@ def _invariance(ax, df: pd.DataFrame, outcome: ClaimOutcome) -> None:
     for seed, g in final.groupby("init_seed"):
         ax.scatter(np.full(len(g), seed) + np.linspace(-0.15, 0.15, len(g)), g[quantity], s=16, label=None)
         ax.hlines(g[quantity].mean(), seed - 0.25, seed + 0.25, color="black")
+    ax.set_xticks(sorted(final["init_seed"].unique()))
     ax.set_xlabel("init seed (points: sampling seeds)")
     ax.set_ylabel(f"final {quantity}")
     ax.set_title(_short(outcome), fontsize=8)
@@ -131,6 +135,11 @@ def _quantity(outcome: ClaimOutcome) -> str:
     return getattr(outcome.claim.claim.assertion, "quantity", "K")
 
 
-def _short(outcome: ClaimOutcome, width: int = 110) -> str:
-    text = outcome.sentence
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _short(outcome: ClaimOutcome, width: int = 80, lines: int = 3) -> str:
+    """The assertion sentence wrapped to fit above one panel (the full sentence is in the report)."""
+    import textwrap
+
+    wrapped = textwrap.wrap(outcome.sentence, width)
+    if len(wrapped) > lines:
+        wrapped = [*wrapped[: lines - 1], textwrap.shorten(" ".join(wrapped[lines - 1 :]), width, placeholder=" …")]
+    return "\n".join(wrapped)

@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 SLOW_STEPS = 200_000
+SUITE_SUFFIXES = (".yaml", ".yml")  # lipbench.suite.SUITE_SUFFIXES, without importing the schema
 WORKERINPUT_KEY = "lipbench"
 MARKERS = (
     "lipbench: a claim of a lipbench suite file, run as a test",
@@ -71,15 +72,16 @@ class ClaimFailed(Exception):
 class Settings:
     """Plugin state of one pytest process, kept in `config.stash`."""
 
-    suite_paths: list[Path]
-    device_option: str
-    profile_option: str | None
-    mlflow: bool
-    tracking_uri: str | None
-    out: Path
-    workers: int | None
-    data_root: str | None
-    slow_steps: int
+    suite_paths: list[Path] = field(default_factory=list)
+    device_option: str = "auto"
+    profile_option: str | None = None
+    mlflow: bool = True
+    tracking_uri: str | None = None
+    out: Path = Path("lipbench-results")
+    workers: int | None = None
+    data_root: str | None = None
+    baselines: str | None = None
+    slow_steps: int = SLOW_STEPS
     threads: int | None = None
     experiment_ids: dict[str, str] = field(default_factory=dict)
     gpus: list[str] | None = None
@@ -123,6 +125,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         help="training processes per claim (default: 1 inside an xdist worker, else the runner's default)",
+    )
+    group.addoption(
+        "--lipbench-baselines",
+        default=None,
+        metavar="DIR",
+        help="baselines folder (default LIPBENCH_BASELINES, else the baselines/ folder above the suite file)",
     )
     group.addoption("--lipbench-data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
     parser.addini(
@@ -183,6 +191,7 @@ def _settings(config: pytest.Config) -> Settings:
         out=out_path,
         workers=config.getoption("lipbench_workers"),
         data_root=config.getoption("lipbench_data_root"),
+        baselines=config.getoption("lipbench_baselines"),
         slow_steps=slow,
     )
 
@@ -202,8 +211,6 @@ def _distributing(config: pytest.Config) -> bool:
 
 def _suite_files_to_collect(config: pytest.Config, settings: Settings) -> list[Path]:
     """The suite files this session will collect, found by name only (nothing is parsed)."""
-    from lipbench.suite import SUITE_SUFFIXES
-
     base = config.invocation_params.dir
     roots = [(base / a.split("::")[0]).resolve() for a in config.args]
     files: set[Path] = set()
@@ -283,15 +290,15 @@ class XdistHooks:
     @pytest.hookimpl
     def pytest_xdist_auto_num_workers(self, config: pytest.Config) -> int | None:
         """`-n auto`: one worker per GPU when there are GPUs, else xdist's default (None)."""
-        if str(config.getoption("lipbench_device", "auto")).startswith("cpu"):
+        if config.getoption("lipbench_device", "auto") not in ("auto", "cuda"):
             return None
         return len(_visible_gpus()) or None
 
     @pytest.hookimpl
     def pytest_configure_node(self, node: Any) -> None:
         settings = node.config.stash[SETTINGS]
-        if settings.gpus is None:
-            settings.gpus = [] if settings.device_option.startswith("cpu") else _visible_gpus()
+        if settings.gpus is None:  # `--lipbench-device cuda:N` names a GPU itself: no pinning then
+            settings.gpus = _visible_gpus() if settings.device_option in ("auto", "cuda") else []
         node.workerinput[WORKERINPUT_KEY] = {
             "tracking_uri": settings.tracking_uri,
             "experiment_ids": settings.experiment_ids,
@@ -316,7 +323,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> SuiteFile | None:
     settings = parent.config.stash.get(SETTINGS, None)
-    if settings is None or not settings.suite_paths or file_path.suffix not in (".yaml", ".yml"):
+    if settings is None or not settings.suite_paths or file_path.suffix not in SUITE_SUFFIXES:
         return None
     resolved = file_path.resolve()
     if not any(resolved == p or p in resolved.parents for p in settings.suite_paths):
@@ -376,7 +383,8 @@ class ClaimItem(pytest.Item):
         self.outcome: Any = None
 
     def runtest(self) -> None:
-        from lipbench.runner import ERROR, FAIL, PASS, SKIPPED, XFAIL, XPASS, run_claims
+        from lipbench.baselines import comparison_of, is_failure, verdict_of
+        from lipbench.runner import ERROR, SKIPPED, XFAIL, XPASS, run_claims
 
         settings = self.config.stash[SETTINGS]
         device = _device(settings)
@@ -398,24 +406,23 @@ class ClaimItem(pytest.Item):
         )
         self.outcome = outcome
         folder = folders[0] if folders else None
-        self.user_properties += [("lipbench_status", outcome.status), ("lipbench_sentence", outcome.sentence)]
+        verdict, strict = verdict_of(outcome), self.claim.claim.strict
+        comparison = comparison_of(outcome)
+        message = "; ".join(s for s in (outcome.sentence, comparison.sentence if comparison else "") if s)
+        self.user_properties += [("lipbench_verdict", verdict), ("lipbench_sentence", message)]
         if folder is not None:
             self.user_properties.append(("lipbench_results", str(folder)))
-        status, strict = outcome.status, self.claim.claim.strict
-        if outcome.sentence and status in (PASS, XPASS, XFAIL):  # a failure shows it in its report
-            self.add_report_section("call", "lipbench", f"{status}: {outcome.sentence}")
-        if status == PASS or (status == XPASS and not strict):
-            return
-        if status == XFAIL:
-            pytest.xfail(self.claim.claim.expect_reason)
-        if status == SKIPPED:
+        if verdict == SKIPPED:
             pytest.skip(outcome.sentence or "skipped by lipbench")
-        if status == XPASS:
-            message = f"expected to fail ({self.claim.claim.expect_reason}), but: {outcome.sentence}"
+        if verdict == XPASS and strict:
+            message = f"expected to fail ({self.claim.claim.expect_reason}), but: {message}"
             raise ClaimFailed(self, "XPASS(strict)", message, folder)
-        if status in (FAIL, ERROR):
-            raise ClaimFailed(self, status, outcome.sentence, folder)
-        raise ClaimFailed(self, status, f"unknown status; {outcome.sentence}", folder)
+        if is_failure(verdict, strict):
+            raise ClaimFailed(self, verdict, message, folder)
+        if message:  # a failure shows it in its report; a pass shows it with -rA
+            self.add_report_section("call", "lipbench", f"{verdict}: {message}")
+        if verdict == XFAIL:
+            pytest.xfail(self.claim.claim.expect_reason)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, ClaimFailed):
@@ -448,6 +455,7 @@ def _session(settings: Settings, device: str) -> Any:
             mlflow=settings.mlflow,
             experiment_ids=settings.experiment_ids,
             warn=_warn,
+            baselines=settings.baselines,
         )
     return settings.session
 
@@ -473,7 +481,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if settings is None:
         return
     ran = any(
-        name == "lipbench_status"
+        name == "lipbench_verdict"
         for reports in terminalreporter.stats.values()
         for report in reports
         for name, _ in getattr(report, "user_properties", ())

@@ -22,6 +22,7 @@ from lipbench.suite import ResolvedClaim, RunSpec
 
 PASS, FAIL, ERROR, XFAIL, XPASS, SKIPPED = "PASS", "FAIL", "ERROR", "XFAIL", "XPASS", "SKIPPED"
 MAX_ATTEMPTS = 2  # a run whose worker process dies is tried once more in a fresh pool
+ENGINES = ("auto", "per-run", "ensemble")  # auto: runs that can share an ensemble do (lipbench.ensemble)
 
 
 @dataclass
@@ -58,9 +59,18 @@ def run_claims(
     data_root: str | None = None,
     on_progress: Callable[[ResolvedClaim, int, int], None] | None = None,
     on_claim_done: Callable[[ClaimOutcome], None] | None = None,
+    engine: str = "per-run",
 ) -> list[ClaimOutcome]:
-    """Train every run of every claim (in parallel when workers > 1) and judge each claim."""
+    """Train every run of every claim (in parallel when workers > 1) and judge each claim.
+
+    `engine`: "per-run" trains each run alone (engine.train); "ensemble" trains the runs of a claim
+    that can share one (lipbench.ensemble.group_specs) as one vectorised ensemble, a unit of work
+    for one worker; "auto" does so for groups of two or more runs.
+    """
     from lipbench.engine import resolve_device
+
+    if engine not in ENGINES:
+        raise ValueError(f"`engine` must be 'auto', 'per-run' or 'ensemble', not {engine!r}.")
 
     device = str(resolve_device(device)) if device == "auto" else device
     outcomes: dict[str, ClaimOutcome] = {}
@@ -98,12 +108,28 @@ def run_claims(
     # Longest runs first, so that no long run starts last and leaves the other workers idle.
     specs = sorted((s for name in pending for s in pending[name]), key=_cost, reverse=True)
     n_workers = workers or default_workers(device, len(specs))
-    if n_workers <= 1 or len(specs) <= 1:
-        for spec in specs:
-            collect(execute_run(spec, device, data_root))
+    units = _units(specs, engine, n_workers)
+    if n_workers <= 1 or len(units) <= 1:
+        for unit in units:
+            for record in execute_group(unit, device, data_root, engine):
+                collect(record)
     else:
-        _run_in_pool(specs, n_workers, device, data_root, collect)
+        _run_in_pool(units, n_workers, device, data_root, collect, engine)
     return [outcomes[c.name] for c in claims]
+
+
+def _units(specs: list[RunSpec], engine: str, n_workers: int) -> list[list[RunSpec]]:
+    """Units of work: one run each, or (ensemble engines) the ensemble groups of each claim, split
+    into near-equal parts where there are fewer groups than workers; longest first."""
+    if engine == "per-run":
+        return [[s] for s in specs]
+    from lipbench.ensemble import group_specs
+
+    claims = dict.fromkeys(s.claim for s in specs)
+    groups = [g for claim in claims for g in group_specs([s for s in specs if s.claim == claim])]
+    parts = max(1, -(-n_workers // len(groups))) if groups else 1
+    units = [g[i::parts] for g in groups for i in range(min(parts, len(g)))]
+    return sorted(units, key=lambda u: sum(map(_cost, u)), reverse=True)
 
 
 def _cost(spec: RunSpec) -> float:
@@ -134,6 +160,37 @@ def _precheck(claim: ResolvedClaim, device: str) -> ClaimOutcome | None:
     if problem:
         return ClaimOutcome(claim, ERROR, error=f"{claim.file}: seeds/sweep/record_every: {problem.rstrip('.')}")
     return None
+
+
+def execute_group(specs: list[RunSpec], device: str, data_root: str | None, engine: str) -> list[RunRecord]:
+    """Train one unit of work (see `_units`); every failure becomes the records' `error`."""
+    if engine == "per-run" or (engine == "auto" and len(specs) == 1):
+        return [execute_run(spec, device, data_root) for spec in specs]
+    from lipbench.ensemble import train_ensemble
+
+    try:
+        return train_ensemble(specs, _dataset(specs[0], data_root), device)
+    except LipbenchError as e:
+        return [_failed(spec, str(e)) for spec in specs]
+    except Exception as e:  # as in execute_run
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        message = f"{type(e).__name__}: {e} (at {os.path.basename(where.filename)}:{where.lineno})"
+        return [_failed(spec, message) for spec in specs]
+
+
+def _dataset(spec: RunSpec, data_root: str | None):
+    from lipbench.data import load_dataset
+
+    d = spec.scenario.dataset
+    return load_dataset(
+        d.name,
+        root=data_root,
+        train_size=d.train_size,
+        test_size=d.test_size,
+        synthetic_shape=d.synthetic_shape,
+        synthetic_classes=d.synthetic_classes,
+        synthetic_size=d.synthetic_size,
+    )
 
 
 def execute_run(spec: RunSpec, device: str, data_root: str | None) -> RunRecord:
@@ -187,7 +244,9 @@ def _init_worker(threads: int, counter, gpus: int) -> None:
         torch.cuda.set_device(index % gpus)
 
 
-def _run_in_pool(specs: list[RunSpec], n_workers: int, device: str, data_root: str | None, collect) -> None:
+def _run_in_pool(
+    units: list[list[RunSpec]], n_workers: int, device: str, data_root: str | None, collect, engine: str
+) -> None:
     ctx = mp.get_context("spawn")  # fork after torch (or CUDA) is initialised is unsafe
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     gpus = 0
@@ -195,24 +254,30 @@ def _run_in_pool(specs: list[RunSpec], n_workers: int, device: str, data_root: s
         import torch
 
         gpus = torch.cuda.device_count()
-    attempts = {s.run_id: 0 for s in specs}
-    queue = list(specs)
+    attempts = {u[0].run_id: 0 for u in units}
+    queue = list(units)
     while queue:
         counter = ctx.Value("i", 0)
         with ProcessPoolExecutor(
             n_workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, counter, gpus)
         ) as pool:
-            futures: dict[Future, RunSpec] = {pool.submit(execute_run, s, device, data_root): s for s in queue}
+            futures: dict[Future, list[RunSpec]] = {
+                pool.submit(execute_group, u, device, data_root, engine): u for u in queue
+            }
             queue = []
             while futures:
                 done, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    spec = futures.pop(fut)
+                    unit = futures.pop(fut)
                     try:
-                        collect(fut.result())
+                        records = fut.result()
                     except BrokenProcessPool:
-                        attempts[spec.run_id] += 1
-                        if attempts[spec.run_id] >= MAX_ATTEMPTS:
-                            collect(_failed(spec, "its worker process died twice (out of memory, or killed?)"))
+                        attempts[unit[0].run_id] += 1
+                        if attempts[unit[0].run_id] >= MAX_ATTEMPTS:
+                            for spec in unit:
+                                collect(_failed(spec, "its worker process died twice (out of memory, or killed?)"))
                         else:
-                            queue.append(spec)
+                            queue.append(unit)
+                        continue
+                    for record in records:
+                        collect(record)

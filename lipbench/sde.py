@@ -15,7 +15,9 @@ Beside the SDE's terms, each layer reports the discrete-time correction the SDE 
     disc  = lr^2 / 2 * Q(G)                        (E[d sigma] = mu + eps + disc + O(lr^3))
 
 and the network its log-K form, sum_l disc_l / sigma_l - mu_l^2 / (2 sigma_l^2) (the deterministic
-second-order terms of E[d log K]; the noise's -beta^2/2 is the SDE's own Ito term).
+second-order terms of E[d log K]; the noise's -beta^2/2 is the SDE's own Ito term). The batch's
+own G is noisy, so Q(G) and mu^2 are debiased by the noise's share (see `_terms`): disc estimates
+the expected step's curvature without counting eps or beta^2 twice.
 
 The terms describe the update SGD really applies, W <- W - lr (scale * g_hat + noise + wd * W):
 `gradient_scale`, `gradient_noise_var` (i.i.d. noise per entry) and `weight_decay` enter mu, beta2,
@@ -120,7 +122,8 @@ class LayerTerms:
     mu: torch.Tensor
     beta2: torch.Tensor
     eps: torch.Tensor
-    disc: torch.Tensor  # lr^2/2 Q(G): the discrete step's own curvature, outside the SDE
+    disc: torch.Tensor  # lr^2/2 Q(G): the discrete step's own curvature, outside the SDE (unbiased estimate)
+    log_disc: torch.Tensor  # disc / sigma - mu^2 / (2 sigma^2): the layer's discrete-time term of E[d log sigma]
 
 
 @dataclass
@@ -305,12 +308,19 @@ def _terms(
     sampling = up.scale**2 * up.fpc / b  # Cov[scale * g_hat] = scale^2 * fpc * Sigma / b
     noise_q = up.noise_var * _trace_from_svd(s, *W.shape) if up.noise_var else 0.0
     drift = up.scale * G + up.weight_decay * W if up.weight_decay else up.scale * G
+    mu = -lr * (U[:, 0] @ drift @ Vh[0])
+    mu_var = lr**2 * sampling * proj.var(correction=1)  # the sampling variance of this batch's mu
+    # G here is the batch mean, so Q(drift) carries the noise's curvature too: E[Q(a g_hat)] =
+    # Q(a G) + sampling tr(H Sigma), tr(H Sigma) estimated without bias by sum_i Q(g_i - g_hat)/(b - 1).
+    # Subtracting it leaves an unbiased estimate of lr^2/2 Q(a G + wd W) (eps is the noise's share).
+    disc = lr**2 / 2 * (_quad_form(U, s, Vh, drift) - sampling * q.sum() / (b - 1))
     return LayerTerms(
         sigma=s[0],
-        mu=-lr * (U[:, 0] @ drift @ Vh[0]),
-        beta2=lr**2 * (sampling * proj.var(correction=1) + up.noise_var),
+        mu=mu,
+        beta2=mu_var + lr**2 * up.noise_var,
         eps=lr**2 / 2 * (sampling * q.mean() + noise_q),
-        disc=lr**2 / 2 * _quad_form(U, s, Vh, drift),
+        disc=disc,
+        log_disc=disc / s[0] - (mu.square() - mu_var) / (2 * s[0].square()),  # E[mu_hat^2] = mu^2 + mu_var
     )
 
 
@@ -413,11 +423,10 @@ def measure_sde_terms(
 
     layers = [terms[n] for n in layer_names]
     sig = torch.stack([t.sigma for t in layers])
-    mu = torch.stack([t.mu for t in layers])
     return SDETerms(
         layers=layers,
-        mu=(mu / sig).sum(),
+        mu=(torch.stack([t.mu for t in layers]) / sig).sum(),
         beta2=(torch.stack([t.beta2 for t in layers]) / sig.square()).sum(),
         eps=(torch.stack([t.eps for t in layers]) / sig).sum(),
-        disc=(torch.stack([t.disc for t in layers]) / sig - mu.square() / (2 * sig.square())).sum(),
+        disc=torch.stack([t.log_disc for t in layers]).sum(),
     )

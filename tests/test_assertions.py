@@ -436,7 +436,7 @@ def test_spec_validation() -> None:
     adapter = TypeAdapter(AssertionSpec)
     spec = adapter.validate_python({"test": "power_law", "expected_exponent": -1})
     assert isinstance(spec, PowerLaw)
-    assert set(ASSERTIONS) == {"monotone_trend", "growth_trend", "power_law", "invariance"}
+    assert {"monotone_trend", "growth_trend", "power_law", "invariance"} <= set(ASSERTIONS)
     with pytest.raises(ValidationError):
         adapter.validate_python({"test": "invariance", "max_spread": 0.1})  # unknown key
     with pytest.raises(ValidationError):

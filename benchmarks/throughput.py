@@ -1,0 +1,238 @@
+"""Model-steps per second: a naive per-run training loop against lipbench's engines (issue 5).
+
+    python benchmarks/throughput.py [--device cpu|cuda] [--quick] [--claims [--force]]
+
+In one process on one machine, on synthetic data of MNIST shape (1x28x28, the paper's MLP) and
+CIFAR shape (3x32x32, the paper's ConvNet), with the same runs (seeds x learning rates) and steps:
+
+- naive: one run at a time, as a researcher would write it: a DataLoader over a TensorDataset
+  (shuffled, on the CPU, batches moved to the device), `loss.item()` every step, and
+  `torch.linalg.matrix_norm(W, ord=2)` of every layer at every record;
+- ensemble: lipbench.ensemble.train_ensemble, all runs as one vectorised program;
+- per-run: lipbench.engine.train, one run at a time (reported, not in the ratios).
+
+Each method's time is the best of `--repeats` interleaved rounds (the machine may be shared).
+Tracking overhead: the ensemble on the MLP workload recording sigma and K every step (no loss
+or accuracy) against recording only at the first and last step: (t_every - t_none) / t_none.
+`--claims` also times `lipbench run suites/implications --profile paper`, claim by claim (real
+datasets; meaningful on a GPU, so on a CPU only with --force). The last line is always
+`ratio_mlp=<x> ratio_convnet=<y> tracking_overhead=<z>` (ratios: ensemble over naive
+model-steps per second; overhead as a fraction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from lipbench.data import Dataset, load_dataset  # noqa: E402
+from lipbench.engine import resolve_device, train  # noqa: E402
+from lipbench.ensemble import train_ensemble  # noqa: E402
+from lipbench.models import build_model, initialise, lipschitz_layers  # noqa: E402
+from lipbench.suite import RunSpec, Scenario  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: dict
+    shape: tuple[int, int, int]
+    runs: int
+    steps: int
+    record_every: int
+    batch_size: int = 32
+    train_size: int = 8192
+
+
+# (runs, steps, record_every) per mode; batch 32 and records every 50 steps, as the quick profiles.
+SIZES = {
+    "cuda": {"mlp": (128, 300, 50), "convnet": (16, 200, 50), "tracking": (128, 200)},
+    "full": {"mlp": (16, 400, 50), "convnet": (8, 60, 20), "tracking": (16, 200)},
+    "quick": {"mlp": (8, 200, 50), "convnet": (4, 30, 15), "tracking": (8, 100)},
+    "smoke": {"mlp": (2, 4, 2), "convnet": (2, 2, 1), "tracking": (2, 3)},
+}
+LEARNING_RATES = (0.01, 0.02, 0.05)  # members differ in init seed, sampling seed and learning rate
+
+
+def workloads(mode: str) -> list[Workload]:
+    small = mode == "smoke"
+    size = SIZES[mode]
+    mlp = {"name": "mlp", "hidden": [32] if small else [512, 256]}
+    convnet = {"name": "convnet", "width": 4 if small else 32}
+    train_size = 256 if small else 8192
+    return [
+        Workload("mlp", mlp, (1, 28, 28), *size["mlp"], train_size=train_size),
+        Workload("convnet", convnet, (3, 32, 32), *size["convnet"], train_size=train_size),
+    ]
+
+
+def make_data(w: Workload) -> Dataset:
+    return load_dataset("synthetic", synthetic_shape=w.shape, synthetic_classes=10, synthetic_size=w.train_size)
+
+
+def make_specs(w: Workload, *, record_every: int | None = None, record: list[str] | None = None) -> list[RunSpec]:
+    specs = []
+    for i in range(w.runs):
+        lr = LEARNING_RATES[i % len(LEARNING_RATES)]
+        scenario = Scenario.model_validate(
+            {
+                "model": w.model,
+                "dataset": {"name": "synthetic", "synthetic_shape": list(w.shape), "synthetic_size": w.train_size},
+                "optimizer": {"lr": lr, "batch_size": w.batch_size},
+                "steps": w.steps,
+                "record_every": record_every or w.record_every,
+                **({"record": record} if record else {}),
+            }
+        )
+        specs.append(RunSpec("throughput", f"{w.name}-{i}", scenario, lr, init_seed=i, sampling_seed=i))
+    return specs
+
+
+def naive_run(spec: RunSpec, data: Dataset, device: torch.device) -> tuple[list[float], list[list[float]]]:
+    """One run the way a researcher would write it (see the module docstring)."""
+    sc = spec.scenario
+    model = build_model(sc.model.name, data.input_shape, data.num_classes, hidden=sc.model.hidden, width=sc.model.width)
+    initialise(model, torch.Generator().manual_seed(spec.init_seed))
+    model.to(device)
+    weights = [m.weight for _, m in lipschitz_layers(model)]
+    opt = torch.optim.SGD(model.parameters(), lr=sc.optimizer.lr)
+    loader = DataLoader(
+        TensorDataset(data.x_train, data.y_train), batch_size=sc.optimizer.batch_size, shuffle=True, drop_last=True
+    )
+
+    def sigmas() -> list[float]:
+        with torch.no_grad():
+            return [torch.linalg.matrix_norm(W.reshape(W.shape[0], -1), ord=2).item() for W in weights]
+
+    losses, norms, step = [], [], 0
+    while step < sc.steps:
+        for xb, yb in loader:
+            if step % sc.record_every == 0:
+                norms.append(sigmas())
+            xb, yb = xb.to(device), yb.to(device)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if step == sc.steps:
+                break
+    norms.append(sigmas())
+    return losses, norms
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(w: Workload, device: torch.device, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` seconds per method, rounds interleaved so a load change hits all alike."""
+    data, specs = make_data(w), make_specs(w)
+    methods = {
+        "naive": lambda: [naive_run(s, data, device) for s in specs],
+        "ensemble": lambda: train_ensemble(specs, data, device),
+        "per-run": lambda: [train(s, data, device) for s in specs],
+    }
+    warm = make_specs(Workload(w.name, w.model, w.shape, 2, 2, 1, w.batch_size, w.train_size))
+    naive_run(warm[0], data, device), train_ensemble(warm, data, device), train(warm[0], data, device)
+    best = {name: math.inf for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            best[name] = min(best[name], timed(fn, device))
+    return best
+
+
+def tracking_overhead(w: Workload, runs: int, steps: int, device: torch.device, repeats: int) -> tuple[float, ...]:
+    """(t_every, t_none, worst sigma_rel_err) of the ensemble recording sigma/K every step vs not at all."""
+    w = Workload(w.name, w.model, w.shape, runs, steps, steps, w.batch_size, w.train_size)
+    data = make_data(w)
+    every = make_specs(w, record_every=1, record=["sigma", "K"])
+    none = make_specs(w, record_every=steps, record=["sigma", "K"])
+    t_every = t_none = math.inf
+    err = 0.0
+    for _ in range(repeats):
+        records: list = []
+        t_every = min(t_every, timed(lambda: records.extend(train_ensemble(every, data, device)), device))
+        t_none = min(t_none, timed(lambda: train_ensemble(none, data, device), device))
+        err = max(err, *(r.summary["sigma_rel_err"] for r in records))
+    return t_every, t_none, err
+
+
+def time_claims(device: torch.device) -> None:
+    from lipbench.runner import run_claims
+    from lipbench.suite import load_claim, suite_files
+
+    print(f"\nsuites/implications --profile paper on {device} (engine auto):")
+    total = 0.0
+    for path in suite_files([ROOT / "suites" / "implications"]):
+        claim = load_claim(path, "paper")
+        start = time.perf_counter()
+        (outcome,) = run_claims([claim], device=str(device), engine="auto")
+        seconds = time.perf_counter() - start
+        total += seconds
+        print(f"  {claim.name:24s} {outcome.status:7s} {len(claim.runs()):4d} runs {seconds:8.1f} s  {outcome.sentence}")
+    print(f"  {'total':24s} {'':7s} {'':4s}      {total:8.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes on 2 CPU cores")
+    parser.add_argument("--claims", action="store_true", help="also time each claim of suites/implications (paper)")
+    parser.add_argument("--force", action="store_true", help="time the claims even on a CPU")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds per method (best is kept)")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny sizes, for the tests
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "cuda" if device.type == "cuda" else "full"
+    repeats = args.repeats or (1 if mode in ("smoke", "quick") else 2)
+    print(f"lipbench throughput: device {device}, mode {mode}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'workload':9s} {'method':9s} {'runs':>5s} {'steps':>6s} {'seconds':>9s} {'steps/s':>9s} {'x naive':>8s}")
+    ratios = {}
+    loads = workloads(mode)
+    for w in loads:
+        best = measure(w, device, repeats)
+        rate = {name: w.runs * w.steps / seconds for name, seconds in best.items()}
+        for name, seconds in best.items():
+            ratio = rate[name] / rate["naive"]
+            print(f"{w.name:9s} {name:9s} {w.runs:5d} {w.steps:6d} {seconds:9.2f} {rate[name]:9.1f} {ratio:8.2f}")
+        ratios[w.name] = rate["ensemble"] / rate["naive"]
+
+    runs, steps = SIZES[mode]["tracking"]
+    t_every, t_none, err = tracking_overhead(loads[0], runs, steps, device, repeats)
+    overhead = (t_every - t_none) / t_none
+    print(
+        f"tracking (mlp ensemble, {runs} runs x {steps} steps): sigma/K every step {t_every:.2f} s, "
+        f"none {t_none:.2f} s: overhead {100 * overhead:.1f}% of training; worst sigma rel. error {err:.1e}"
+    )
+
+    if args.claims:
+        if device.type == "cuda" or args.force:
+            time_claims(device)
+        else:
+            print("\n--claims skipped: the paper profiles are only meaningful on a GPU (add --force to time them here)")
+    print(f"ratio_mlp={ratios['mlp']:.2f} ratio_convnet={ratios['convnet']:.2f} tracking_overhead={overhead:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

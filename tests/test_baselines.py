@@ -1,0 +1,456 @@
+"""Baselines and verdicts: the tolerance rule at its edges, verdict mapping, exit codes, baseline
+files, `baseline update`, `compare`, and one planted break on a tiny claim that really trains."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from lipbench import baselines as bl
+from lipbench.baselines import (
+    IMPROVED,
+    NEW,
+    REGRESSED,
+    Tracked,
+    build_baseline,
+    compare_tracked,
+    exit_code,
+    judge_against,
+    read_baseline,
+    verdict_for,
+    write_baseline,
+)
+from lipbench.cli import main
+from lipbench.records import RunRecord
+from lipbench.runner import ERROR, FAIL, PASS, SKIPPED, XFAIL, XPASS, ClaimOutcome, judge
+from lipbench.session import Session
+from lipbench.suite import ResolvedClaim, load_claim
+
+SCENARIO = {
+    "model": {"name": "mlp", "hidden": [32]},
+    "dataset": {"name": "synthetic", "synthetic_shape": [1, 4, 4], "synthetic_size": 256},
+    "optimizer": {"lr": 0.1, "batch_size": 16},
+    "steps": 60,
+    "record_every": 20,
+}
+
+#: Four synthetic claims, one per assertion; `final` gives each run's final K from (sweep, init, sampling).
+CLAIMS: dict[str, dict[str, Any]] = {
+    "label_noise": {
+        "sweep": {"axis": "scenario.label_noise", "values": [0.0, 0.5, 0.9]},
+        "seeds": {"init": 3, "sampling": 1},
+        "assertion": {"test": "monotone_trend", "direction": "decreasing", "alpha": 0.05},
+    },
+    "batch": {
+        "sweep": {"axis": "scenario.optimizer.batch_size", "values": [8, 16, 32, 64, 128, 256]},
+        "seeds": {"init": 2, "sampling": 10},
+        "assertion": {"test": "power_law", "expected_exponent": -1.0, "max_ci_width": 10.0},
+    },
+    "sampling": {
+        "seeds": {"init": 3, "sampling": 4},
+        "assertion": {"test": "invariance", "max_relative_spread": 0.05},
+    },
+    "growth": {
+        "seeds": {"init": 3, "sampling": 1},
+        "assertion": {"test": "growth_trend", "quantity": "log_K", "window": 0.5, "alpha": 0.05},
+    },
+}
+
+
+def write_claim(folder: Path, name: str, **changes: Any) -> Path:
+    """A suite file `folder/<name>.yaml` of one of CLAIMS (profile quick), with top-level changes."""
+    data = {"schema_version": 1, "name": name, "claim": f"synthetic {name}", "scenario": SCENARIO}
+    data.update(CLAIMS[name])
+    data.update(changes)
+    data["profiles"] = {"quick": {}}
+    path = folder / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def synthetic_records(claim: ResolvedClaim, seed: int = 0, strength: float = 1.0) -> list[RunRecord]:
+    """Records whose final values obey the claim (`strength` scales the effect), no training."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for spec in claim.runs():
+        name, v = claim.name, spec.sweep_value
+        if name == "growth":
+            steps = np.arange(0, 1000, 50)
+            log_k = 0.5 + strength * 0.002 * steps + rng.normal(0, 0.01, len(steps))
+        else:
+            if name == "label_noise":
+                final = 3.0 - strength * 2.0 * v + rng.normal(0, 0.1)
+            elif name == "batch":
+                final = 5.0 + rng.normal(0, math.sqrt(1.0 / v))
+            else:  # sampling: init moves K, sampling barely does
+                final = 10.0 + 2.0 * spec.init_seed + rng.normal(0, 0.05)
+            steps, log_k = np.array([0, 100]), np.log([1.0, final])
+        records.append(
+            RunRecord(
+                claim.name,
+                spec.run_id,
+                v,
+                spec.init_seed,
+                spec.sampling_seed,
+                steps.astype(np.int64),
+                {"log_K": log_k, "K": np.exp(log_k)},
+            )
+        )
+    return records
+
+
+def synthetic_outcome(folder: Path, name: str, seed: int = 0, strength: float = 1.0, **changes: Any) -> ClaimOutcome:
+    claim = load_claim(write_claim(folder, name, **changes), "quick")
+    return judge(claim, synthetic_records(claim, seed, strength))
+
+
+def baseline_of(outcome: ClaimOutcome, device: str = "cpu") -> dict[str, Any]:
+    return json.loads(json.dumps(build_baseline(outcome, {"device": device, "lipbench": "test"})))
+
+
+# --------------------------------------------------------------------------- the tolerance rule at its edges
+
+
+def tracked(value: float, se: float | None, better: str = "higher", scale: float = 1.0, target=None) -> Tracked:
+    return Tracked("stat", value, se, better, scale, target)
+
+
+SE = 0.01  # each side's standard error: the pooled one is SE * sqrt(2)
+
+
+@pytest.mark.parametrize(
+    ("z", "size", "expected"),
+    [
+        (-3.30, 0.5, "regressed"),  # just outside the z band, large
+        (-3.28, 0.5, "large but not significant"),  # just inside: size without significance passes
+        (3.30, 0.5, "improved"),
+        (3.28, 0.5, "large but not significant"),
+        (-50.0, 0.101, "regressed"),  # just outside the size band, significant
+        (-50.0, 0.099, "significant but small"),  # significance without size passes
+        (50.0, 0.101, "improved"),
+        (-1.0, 0.05, "within tolerance"),
+    ],
+)
+def test_tolerance_edges(z: float, size: float, expected: str) -> None:
+    pooled = SE * math.sqrt(2)
+    change = z * pooled
+    scale = abs(change) / size  # so that |change| / scale == size exactly
+    base = tracked(1.0, SE, scale=scale)
+    result = compare_tracked(base, tracked(1.0 + change, SE))
+    assert result.outcome == expected
+    assert result.z == pytest.approx(z)
+    assert result.size == pytest.approx(size)
+
+
+def test_direction_lower_and_closer() -> None:
+    assert compare_tracked(tracked(0.02, 1e-4, "lower", 0.05), tracked(0.03, 1e-4, "lower")).outcome == "regressed"
+    assert compare_tracked(tracked(0.03, 1e-4, "lower", 0.05), tracked(0.02, 1e-4, "lower")).outcome == "improved"
+    # power law: k moving from -1.2 to -0.8 around the expected -1 is no change at all
+    same = compare_tracked(tracked(-1.2, 0.01, "closer", 1.0, -1.0), tracked(-0.8, 0.01, "closer", 1.0, -1.0))
+    assert same.change == pytest.approx(0.0) and same.outcome == "within tolerance"
+    away = compare_tracked(tracked(-1.0, 0.01, "closer", 1.0, -1.0), tracked(-1.5, 0.01, "closer", 1.0, -1.0))
+    assert away.outcome == "regressed" and away.change == pytest.approx(-0.5)
+
+
+def test_other_device_widens_both_thresholds() -> None:
+    base, new = tracked(1.0, SE, scale=1.0), tracked(1.0 - 5 * SE * math.sqrt(2), SE)  # z = -5, size 7%
+    base = Tracked("stat", 1.0, SE, "higher", 0.5)  # size = 0.0707 / 0.5 = 14%
+    assert compare_tracked(base, new).outcome == "regressed"
+    wide = compare_tracked(base, new, bl.OTHER_DEVICE_FACTOR)
+    assert wide.outcome == "within tolerance"  # needs |z| > 6.58 and > 20%
+    assert wide.z_critical == pytest.approx(2 * bl.Z_CRITICAL) and wide.min_change == pytest.approx(0.2)
+
+
+def test_missing_or_zero_errors() -> None:
+    assert compare_tracked(tracked(1.0, None), tracked(0.0, None)).outcome == "not compared"
+    one_sided = compare_tracked(tracked(1.0, 0.01), tracked(0.5, None))  # the other side's error stands in
+    assert one_sided.z == pytest.approx(-0.5 / (0.01 * math.sqrt(2)))
+    assert compare_tracked(tracked(1.0, 0.0), tracked(1.0, 0.0)).outcome == "within tolerance"
+    moved = compare_tracked(tracked(1.0, 0.0), tracked(0.5, 0.0))
+    assert moved.z == -math.inf and moved.outcome == "regressed"
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+@pytest.mark.parametrize("name", list(CLAIMS))
+def test_every_test_tracks_statistics_with_errors(tmp_path: Path, name: str) -> None:
+    outcome = synthetic_outcome(tmp_path / "coll", name)
+    assert outcome.status == PASS, outcome.sentence
+    summary = bl.summarise(outcome)
+    assert summary["tracked"], name
+    for t in summary["tracked"]:
+        assert t["se"] is not None and t["se"] >= 0 and math.isfinite(t["value"]), t
+    assert sum(s["n"] for s in summary["per_sweep"]) == len(outcome.records)
+    # the first tracked statistic is the assertion's headline wherever there is one sweep group or none
+    if name != "batch":  # (power_law's headline is the same slope, fitted by linregress)
+        assert summary["tracked"][0]["value"] == pytest.approx(outcome.result.statistic, rel=1e-9)
+    else:
+        assert summary["tracked"][0]["value"] == pytest.approx(outcome.result.statistic, rel=1e-6)
+
+
+def test_verdict_mapping(tmp_path: Path) -> None:
+    outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
+    base = baseline_of(outcome)
+    h = outcome.claim.scenario_hash()
+    assert judge_against(outcome, None, device="cpu").verdict == NEW
+    same = judge_against(outcome, base, device="cpu", file_hash=h)
+    assert same.verdict == PASS and same.comparable and all(c.z == 0 for c in same.changes)
+
+    weaker = synthetic_outcome(tmp_path / "coll", "label_noise", strength=0.5)
+    assert weaker.status == PASS  # the assertion still holds ...
+    assert judge_against(weaker, base, device="cpu").verdict == REGRESSED  # ... but much less strongly
+    assert judge_against(outcome, baseline_of(weaker), device="cpu").verdict == IMPROVED
+
+    failing = synthetic_outcome(tmp_path / "coll", "label_noise", strength=-1.0)
+    assert failing.status == FAIL
+    assert judge_against(failing, None, device="cpu").verdict == FAIL
+    assert judge_against(failing, base, device="cpu").verdict == FAIL
+
+    for status in (ERROR, SKIPPED, XFAIL, XPASS):
+        other = ClaimOutcome(outcome.claim, status, outcome.records, outcome.result if status != ERROR else None)
+        assert judge_against(other, base, device="cpu").verdict == status
+
+
+def test_changed_scenario_is_not_comparable(tmp_path: Path) -> None:
+    outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
+    base = baseline_of(outcome)
+    base["scenario_hash"] = "0" * 16
+    base["scenario"]["scenario"]["steps"] = 30
+    weaker = synthetic_outcome(tmp_path / "coll", "label_noise", strength=0.5)
+    result = judge_against(weaker, base, device="cpu", file_hash=weaker.claim.scenario_hash())
+    assert result.verdict == PASS and result.comparable is False and not result.changes
+    assert "not comparable" in result.sentence and "scenario.steps: 30 → 60" in result.sentence
+
+
+def test_set_override_is_compared_and_named(tmp_path: Path) -> None:
+    folder = tmp_path / "coll"
+    base = baseline_of(synthetic_outcome(folder, "label_noise"))
+    path = folder / "label_noise.yaml"
+    changed = load_claim(path, "quick", ["scenario.optimizer.lr=0.05"])
+    weaker = judge(changed, synthetic_records(changed, strength=0.5))
+    result = verdict_for(weaker, tmp_path / "none", "cpu")  # no file there: NEW ...
+    assert result.verdict == NEW
+    root = tmp_path / "baselines"
+    write_baseline(base, bl.baseline_path(root, "coll", "label_noise", "quick"))
+    result = verdict_for(weaker, root, "cpu")  # ... and with the file's baseline: compared, --set named
+    assert result.verdict == REGRESSED and result.comparable
+    assert "scenario changed by --set (scenario.optimizer.lr: 0.1 → 0.05)" in result.sentence
+
+
+def test_other_device_is_compared_with_a_wider_band(tmp_path: Path) -> None:
+    outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
+    result = judge_against(outcome, baseline_of(outcome, device="NVIDIA H100 80GB HBM3"), device="cpu")
+    assert result.verdict == PASS and result.factor == bl.OTHER_DEVICE_FACTOR
+    assert "2x wider" in result.sentence and all(c.z_critical == 2 * bl.Z_CRITICAL for c in result.changes)
+
+
+def test_unreadable_baseline_is_not_comparable(tmp_path: Path) -> None:
+    outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
+    path = bl.baseline_path(tmp_path / "b", "coll", "label_noise", "quick")
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    result = verdict_for(outcome, tmp_path / "b", "cpu")
+    assert result.verdict == PASS and result.comparable is False and "cannot be read" in result.sentence
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "strict", "code"),
+    [
+        ([PASS, IMPROVED, NEW, XFAIL, SKIPPED], False, 0),
+        ([PASS, XPASS], False, 0),
+        ([PASS, XPASS], True, 1),
+        ([PASS, REGRESSED], False, 1),
+        ([FAIL], False, 1),
+        ([NEW, ERROR], False, 1),
+    ],
+)
+def test_exit_codes(tmp_path: Path, verdicts: list[str], strict: bool, code: int) -> None:
+    claim = load_claim(write_claim(tmp_path, "label_noise", strict=strict), "quick")
+    outcomes = []
+    for v in verdicts:
+        o = ClaimOutcome(claim, v if v in (PASS, FAIL, ERROR, XFAIL, XPASS, SKIPPED) else PASS)
+        bl.attach(o, bl.Comparison(v, o.status))
+        outcomes.append(o)
+    assert exit_code(outcomes) == code
+    assert exit_code(outcomes, bad_input=True) == 2
+
+
+# --------------------------------------------------------------------------- baseline files
+
+
+def test_baseline_file_round_trip(tmp_path: Path) -> None:
+    outcome = synthetic_outcome(tmp_path / "coll", "batch")
+    data = build_baseline(outcome, {"device": "cpu", "lipbench": "0.1.0", "torch": "x", "git_commit": "abc"})
+    path = write_baseline(data, bl.baseline_path(tmp_path / "b", "coll", "batch", "quick"))
+    assert path == tmp_path / "b" / "coll" / "batch.quick.json"
+    text = path.read_text()
+    assert text.startswith('{\n  "schema_version": 1,\n  "collection": "coll",')  # indent 2, fixed order
+    back = read_baseline(path)
+    assert back == json.loads(json.dumps(data))
+    assert list(back) == [
+        "schema_version",
+        "collection",
+        "claim",
+        "profile",
+        "file",
+        "scenario_hash",
+        "status",
+        "assertion",
+        "summary",
+        "tolerance",
+        "environment",
+        "scenario",
+    ]
+    write_baseline(
+        build_baseline(outcome, {"device": "cpu", "lipbench": "0.1.0", "torch": "x", "git_commit": "abc"}), path
+    )
+    assert path.read_text() == text  # the same records give the same bytes (fixed bootstrap seed)
+    assert back["tolerance"]["z_critical"] == bl.Z_CRITICAL and back["summary"]["tracked"][0]["target"] == -1.0
+    path.write_text(text.replace('"schema_version": 1', '"schema_version": 99'))
+    with pytest.raises(bl.BaselineError, match="schema_version 99"):
+        read_baseline(path)
+
+
+def save_run(out: Path, outcomes: list[ClaimOutcome], baselines: Path) -> Path:
+    session = Session(out, "cpu", mlflow=False, baselines=baselines, warn=pytest.fail)
+    for o in outcomes:
+        session.finish_claim(o)
+    return out
+
+
+def test_finish_claim_puts_the_verdict_on_outcome_and_result(tmp_path: Path) -> None:
+    outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
+    folder = Session(tmp_path / "out", "cpu", mlflow=False, baselines=tmp_path / "b").finish_claim(outcome)
+    assert bl.verdict_of(outcome) == NEW and outcome.verdict == NEW and outcome.comparison.verdict == NEW
+    saved = json.loads((folder / "result.json").read_text())
+    assert saved["verdict"] == NEW and saved["status"] == PASS and saved["summary"]["tracked"]
+    assert (folder / "figure.png").stat().st_size > 0
+
+
+def test_update_from_run_refuses_a_failing_claim_without_force(tmp_path: Path, wide_console) -> None:
+    suite = tmp_path / "coll"
+    failing = synthetic_outcome(suite, "label_noise", strength=-1.0)
+    assert failing.status == FAIL
+    results = save_run(tmp_path / "run", [failing], tmp_path / "b")
+    path = bl.baseline_path(tmp_path / "b", "coll", "label_noise", "quick")
+    argv = ["baseline", "update", str(suite), "--from-run", str(results), "--baselines", str(tmp_path / "b")]
+    assert main(argv) == 1 and not path.exists()
+    assert main([*argv, "--force"]) == 0 and read_baseline(path)["status"] == FAIL
+
+
+def test_update_from_run_refuses_a_run_with_another_scenario(tmp_path: Path, wide_console) -> None:
+    suite = tmp_path / "coll"
+    write_claim(suite, "label_noise")
+    changed = load_claim(suite / "label_noise.yaml", "quick", ["scenario.steps=30"])
+    results = save_run(tmp_path / "run", [judge(changed, synthetic_records(changed))], tmp_path / "b")
+    argv = ["baseline", "update", str(suite), "--from-run", str(results), "--baselines", str(tmp_path / "b")]
+    assert main(argv) == 1
+    assert main([*argv, "--force"]) == 0
+    assert main(["baseline", "update", str(suite), "--from-run", str(tmp_path / "nowhere")]) == 2
+
+
+def test_update_show_and_compare_commands(tmp_path: Path, wide_console, capsys) -> None:
+    suite, b = tmp_path / "coll", tmp_path / "b"
+    run_a = save_run(tmp_path / "a", [synthetic_outcome(suite, n) for n in ("label_noise", "sampling")], b)
+    assert main(["baseline", "update", str(suite), "--from-run", str(run_a), "--baselines", str(b)]) == 0
+    assert sorted(p.name for p in (b / "coll").iterdir()) == ["label_noise.quick.json", "sampling.quick.json"]
+    capsys.readouterr()
+    assert main(["baseline", "show", str(suite), "--baselines", str(b)]) == 0
+    shown = capsys.readouterr().out
+    assert "coll/label_noise" in shown and "spearman_rho = " in shown and "same as the file's" in shown
+
+    weaker = synthetic_outcome(suite, "label_noise", strength=0.5)
+    run_b = save_run(tmp_path / "bb", [weaker, synthetic_outcome(suite, "sampling")], b)
+    assert weaker.verdict == REGRESSED
+    from lipbench.compare import compare_rows, sides
+
+    rows = {r["claim"]: r for r in compare_rows(sides(str(run_a)), sides(str(run_b)))}
+    assert rows["label_noise"]["judgement"] == "regressed" and rows["sampling"]["judgement"] == "within tolerance"
+    assert rows["label_noise"]["a"]["verdict"] == NEW and rows["label_noise"]["b"]["verdict"] == REGRESSED
+    capsys.readouterr()
+    assert main(["compare", str(run_a), str(run_b)]) == 0
+    table = capsys.readouterr().out
+    assert "NEW → REGRESSED" in table and "spearman_rho" in table and "regressed" in table
+    assert main(["compare", str(run_a), str(tmp_path / "missing")]) == 2
+
+
+# --------------------------------------------------------------------------- a planted break, really trained
+
+TINY = {
+    "schema_version": 1,
+    "name": "tiny_noise",
+    "claim": "K decreases as label noise grows (tiny synthetic check).",
+    "scenario": SCENARIO,
+    "sweep": {"axis": "scenario.label_noise", "values": [0.0, 0.5, 0.9]},
+    "seeds": {"init": 3, "sampling": 1},
+    "assertion": {"test": "monotone_trend", "direction": "decreasing", "alpha": 0.05},
+    "profiles": {"quick": {}},
+}
+
+
+def test_planted_break_is_caught(tmp_path: Path, wide_console) -> None:
+    """A baseline stored from a run; the same claim with its learning rate halved by --set must not pass."""
+    suite = tmp_path / "tiny" / "tiny_noise.yaml"
+    suite.parent.mkdir()
+    suite.write_text(yaml.safe_dump(TINY, sort_keys=False))
+    common = ["--profile", "quick", "--device", "cpu", "--workers", "1", "--no-mlflow"]
+    common += ["--baselines", str(tmp_path / "b")]
+    assert main(["baseline", "update", str(suite), *common, "--out", str(tmp_path / "r0")]) == 0
+    assert read_baseline(tmp_path / "b" / "tiny" / "tiny_noise.quick.json")["status"] == PASS
+
+    assert main(["run", str(suite), *common, "--out", str(tmp_path / "r1")]) == 0  # unchanged: PASS
+    again = json.loads((tmp_path / "r1" / "tiny" / "tiny_noise" / "result.json").read_text())
+    assert again["verdict"] == PASS and again["baseline"]["comparable"] is True
+
+    broken = ["--set", "scenario.optimizer.lr=0.05", "--out", str(tmp_path / "r2")]
+    assert main(["run", str(suite), *common, *broken]) == 1
+    result = json.loads((tmp_path / "r2" / "tiny" / "tiny_noise" / "result.json").read_text())
+    assert result["verdict"] in (REGRESSED, FAIL)
+    assert "scenario changed by --set (scenario.optimizer.lr: 0.1 → 0.05)" in result["baseline"]["sentence"]
+
+
+def test_mlflow_verdict_tags_and_run_ids(tmp_path: Path, wide_console, capsys) -> None:
+    """The verdict is an MLflow tag; compare, baseline update --from-run and report accept claim run ids."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    suite, b = tmp_path / "coll", tmp_path / "b"
+    ids = []
+    for strength, out in ((1.0, "a"), (0.5, "bb")):
+        session = Session(tmp_path / out, "cpu", tracking_uri=uri, baselines=b, warn=pytest.fail)
+        folder = session.finish_claim(synthetic_outcome(suite, "label_noise", strength=strength))
+        ids.append((folder / "mlflow_run_id").read_text().strip())
+        if out == "a":
+            argv = [
+                "baseline",
+                "update",
+                str(suite),
+                "--from-run",
+                ids[0],
+                "--tracking-uri",
+                uri,
+                "--baselines",
+                str(b),
+            ]
+            assert main(argv) == 0
+    client = MlflowClient(uri)
+    first, second = (client.get_run(i).data for i in ids)
+    assert first.tags["lipbench.verdict"] == NEW and first.tags["lipbench.baseline"] == "none"
+    assert second.tags["lipbench.verdict"] == REGRESSED and second.tags["lipbench.baseline"] == "compared"
+    assert second.metrics["baseline.log_ratio_extreme_group_means.z"] < -bl.Z_CRITICAL
+    assert "final.mean" in second.metrics and "assertion.statistic" in second.metrics
+    capsys.readouterr()
+    assert main(["compare", ids[0], ids[1], "--tracking-uri", uri]) == 0
+    assert "NEW → REGRESSED" in capsys.readouterr().out
+    assert main(["report", ids[1], "--tracking-uri", uri, "--out", str(tmp_path / "rep")]) == 0
+    assert "data:image/png;base64," in (tmp_path / "rep" / "report.html").read_text()
+    assert main(["compare", "0" * 32, ids[1], "--tracking-uri", uri]) == 2

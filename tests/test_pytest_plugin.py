@@ -1,0 +1,320 @@
+"""The pytest plugin: suites as test items, statuses as outcomes, and MLflow under xdist.
+
+Every suite here is tiny (synthetic data, a one-layer MLP, 40 steps) and runs on the CPU.
+Most runs are in-process (`pytester.runpytest`); the xdist run and the import check need a
+subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+TINY = """\
+schema_version: 1
+name: {name}
+claim: {claim}
+scenario:
+  model: {{name: mlp, hidden: [16]}}
+  dataset: {{name: {dataset}, synthetic_size: 256}}
+  optimizer: {{lr: 0.1, batch_size: 16}}
+  steps: {steps}
+  record_every: 5
+  device: {device}
+seeds: {{init: {seeds}, sampling: 1}}
+assertion: {{test: growth_trend, quantity: {quantity}, window: 1.0, alpha: 0.05}}
+profiles:
+  quick: {{}}
+"""
+FAIL_WORDS = "Run-averaged loss keeps increasing"  # the start of the failing claim's assertion sentence
+NO_MLFLOW = ("--lipbench-no-mlflow", "--lipbench-workers", "1", "--lipbench-device", "cpu")
+
+
+def suite(
+    name: str,
+    *,
+    grows: bool = True,
+    expect_fail: bool = False,
+    device: str = "any",
+    steps: int = 40,
+    seeds: int = 2,
+    dataset: str = "synthetic",
+) -> str:
+    """A claim that passes (log_K grows early in training) or fails (the loss does not grow)."""
+    text = TINY.format(
+        name=name,
+        claim="K grows early in training." if grows else "The loss grows.",
+        dataset=dataset,
+        steps=steps,
+        device=device,
+        seeds=seeds,
+        quantity="log_K" if grows else "loss",
+    )
+    if expect_fail:
+        text += "expect: fail\nexpect_reason: the loss falls while training\n"
+    return text
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _import_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run a tiny claim here first, so that what a claim imports is imported outside pytester.
+
+    An in-process pytester run drops the modules it imported first when it ends, and numpy's and
+    torch's extension modules cannot be loaded a second time in one process.
+    """
+    from lipbench.cli import default_profile
+    from lipbench.runner import run_claims
+    from lipbench.session import Session
+    from lipbench.suite import load_claim
+
+    folder = tmp_path_factory.mktemp("warm")
+    (folder / "warm.yaml").write_text(suite("warm", seeds=1))
+    claim = load_claim(folder / "warm.yaml", default_profile("cpu"))
+    session = Session(folder / "out", "cpu", mlflow=False)
+    [outcome] = run_claims([claim], device="cpu", workers=1, on_claim_done=session.finish_claim)
+    assert outcome.status == "PASS", outcome.sentence
+    with contextlib.suppress(ImportError):  # hypothesis's pytest plugin imports it at the end of every run
+        import hypothesis.internal.observability  # noqa: F401
+
+
+def write(pytester: pytest.Pytester, folder: str = "suites/tiny", **files: str) -> Path:
+    root = pytester.path / folder
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (root / f"{name}.yaml").write_text(text)
+    return root
+
+
+def test_collect_only_lists_one_item_per_claim(pytester: pytest.Pytester) -> None:
+    write(pytester, a=suite("a"), b=suite("b", grows=False), c=suite("c", device="cuda"))
+    pytester.makepyfile(test_unit="def test_unit():\n    pass\n")
+    result = pytester.runpytest("--collect-only", "-q", *NO_MLFLOW)
+    result.stdout.fnmatch_lines(
+        ["suites/tiny/a.yaml::a", "suites/tiny/b.yaml::b", "suites/tiny/c.yaml::c", "test_unit.py::test_unit"]
+    )
+    result.stdout.fnmatch_lines(["4 tests collected*"])
+    gpu = pytester.runpytest("--collect-only", "-q", "-m", "gpu", *NO_MLFLOW)
+    gpu.stdout.fnmatch_lines(["suites/tiny/c.yaml::c", "1/4 tests collected (3 deselected)*"])
+    assert not (pytester.path / "lipbench-results").exists()
+
+
+def test_passing_claim_passes(pytester: pytest.Pytester) -> None:
+    write(pytester, grows=suite("grows"))
+    result = pytester.runpytest("-rA", *NO_MLFLOW, "--lipbench-out", "out")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*NEW: Run-averaged log_K keeps increasing*"])  # NEW: no baseline yet
+    saved = json.loads((pytester.path / "out/tiny/grows/result.json").read_text())
+    assert (saved["status"], saved["verdict"], saved["runs"]) == ("PASS", "NEW", 2)
+
+
+def test_failing_claim_shows_its_sentence_and_no_traceback(pytester: pytest.Pytester) -> None:
+    write(pytester, flat=suite("flat", grows=False))
+    result = pytester.runpytest(*NO_MLFLOW)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"FAIL: {FAIL_WORDS}*Theil–Sen slope = *needed > 0*Mann–Kendall p = *(needed < 0.05)*FAIL*",
+            "  claim: flat (profile quick)",
+            "  suite: suites/tiny/flat.yaml",
+            "  results: *tiny/flat",
+            f"FAILED suites/tiny/flat.yaml::flat - FAIL: {FAIL_WORDS}*",
+        ]
+    )
+    out = result.stdout.str()
+    assert "Traceback" not in out and "runner.py" not in out and "pytest_plugin.py" not in out
+
+
+def test_error_says_error_and_why(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIPBENCH_OFFLINE", "1")
+    write(pytester, nodata=suite("nodata", dataset="cifar10"))
+    result = pytester.runpytest(*NO_MLFLOW, "--lipbench-data-root", str(pytester.path / "empty"))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["ERROR: *cifar10*", "  claim: nodata (profile quick)"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_malformed_suite_is_a_collection_error_naming_the_key(pytester: pytest.Pytester) -> None:
+    bad = suite("bad").replace("  steps: 40", "  stepz: 40")
+    write(pytester, good=suite("good"), bad=bad)
+    result = pytester.runpytest("--collect-only", "-q", *NO_MLFLOW)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*suites/tiny/bad.yaml: scenario.stepz: unknown key (did you mean 'steps'?)*"])
+    result.stdout.fnmatch_lines(["suites/tiny/good.yaml::good"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_not_slow_deselects_a_slow_claim(pytester: pytest.Pytester) -> None:
+    write(pytester, small=suite("small"), big=suite("big", steps=150_000))  # 2 runs: 300,000 model-steps
+    result = pytester.runpytest("--collect-only", "-q", "-m", "not slow", *NO_MLFLOW)
+    result.stdout.fnmatch_lines(["suites/tiny/small.yaml::small", "1/2 tests collected (1 deselected)*"])
+    pytester.makeini("[pytest]\nlipbench_slow_steps = 50\n")
+    result = pytester.runpytest("--collect-only", "-q", "-m", "not slow", *NO_MLFLOW)
+    result.stdout.fnmatch_lines(["*no tests collected (2 deselected)*"])
+
+
+def test_gpu_claim_is_skipped_on_cpu(pytester: pytest.Pytester) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    write(pytester, needs_gpu=suite("needs_gpu", device="cuda"))
+    result = pytester.runpytest("-rs", *NO_MLFLOW)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED*needs a CUDA device*"])
+
+
+def test_expect_fail_claim_is_xfailed(pytester: pytest.Pytester) -> None:
+    write(pytester, known=suite("known", grows=False, expect_fail=True))
+    result = pytester.runpytest("-rx", *NO_MLFLOW)
+    result.assert_outcomes(xfailed=1)
+    result.stdout.fnmatch_lines(["XFAIL suites/tiny/known.yaml::known - the loss falls while training"])
+
+
+def test_collecting_unrelated_tests_imports_neither_torch_nor_mlflow(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_light="""
+        import sys
+
+        def test_light():
+            heavy = {"torch", "mlflow", "lipbench.suite", "lipbench.runner"} & set(sys.modules)
+            assert not heavy, heavy
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def _verdicts(out: Path) -> dict[str, tuple[str, str, float | None]]:
+    """claim -> (runner status, final verdict, assertion statistic), from each result.json under `out`."""
+    found = {}
+    for path in sorted(out.glob("*/*/result.json")):
+        saved = json.loads(path.read_text())
+        found[saved["claim"]] = (saved["status"], saved.get("verdict"), (saved["assertion"] or {}).get("statistic"))
+    return found
+
+
+def test_verdicts_equal_those_of_lipbench_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same suites, the same baselines: `lipbench run` and pytest reach the same verdicts."""
+    from lipbench.cli import main
+
+    monkeypatch.delenv("LIPBENCH_BASELINES", raising=False)
+    write(
+        pytester,
+        grows=suite("grows"),
+        flat=suite("flat", grows=False),
+        known=suite("known", grows=False, expect_fail=True),
+        needs_gpu=suite("needs_gpu", device="cuda"),
+    )
+    run = ["run", "suites", "--profile", "quick", "--device", "cpu", "--workers", "1", "--no-mlflow"]
+    assert main([*run, "--out", "first"]) == 1  # `flat` fails
+    assert _verdicts(pytester.path / "first")["grows"][1] == "NEW"
+    main(["baseline", "update", "suites", "--from-run", "first", "--baselines", "baselines"])
+    assert (pytester.path / "baselines/tiny/grows.quick.json").exists()
+
+    assert main([*run, "--baselines", "baselines", "--out", "cli"]) == 1
+    options = ("--lipbench-profile", "quick", "--lipbench-baselines", "baselines", "--lipbench-out", "from-pytest")
+    result = pytester.runpytest(*NO_MLFLOW, *options)
+    result.assert_outcomes(passed=1, failed=1, xfailed=1, skipped=1)
+    cli, from_pytest = _verdicts(pytester.path / "cli"), _verdicts(pytester.path / "from-pytest")
+    assert {name: v[:2] for name, v in cli.items()} == {
+        "grows": ("PASS", "PASS"),  # compared with its baseline: no change
+        "flat": ("FAIL", "FAIL"),
+        "known": ("XFAIL", "XFAIL"),
+        "needs_gpu": ("SKIPPED", "SKIPPED"),
+    }
+    assert {name: v[:2] for name, v in from_pytest.items()} == {name: v[:2] for name, v in cli.items()}
+    for name, (_, _, statistic) in cli.items():
+        assert from_pytest[name][2] == pytest.approx(statistic, rel=1e-6)
+
+
+def test_xdist_workers_log_every_run_to_one_fresh_store(pytester: pytest.Pytester) -> None:
+    """MLFLOW.md: the controller creates store and experiment; 4 workers then lose no run and no point."""
+    pytest.importorskip("xdist")
+    names = [f"claim{i}" for i in range(8)]
+    write(pytester, **{n: suite(n, grows=i % 4 != 3) for i, n in enumerate(names)})
+    store = pytester.path / "store.db"
+    uri = f"sqlite:///{store}"
+    assert not store.exists()
+    result = pytester.runpytest_subprocess(
+        "-p", "xdist", "-n", "4", "--lipbench-tracking-uri", uri, "--lipbench-device", "cpu", timeout=300
+    )
+    result.assert_outcomes(passed=6, failed=2)
+    result.stdout.fnmatch_lines(["*4 workers*"])
+    assert "MLflow logging" not in result.stdout.str()
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = {e.name: e.experiment_id for e in client.search_experiments()}
+    assert "lipbench/tiny" in experiments
+    assert client.search_runs([experiments["Default"]], max_results=1000) == []
+    runs = client.search_runs([experiments["lipbench/tiny"]], max_results=1000)
+    parents = {r.data.tags["lipbench.claim"]: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(parents) == names
+    assert len(children) == 2 * len(names)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {r.info.run_id for r in parents.values()}
+    steps = list(range(0, 41, 5))
+    for child in children:
+        assert child.info.status == "FINISHED"
+        step_keys = {k for k in child.data.metrics if not k.startswith("summary.") and k != "seconds"}
+        assert step_keys == {"K", "log_K", "sigma_0", "sigma_1", "loss", "accuracy"}
+        for key in step_keys:
+            history = client.get_metric_history(child.info.run_id, key)
+            assert sorted(m.step for m in history) == steps, (child.info.run_name, key)
+    statuses = {name: run.data.tags["lipbench.status"] for name, run in parents.items()}
+    assert statuses == {n: "FAIL" if i % 4 == 3 else "PASS" for i, n in enumerate(names)}
+
+
+def test_xdist_hooks_only_with_xdist(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_hooks=textwrap.dedent(
+            """
+            def test_hooks(pytestconfig):
+                assert pytestconfig.pluginmanager.hasplugin("lipbench-xdist") == pytestconfig.pluginmanager.hasplugin(
+                    "xdist"
+                )
+            """
+        )
+    )
+    pytester.runpytest("-p", "no:xdist").assert_outcomes(passed=1)
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_worker_takes_the_controllers_store_pins_a_gpu_and_limits_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from lipbench import pytest_plugin as plugin
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # restored after the test
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    threads = torch.get_num_threads()
+    given = {"tracking_uri": "sqlite:////s.db", "experiment_ids": {"tiny": "3"}, "out": "/r", "gpus": ["2", "3", "7"]}
+    settings = plugin.Settings()
+    try:
+        plugin._configure_worker(settings, {"workerid": "gw5", "workercount": 4, plugin.WORKERINPUT_KEY: given})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"  # worker 5 of GPUs [2, 3, 7]: 5 % 3 = 2
+    assert os.environ["OMP_NUM_THREADS"] == "2"
+    assert settings.tracking_uri == "sqlite:////s.db" and settings.experiment_ids == {"tiny": "3"}
+    assert settings.out == Path("/r") and settings.threads == 2
+
+
+def test_plugin_constants_match_the_library() -> None:
+    from lipbench import pytest_plugin as plugin
+    from lipbench.suite import SUITE_SUFFIXES
+
+    assert plugin.SUITE_SUFFIXES == SUITE_SUFFIXES
+    assert plugin._absolute_uri("sqlite:///rel/m.db") == f"sqlite:///{Path('rel/m.db').resolve()}"
+    assert plugin._absolute_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
