@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     def training(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
         p.add_argument("--workers", type=int, default=None, help="worker processes (default: GPUs, else cores)")
+        p.add_argument(
+            "--engine",
+            choices=("per-run", "ensemble", "auto"),
+            default="per-run",
+            help="per-run trains each run alone; ensemble/auto train a claim's compatible runs as one vmapped ensemble",
+        )
         p.add_argument("--tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI or ./mlflow.db)")
         p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results are still saved)")
         p.add_argument("--data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
@@ -157,15 +163,17 @@ def load_claims(args, device: str = "auto") -> tuple[list[ResolvedClaim], list[S
             claims.append(load_claim(file, profile, args.overrides))
         except SuiteError as e:
             problems.append(e)
-    seen: dict[tuple[str, str], Path] = {}
-    for c in claims:
-        key = (c.collection, c.name)
-        if key in seen:
+    seen: dict[str, Path] = {}
+    unique = []
+    for c in claims:  # the runner keys claims by name: a second claim of the same name is not run
+        if c.name in seen:
             problems.append(
-                SuiteError(c.file, "name", f"{c.name!r} is also the name of {seen[key]}; names must differ")
+                SuiteError(c.file, "name", f"{c.name!r} is also the name of {seen[c.name]}; names must differ")
             )
-        seen[key] = c.file
-    return claims, problems
+            continue
+        seen[c.name] = c.file
+        unique.append(c)
+    return unique, problems
 
 
 def cmd_validate(args) -> int:
@@ -209,8 +217,9 @@ def cmd_show(args) -> int:
 
     claim = load_claim(args.path, args.profile, args.overrides)
     data = claim.claim.model_dump(mode="json")
-    console.print(f"# {claim.file} [profile: {claim.profile}] scenario hash {claim.scenario_hash()}")
-    console.print(yaml.safe_dump(data, sort_keys=False), markup=False)
+    header = f"# {claim.file} [profile: {claim.profile}] scenario hash {claim.scenario_hash()}"
+    console.print(header, markup=False, soft_wrap=True)
+    console.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=10_000), markup=False, soft_wrap=True)
     return 0
 
 
@@ -418,6 +427,7 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
             device=device,
             workers=args.workers,
             data_root=args.data_root,
+            engine=getattr(args, "engine", "per-run"),
             on_progress=advance,
             on_claim_done=done,
         )
