@@ -68,9 +68,13 @@ class Session:
 
         folder = save_outcome(outcome, self.out, self.env)
         comparison = self._judge(outcome, folder)
-        figure = None
+        figure = sde = None
         try:
             figure = claim_figure(outcome, folder / "figure.png")
+            if "sde" in outcome.claim.claim.scenario.record:
+                from lipbench.sde_plots import sde_figure
+
+                sde = sde_figure(outcome, folder / "sde_decomposition.png")
         except Exception as e:  # a figure must never cost a result
             self.warn(f"lipbench: warning: no figure for {outcome.claim.name}: {e}")
         if self.mlflow:
@@ -79,6 +83,8 @@ class Session:
                 artifacts = {"records": folder / "records.json", "result": folder / "result.json"}
                 if figure:
                     artifacts["figure"] = figure
+                if sde:
+                    artifacts["sde_decomposition"] = sde
                 tags, metrics = _verdict_tags(comparison)
                 run_id = self.trackers[outcome.claim.collection].log_claim(
                     outcome, tags={"lipbench.device": self.env["device"], **tags}, artifacts=artifacts, metrics=metrics
