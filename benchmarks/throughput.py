@@ -6,10 +6,12 @@ In one process on one machine, on synthetic data of MNIST shape (1x28x28, the pa
 CIFAR shape (3x32x32, the paper's ConvNet), with the same runs (seeds x learning rates) and steps:
 
 - naive: one run at a time, as a researcher would write it: a DataLoader over a TensorDataset
-  (shuffled, on the CPU, batches moved to the device), `loss.item()` every step, and
-  `torch.linalg.matrix_norm(W, ord=2)` of every layer at every record;
-- ensemble: lipbench.ensemble.train_ensemble, all runs as one vectorised program;
-- per-run: lipbench.engine.train, one run at a time (reported, not in the ratios).
+  (shuffled, on the CPU, batches moved to the device), `loss.item()` every step,
+  `torch.linalg.matrix_norm(W, ord=2)` of every layer at every record, test accuracy at the end;
+- ensemble: lipbench.ensemble.train_ensemble, all runs as one vectorised program, recording
+  sigma and K (as the naive loop; no monitor loss) at the same steps, test accuracy at the end;
+- per-run: lipbench.engine.train, one run at a time (reported, not in the ratios; it also
+  records loss and accuracy on 1024 training samples at every record).
 
 Each method's time is the best of `--repeats` interleaved rounds (the machine may be shared).
 Tracking overhead: the ensemble on the MLP workload recording sigma and K every step (no loss
@@ -55,12 +57,14 @@ class Workload:
     train_size: int = 8192
 
 
-# (runs, steps, record_every) per mode; batch 32 and records every 50 steps, as the quick profiles.
+# (runs, steps, record_every) per mode, batch 32. The CPU MLP sizes are those of the label_corruption
+# quick profile (15 runs of 1000 steps, a record every 100 steps) on MNIST-shaped inputs; a ConvNet
+# step on CIFAR-shaped inputs costs about 30 MLP steps on a CPU, so its CPU sizes are smaller.
 SIZES = {
-    "cuda": {"mlp": (128, 300, 50), "convnet": (16, 200, 50), "tracking": (128, 200)},
-    "full": {"mlp": (16, 400, 50), "convnet": (8, 60, 20), "tracking": (16, 200)},
-    "quick": {"mlp": (8, 200, 50), "convnet": (4, 30, 15), "tracking": (8, 100)},
-    "smoke": {"mlp": (2, 4, 2), "convnet": (2, 2, 1), "tracking": (2, 3)},
+    "cuda": {"mlp": (128, 1000, 100), "convnet": (16, 400, 100), "tracking": (128, 200), "probe": (4, 100)},
+    "full": {"mlp": (30, 2000, 100), "convnet": (8, 200, 100), "tracking": (16, 200), "probe": (2, 50)},
+    "quick": {"mlp": (15, 1000, 100), "convnet": (4, 40, 20), "tracking": (8, 100), "probe": (2, 20)},
+    "smoke": {"mlp": (2, 4, 2), "convnet": (2, 2, 1), "tracking": (2, 3), "probe": (1, 2)},
 }
 LEARNING_RATES = (0.01, 0.02, 0.05)  # members differ in init seed, sampling seed and learning rate
 
@@ -99,7 +103,7 @@ def make_specs(w: Workload, *, record_every: int | None = None, record: list[str
     return specs
 
 
-def naive_run(spec: RunSpec, data: Dataset, device: torch.device) -> tuple[list[float], list[list[float]]]:
+def naive_run(spec: RunSpec, data: Dataset, device: torch.device) -> tuple[list[float], list[list[float]], float]:
     """One run the way a researcher would write it (see the module docstring)."""
     sc = spec.scenario
     model = build_model(sc.model.name, data.input_shape, data.num_classes, hidden=sc.model.hidden, width=sc.model.width)
@@ -130,7 +134,11 @@ def naive_run(spec: RunSpec, data: Dataset, device: torch.device) -> tuple[list[
             if step == sc.steps:
                 break
     norms.append(sigmas())
-    return losses, norms
+    model.eval()
+    with torch.no_grad():  # the test accuracy at the end, as lipbench's engines report it
+        xt, yt = data.x_test[:10_000].to(device), data.y_test[:10_000].to(device)
+        accuracy = (model(xt).argmax(1) == yt).float().mean().item()
+    return losses, norms, accuracy
 
 
 def timed(fn, device: torch.device) -> float:
@@ -145,7 +153,7 @@ def timed(fn, device: torch.device) -> float:
 
 def measure(w: Workload, device: torch.device, repeats: int) -> dict[str, float]:
     """Best-of-`repeats` seconds per method, rounds interleaved so a load change hits all alike."""
-    data, specs = make_data(w), make_specs(w)
+    data, specs = make_data(w), make_specs(w, record=["sigma", "K"])  # what the naive loop records
     methods = {
         "naive": lambda: [naive_run(s, data, device) for s in specs],
         "ensemble": lambda: train_ensemble(specs, data, device),
@@ -167,13 +175,31 @@ def tracking_overhead(w: Workload, runs: int, steps: int, device: torch.device, 
     every = make_specs(w, record_every=1, record=["sigma", "K"])
     none = make_specs(w, record_every=steps, record=["sigma", "K"])
     t_every = t_none = math.inf
-    err = 0.0
+    records: list = []
     for _ in range(repeats):
-        records: list = []
         t_every = min(t_every, timed(lambda: records.extend(train_ensemble(every, data, device)), device))
         t_none = min(t_none, timed(lambda: train_ensemble(none, data, device), device))
-        err = max(err, *(r.summary["sigma_rel_err"] for r in records))
+    err = max(r.summary["sigma_rel_err"] for r in records)
     return t_every, t_none, err
+
+
+def probe_cost(w: Workload, runs: int, steps: int, device: torch.device, repeats: int) -> tuple[float, ...]:
+    """(t_probe, t_record, t_plain) of engine.train on the MLP workload: the SDE probe at every step,
+    sigma/K recorded at every step without it, and neither (records at the ends only).
+
+    The probe's cost per record, as a multiple of a plain step, is (t_probe - t_record) / t_plain
+    (issue 6: at most 3 on a GPU).
+    """
+    w = Workload(w.name, w.model, w.shape, runs, steps, steps, w.batch_size, w.train_size)
+    data = make_data(w)
+    probe = make_specs(w, record_every=1, record=["sigma", "K", "sde"])
+    record = make_specs(w, record_every=1, record=["sigma", "K"])
+    plain = make_specs(w, record_every=steps, record=["sigma", "K"])
+    best = [math.inf] * 3
+    for _ in range(repeats):
+        for i, specs in enumerate((probe, record, plain)):
+            best[i] = min(best[i], timed(lambda specs=specs: [train(s, data, device) for s in specs], device))
+    return tuple(best)
 
 
 def time_claims(device: torch.device) -> None:
@@ -188,7 +214,8 @@ def time_claims(device: torch.device) -> None:
         (outcome,) = run_claims([claim], device=str(device), engine="auto")
         seconds = time.perf_counter() - start
         total += seconds
-        print(f"  {claim.name:24s} {outcome.status:7s} {len(claim.runs()):4d} runs {seconds:8.1f} s  {outcome.sentence}")
+        runs = len(claim.runs())
+        print(f"  {claim.name:24s} {outcome.status:7s} {runs:4d} runs {seconds:8.1f} s  {outcome.sentence}")
     print(f"  {'total':24s} {'':7s} {'':4s}      {total:8.1f} s")
 
 
@@ -199,13 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--claims", action="store_true", help="also time each claim of suites/implications (paper)")
     parser.add_argument("--force", action="store_true", help="time the claims even on a CPU")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds per method (best is kept)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny sizes, for the tests
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
     mode = "smoke" if args.smoke else "quick" if args.quick else "cuda" if device.type == "cuda" else "full"
     repeats = args.repeats or (1 if mode in ("smoke", "quick") else 2)
-    print(f"lipbench throughput: device {device}, mode {mode}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    threads = torch.get_num_threads()
+    print(f"lipbench throughput: device {device}, mode {mode}, torch {torch.__version__}, threads {threads}")
     print(f"{'workload':9s} {'method':9s} {'runs':>5s} {'steps':>6s} {'seconds':>9s} {'steps/s':>9s} {'x naive':>8s}")
     ratios = {}
     loads = workloads(mode)
@@ -223,6 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"tracking (mlp ensemble, {runs} runs x {steps} steps): sigma/K every step {t_every:.2f} s, "
         f"none {t_none:.2f} s: overhead {100 * overhead:.1f}% of training; worst sigma rel. error {err:.1e}"
+    )
+
+    runs, steps = SIZES[mode]["probe"]
+    t_probe, t_record, t_plain = probe_cost(loads[0], runs, steps, device, repeats)
+    probe_ratio = (t_probe - t_record) / t_plain
+    per_step = 1000 * t_plain / (runs * steps)
+    print(
+        f"sde probe (mlp, engine.train, {runs} runs x {steps} steps): plain step {per_step:.2f} ms, "
+        f"probe {1000 * (t_probe - t_record) / (runs * steps):.2f} ms per record = {probe_ratio:.1f}x a plain step"
     )
 
     if args.claims:

@@ -713,7 +713,7 @@ def _invariance_one(final: pd.DataFrame, model: Invariance, where: str) -> dict[
     # One-sided test of H0 "init spread <= sampling spread" (sigma_b^2 <= sigma_w^2): under equality
     # E[MS_between] = (1 + m) sigma_w^2, so F / (1 + m) ~ F(k - 1, k (m - 1)).
     f_scaled = float(anova.statistic) / (1.0 + m) if np.isfinite(anova.statistic) else math.inf
-    dominance_p = float(stats.f.sf(f_scaled, k - 1, int(round(k * (m - 1)))))
+    dominance_p = float(stats.f.sf(f_scaled, k - 1, round(k * (m - 1))))
     reasons = _failed(
         ("CI high not below the spread threshold", not high < model.max_relative_spread),
         ("within/between ratio not below its limit", not ratio < model.max_spread_ratio),

@@ -131,13 +131,14 @@ def default_exact_every(record_every: int) -> int:
 
 
 def default_lanczos_steps(record_every: int) -> int:
-    """Krylov steps per record: 6 when recording every step, 12 when records are 4+ steps apart.
+    """Krylov steps per record: 8 when recording every step, 12 when records are 3+ steps apart.
 
     Measured on MLP/ConvNet trajectories early in training, where the top directions move most
-    (lr up to 0.2): recording every step, 6 steps keep the error below 1e-3 where 1 step (one
-    power iteration) is off by 5e-2; records 10 or 100 SGD steps apart need about 12 (16: 1e-5).
+    (lr up to 0.2): recording every step, 8 steps keep the error below 5e-4 where 1 step (one
+    power iteration) is off by 5e-2 and 6 steps by up to 1.5e-3; records 10 or 100 SGD steps
+    apart need about 12 (1e-4; 16 steps: 1e-5).
     """
-    return min(12, 6 + 2 * (record_every - 1))
+    return min(12, 8 + 2 * (record_every - 1))
 
 
 def default_max_members(spec: RunSpec, data: Dataset, device: torch.device | str) -> int:
@@ -152,11 +153,13 @@ def default_max_members(spec: RunSpec, data: Dataset, device: torch.device | str
         if not list(m.children())
     ]
     with torch.no_grad():
-        model(torch.zeros(1, *data.input_shape))
+        model(torch.zeros(2, *data.input_shape))  # two samples: batch norm needs more than one value
     for h in hooks:
         h.remove()
+    acts[0] //= 2
     # parameters, gradients, noise and temporaries; saved activations and their gradients; the monitor pass
-    per_member = 4 * (5 * n_params + acts[0] * (3 * sc.optimizer.batch_size + MONITOR_SIZE))
+    monitor = MONITOR_SIZE if ("loss" in sc.record or "accuracy" in sc.record) else 0
+    per_member = 4 * (5 * n_params + acts[0] * (3 * sc.optimizer.batch_size + monitor))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)  # once per ensemble, not in the loop
         budget = free // 2
@@ -235,15 +238,24 @@ def _train_chunk(
         initialise(module, torch.Generator().manual_seed(spec.init_seed), sc.model.init, sc.model.init_std)
         modules.append(module)
     names = [name for name, _ in modules[0].named_parameters()]  # model.parameters() order: the noise order
-    params = {
-        name: torch.stack([dict(m.named_parameters())[name].detach() for m in modules]).to(device).requires_grad_()
-        for name in names
-    }  # each M x *shape
+    # The trained leaves, each M x *shape, except linear weights: those are kept as M x in x out, so
+    # that their gradient (x^T delta, from the batched matmul) comes out contiguous and the update is
+    # a streaming subtraction; a transposed gradient made the update several times slower on a CPU.
+    leaves: dict[str, torch.Tensor] = {}
+    for name in names:
+        stacked = torch.stack([dict(m.named_parameters())[name].detach() for m in modules]).to(device)
+        leaves[name] = (stacked.mT.contiguous() if stacked.dim() == 3 else stacked).requires_grad_()
+    transposed = {name for name in names if leaves[name].dim() == 3}
+
+    def member_params() -> dict[str, torch.Tensor]:  # the parameters as the module sees them (views)
+        return {name: leaf.mT if name in transposed else leaf for name, leaf in leaves.items()}
+
+    params = member_params()
     base = modules[0].to(device)  # the skeleton functional_call fills with a member's parameters
     if list(base.buffers()):
         raise ValueError("lipbench.ensemble cannot stack module buffers (batch norm must not track running stats)")
     lip_names = [f"{name}.weight" for name, _ in lipschitz_layers(base)]
-    plist = [params[name] for name in names]
+    plist = [leaves[name] for name in names]
 
     def forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(base, p, (x,))
@@ -278,13 +290,17 @@ def _train_chunk(
     def per_member(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return t.view(M, *([1] * (like.dim() - 1)))  # (M,) -> M x 1 x ... to broadcast over one parameter
 
-    neg_lr = -_member_vector(specs, lambda s: s.optimizer.lr, device)
-    weight_decay = _member_vector(specs, lambda s: s.optimizer.weight_decay, device)
-    scale = _member_vector(specs, lambda s: s.gradient.scale, device)
-    amp = _member_vector(specs, lambda s: s.gradient.noise_std, device) * (math.sqrt(3.0) if noise == "uniform" else 1)
+    # The update engine.train applies, p -= lr (scale g + amp noise + wd p), with the learning rate
+    # folded in: the members' losses are weighted by lr * scale, so backward hands out lr * scale * g
+    # and the step is one subtraction. A diverged member's three weights drop to zero: it stops moving.
+    lr = _member_vector(specs, lambda s: s.optimizer.lr, device)
+    loss_weight = lr * _member_vector(specs, lambda s: s.gradient.scale, device)
+    noise_weight = lr * _member_vector(specs, lambda s: s.gradient.noise_std, device)
+    noise_weight *= math.sqrt(3.0) if noise == "uniform" else 1.0
+    decay_weight = lr * _member_vector(specs, lambda s: s.optimizer.weight_decay, device)
     use_wd = any(s.scenario.optimizer.weight_decay != 0 for s in specs)
-    use_scale = any(s.scenario.gradient.scale != 1.0 for s in specs)
-    noise_bufs = [torch.empty_like(p, requires_grad=False) for p in plist] if noise != "none" else []
+    # Noise is drawn in the module's layout (engine.train's draw order), then added to the update.
+    noise_bufs = [torch.empty(params[name].shape, device=device) for name in names] if noise != "none" else []
 
     marks = record_steps(sc.steps, sc.record_every)
     R, L = len(marks), len(lip_names)
@@ -327,7 +343,7 @@ def _train_chunk(
                 finite = torch.isfinite(buffer[row, :, : L + (1 if monitor else 0)]).all(dim=1)
                 died_row = torch.where(alive & ~finite, row, died_row)
                 alive &= finite
-                neg_lr, amp = neg_lr * alive, amp * alive  # a diverged member stops moving
+                loss_weight, noise_weight, decay_weight = (w * alive for w in (loss_weight, noise_weight, decay_weight))
             row += 1
             if step == sc.steps:
                 break
@@ -351,19 +367,19 @@ def _train_chunk(
 
         xb = x_train[idx]  # M x b x C x H x W
         yb = y_members.gather(1, idx)  # M x b
+        params = member_params()  # fresh views of the leaves for this step's graph
         logits = forward_batches(params, xb)  # M x b x classes
-        losses = train_loss(logits.flatten(0, 1), yb.flatten()).view(M, b).mean(1)
-        grads = torch.autograd.grad(losses.sum(), plist)
+        losses = train_loss(logits.flatten(0, 1), yb.flatten()).view(M, b).mean(1)  # M
+        updates = torch.autograd.grad((losses * loss_weight).sum(), plist)  # lr * scale * g, per member
         with torch.no_grad():
-            for k, (p, g) in enumerate(zip(plist, grads, strict=True)):
-                if use_scale:
-                    g.mul_(per_member(scale, g))
+            for k, (p, d) in enumerate(zip(plist, updates, strict=True)):
                 if noise_bufs:
                     buf = noise_bufs[k].mul_(2).sub_(1) if noise == "uniform" else noise_bufs[k]
-                    g.add_(buf.mul_(per_member(amp, g)))
+                    buf.mul_(per_member(noise_weight, buf))
+                    d.add_(buf.mT if names[k] in transposed else buf)
                 if use_wd:
-                    g.add_(p * per_member(weight_decay, p))
-                p.addcmul_(g, per_member(neg_lr, p))
+                    d.add_(p * per_member(decay_weight, p))
+            torch._foreach_sub_(plist, updates)
 
     # The one transfer to the host (plus the divergence marks and the test accuracy below).
     values = buffer.double().cpu().numpy()  # R x M x cols

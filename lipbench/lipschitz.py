@@ -36,6 +36,27 @@ def _matvec(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _top_eigenpair(C: torch.Tensor, squarings: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top eigenvalue and a unit eigenvector of small symmetric PSD matrices C (..., p, p), without LAPACK.
+
+    Repeated squaring (trace-normalised) turns C into the projector on its top eigenvector; the
+    value is the Rayleigh quotient of its largest column. Unlike torch.linalg on CUDA, it checks
+    no error flag, so it never waits for the device. Near-degenerate top eigenvalues mix their
+    vectors, which moves the Rayleigh quotient by (contamination)^2 x gap: negligible.
+    """
+
+    def normalise(A: torch.Tensor) -> torch.Tensor:
+        trace = A.diagonal(dim1=-2, dim2=-1).sum(-1)
+        return A / trace.clamp_min(torch.finfo(A.dtype).tiny)[..., None, None]
+
+    A = normalise(C)
+    for _ in range(squarings):
+        A = normalise(A @ A)
+    column = A.norm(dim=-2).argmax(dim=-1)  # (...,): the column most aligned with the top vector
+    v, _ = _unit(A.gather(-1, column[..., None, None].expand(*A.shape[:-1], 1)).squeeze(-1))
+    return (v * (C @ v.unsqueeze(-1)).squeeze(-1)).sum(-1), v
+
+
 def _unit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x / |x| along the last axis (0 for 0) and |x|."""
     norm = x.norm(dim=-1, keepdim=True)
@@ -85,18 +106,32 @@ def lanczos_spectral_norms(
             B[..., j, j], B[..., j, j + 1] = alpha, beta
             if j + 1 < k:
                 u = _matvec(W, w) - beta.unsqueeze(-1) * u
-        finite = torch.isfinite(B).flatten(-2).all(dim=-1)  # LAPACK is never handed a NaN
-        _, s, vh = torch.linalg.svd(torch.where(finite[..., None, None], B, 0.0))  # small: k x (k + 1)
-        sigmas.append(torch.where(finite, s[..., 0], torch.nan))
-        out.append((vh[..., :1, :] @ V).squeeze(-2))  # the top Ritz vector, the next warm start
+        lam, ritz = _top_eigenpair(B.double().mT @ B.double())  # sigma_max(B)^2 and its right vector
+        sigmas.append(lam.clamp_min(0).sqrt().to(W.dtype))
+        out.append((ritz.to(W.dtype).unsqueeze(-2) @ V).squeeze(-2))  # the top Ritz vector, the next warm start
     return torch.stack(sigmas, dim=-1), out
 
 
+def _per_matrix(fn, A: torch.Tensor):
+    """fn on a stack of matrices; on the CPU one LAPACK call at a time (a batched call there can run
+    many times slower when the cores are shared)."""
+    if A.device.type != "cpu" or A.dim() == 2:
+        return fn(A)
+    flat = A.reshape(-1, *A.shape[-2:])
+    parts = [fn(a) for a in flat]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.stack(parts).reshape(*A.shape[:-2], *parts[0].shape)
+    return tuple(torch.stack(p).reshape(*A.shape[:-2], *p[0].shape) for p in zip(*parts, strict=True))
+
+
 def _gram(W: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """The float64 Gram matrix of the smaller side (W W^T if m <= n, else W^T W), and whether it is W W^T."""
-    W64 = W.double()
+    """The Gram matrix of the smaller side (W W^T if m <= n, else W^T W) in float64, and whether it is W W^T.
+
+    Formed in W's precision (float32: sigma_max to about 1e-6 relative; a float64 product costs
+    several times more on most devices), then solved in float64.
+    """
     left = W.shape[-2] <= W.shape[-1]
-    return (W64 @ W64.mT if left else W64.mT @ W64), left
+    return (W @ W.mT if left else W.mT @ W).double(), left
 
 
 @torch.no_grad()
@@ -104,13 +139,13 @@ def top_singular(mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Ten
     """Exact sigma_max (..., L) and top right singular vectors of stacks of matrices.
 
     From the top eigenpair of the float64 Gram matrix of the smaller side (a few times faster than
-    an SVD on the CPU; sigma_max to about 1e-12 relative). Non-finite matrices give NaN.
+    an SVD on the CPU; sigma_max to about 1e-6 relative). Non-finite matrices give NaN.
     """
     sigmas, vs = [], []
     for W in mats:
         finite = torch.isfinite(W).flatten(-2).all(dim=-1)
         W = torch.where(finite[..., None, None], W, 0.0)
-        evals, evecs = torch.linalg.eigh(_gram(W)[0])
+        evals, evecs = _per_matrix(torch.linalg.eigh, _gram(W)[0])
         top = evecs[..., -1]
         if W.shape[-2] <= W.shape[-1]:  # top is u: v = W^T u / |W^T u|
             top = torch.nn.functional.normalize((W.double().mT @ top.unsqueeze(-1)).squeeze(-1), dim=-1)
@@ -122,14 +157,14 @@ def top_singular(mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Ten
 
 @torch.no_grad()
 def exact_spectral_norms(mats: list[torch.Tensor]) -> torch.Tensor:
-    """sigma_max (..., L) of stacks of matrices, exact: the top eigenvalue of the float64 Gram matrix.
+    """sigma_max (..., L) of stacks of matrices, exact: the top eigenvalue of the Gram matrix.
 
-    Agrees with `spectral_norms` (a float32 SVD) to float32 precision; NaN for non-finite matrices.
+    Agrees with `spectral_norms` (a float32 SVD) to about 1e-6; NaN for non-finite matrices.
     """
     out = []
     for W in mats:
         finite = torch.isfinite(W).flatten(-2).all(dim=-1)
         gram, _ = _gram(torch.where(finite[..., None, None], W, 0.0))
-        sigma = torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0).sqrt().to(W.dtype)
+        sigma = _per_matrix(torch.linalg.eigvalsh, gram)[..., -1].clamp_min(0).sqrt().to(W.dtype)
         out.append(torch.where(finite, sigma, torch.nan))
     return torch.stack(out, dim=-1)

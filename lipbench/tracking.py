@@ -44,8 +44,10 @@ class Tracker:
         self.client = MlflowClient(self.uri)
         if experiment_id is None:
             found = self.client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(
-                experiment, artifact_location=_artifact_location(self.uri)
+            experiment_id = (
+                found.experiment_id
+                if found
+                else self.client.create_experiment(experiment, artifact_location=_artifact_location(self.uri))
             )
         self.experiment_id = experiment_id
 

@@ -1,0 +1,218 @@
+"""lipbench.ensemble against engine.train, and the batched Lipschitz tracking, on tiny CPU data."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from lipbench.data import Dataset, load_dataset
+from lipbench.engine import train
+from lipbench.ensemble import (
+    default_lanczos_steps,
+    ensemble_key,
+    group_specs,
+    train_ensemble,
+)
+from lipbench.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
+from lipbench.records import RunRecord
+from lipbench.runner import run_claims
+from lipbench.suite import RunSpec, Scenario, load_claim
+
+MLP: dict[str, Any] = {
+    "model": {"name": "mlp", "hidden": [32, 16]},
+    "dataset": {"name": "synthetic", "synthetic_size": 512},
+    "optimizer": {"lr": 0.05, "batch_size": 16},
+    "steps": 40,
+    "record_every": 10,
+}
+CONVNET: dict[str, Any] = {
+    **MLP,
+    "model": {"name": "convnet", "width": 4},
+    "dataset": {"name": "synthetic", "synthetic_shape": [3, 8, 8], "synthetic_size": 256},
+    "steps": 20,
+    "record_every": 5,
+}
+
+
+def scenario(base: dict[str, Any], **changes: Any) -> Scenario:
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    return Scenario.model_validate(data)
+
+
+def spec(sc: Scenario, init_seed: int, sampling_seed: int, tag: str = "") -> RunSpec:
+    return RunSpec("claim", f"run{tag}-i{init_seed}-s{sampling_seed}", sc, None, init_seed, sampling_seed)
+
+
+def data_for(sc: Scenario) -> Dataset:
+    d = sc.dataset
+    return load_dataset("synthetic", synthetic_shape=d.synthetic_shape, synthetic_size=d.synthetic_size)
+
+
+def assert_same_run(ours: RunRecord, ref: RunRecord, rtol: float = 1e-4) -> None:
+    assert ours.run_id == ref.run_id and ours.ok and ref.ok
+    np.testing.assert_array_equal(ours.steps, ref.steps)
+    for key in ("K", "log_K", "loss", "accuracy", *(k for k in ref.metrics if k.startswith("sigma_"))):
+        np.testing.assert_allclose(ours.metrics[key], ref.metrics[key], rtol=rtol, atol=1e-6, err_msg=key)
+    assert ours.summary["test_accuracy"] == pytest.approx(ref.summary["test_accuracy"], abs=0.02)
+
+
+# ---------------------------------------------------------------- same seeds => same trajectories
+
+
+def mlp_members() -> list[RunSpec]:
+    """One ensemble: seeds, learning rate, label noise, gradient scale/noise and weight decay all differ."""
+    noisy = {"noise": "gaussian"}
+    return [
+        spec(scenario(MLP, gradient=noisy), 0, 0),
+        spec(scenario(MLP, gradient={**noisy, "scale": 0.5, "noise_std": 0.01}, label_noise=0.3), 1, 0),
+        spec(scenario(MLP, gradient={**noisy, "noise_std": 0.02}, optimizer={"lr": 0.1, "weight_decay": 0.01}), 2, 3),
+    ]
+
+
+def test_mlp_members_follow_engine_train() -> None:
+    specs = mlp_members()
+    assert len(group_specs(specs)) == 1  # one vectorised ensemble, not three runs
+    data = data_for(specs[0].scenario)
+    ours = train_ensemble(specs, data, exact_every=1)  # exact sigma at every record: the trajectories alone
+    for record, s in zip(ours, specs, strict=True):
+        assert_same_run(record, train(s, data))
+
+
+def test_convnet_members_with_batch_norm_and_uniform_noise_follow_engine_train() -> None:
+    sc = {"model": {"batch_norm": True}, "sampling": "without_replacement", "gradient": {"noise": "uniform"}}
+    specs = [
+        spec(scenario(CONVNET, **sc), 0, 0),
+        spec(scenario(CONVNET, **sc, label_noise=0.2, optimizer={"lr": 0.02}), 1, 2),
+        spec(scenario(CONVNET, **{**sc, "gradient": {"noise": "uniform", "noise_std": 0.01}}), 2, 1),
+    ]
+    assert len(group_specs(specs)) == 1
+    data = data_for(specs[0].scenario)
+    ours = train_ensemble(specs, data, exact_every=1)
+    for record, s in zip(ours, specs, strict=True):
+        assert_same_run(record, train(s, data))
+
+
+def test_chunks_give_the_same_runs_as_one_ensemble() -> None:
+    specs = mlp_members()
+    data = data_for(specs[0].scenario)
+    whole = train_ensemble(specs, data)
+    chunked = train_ensemble(specs, data, max_members=2)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.run_id == b.run_id
+        for key in a.metrics:
+            np.testing.assert_allclose(a.metrics[key], b.metrics[key], rtol=1e-6, err_msg=key)
+
+
+def test_mixed_specs_come_back_in_order_and_unsupported_ones_train_alone() -> None:
+    specs = [
+        spec(scenario(MLP, steps=10), 0, 0, "a"),
+        spec(scenario(MLP, steps=10, optimizer={"batch_size": 8}), 0, 0, "b"),  # another ensemble
+        spec(scenario(MLP, steps=10, regularisers={"mixup": 0.2}), 0, 0, "c"),  # engine.train
+        spec(scenario(MLP, steps=10), 1, 1, "d"),
+    ]
+    assert [len(g) for g in group_specs(specs)] == [2, 1, 1]
+    records = train_ensemble(specs, data_for(specs[0].scenario))
+    assert [r.run_id for r in records] == [s.run_id for s in specs]
+    assert "sigma_rel_err" not in records[2].summary and "sigma_rel_err" in records[0].summary
+
+
+def test_ensemble_key_separates_what_members_must_share() -> None:
+    base = spec(scenario(MLP), 0, 0)
+    per_member = spec(scenario(MLP, label_noise=0.5, optimizer={"lr": 0.2, "weight_decay": 0.1}), 5, 7)
+    assert ensemble_key(base) == ensemble_key(per_member)
+    assert ensemble_key(base) != ensemble_key(spec(scenario(MLP, optimizer={"batch_size": 4}), 0, 0))
+    assert ensemble_key(base) != ensemble_key(spec(scenario(MLP, gradient={"noise": "gaussian"}), 0, 0))
+    assert ensemble_key(spec(scenario(MLP, record=["sigma", "K", "sde"]), 0, 0)) is None
+    assert ensemble_key(spec(scenario(CONVNET, regularisers={"fgsm_epsilon": 0.1}), 0, 0)) is None
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def test_a_diverging_member_is_marked_and_the_others_finish() -> None:
+    specs = [spec(scenario(MLP, optimizer={"lr": lr}), i, i) for i, lr in enumerate((0.05, 1e4, 0.1))]
+    data = data_for(specs[0].scenario)
+    ours = train_ensemble(specs, data, exact_every=1)
+    assert ours[1].diverged_at is not None and not ours[1].ok and "diverged" in ours[1].problem
+    assert len(ours[1].steps) < len(ours[0].steps) and ours[1].steps[-1] == ours[1].diverged_at
+    assert "test_accuracy" not in ours[1].summary
+    for i in (0, 2):
+        assert_same_run(ours[i], train(specs[i], data))
+
+
+# ---------------------------------------------------------------- Lipschitz tracking
+
+
+def test_exact_helpers_match_matrix_norm_and_give_nan_for_non_finite() -> None:
+    g = torch.Generator().manual_seed(0)
+    mats = [torch.randn(3, 20, 30, generator=g), torch.randn(3, 30, 20, generator=g)]
+    mats[0][1, 0, 0] = math.inf
+    expected = torch.stack([torch.linalg.matrix_norm(m, ord=2) for m in mats], dim=-1)
+    expected[1, 0] = math.nan
+    sigmas, vectors = top_singular(mats)
+    torch.testing.assert_close(sigmas, expected, rtol=1e-5, atol=0, equal_nan=True)
+    torch.testing.assert_close(exact_spectral_norms(mats), expected, rtol=1e-5, atol=0, equal_nan=True)
+    for W, v, s in zip(mats, vectors, sigmas.unbind(-1), strict=True):  # v is the top right singular vector
+        ok = torch.isfinite(s)
+        torch.testing.assert_close((W[ok] @ v[ok].unsqueeze(-1)).squeeze(-1).norm(dim=-1), s[ok])
+
+
+def test_lanczos_tracks_a_drifting_stack_below_1e3_and_never_overestimates() -> None:
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(4, 96, 128, generator=g) / 20  # a bulk spectrum: tiny gaps at the top
+    _, vs = top_singular([W])
+    for _ in range(20):  # each record: a drift, low-rank and full-rank, as SGD steps give
+        W = W + 0.02 * torch.randn(4, 96, 1, generator=g) @ torch.randn(4, 1, 128, generator=g) / 10
+        W = W + 0.002 * torch.randn(4, 96, 128, generator=g) / 20
+        est, vs = lanczos_spectral_norms([W], vs, default_lanczos_steps(10))
+        exact = torch.linalg.matrix_norm(W.double(), ord=2).float()
+        assert ((est[:, 0] - exact).abs() / exact).max() < 1e-3
+        assert (est[:, 0] <= exact * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("record_every", [1, 10])
+def test_tracked_sigmas_stay_within_1e3_of_exact_during_training(record_every: int) -> None:
+    sc = scenario(MLP, model={"hidden": [128, 64]}, optimizer={"lr": 0.1}, steps=60, record_every=record_every)
+    specs = [spec(sc, 0, 0), spec(sc, 1, 1)]
+    data = data_for(sc)
+    tracked = train_ensemble(specs, data, exact_every=10**6)  # exact only at the first and last record
+    checked = train_ensemble(specs, data, exact_every=1)  # every record checked: the estimate's own error
+    for ours, check, s in zip(tracked, checked, specs, strict=True):
+        assert check.summary["sigma_rel_err"] < 1e-3
+        ref = train(s, data)  # exact sigma at every record
+        for key in (k for k in ref.metrics if k.startswith("sigma_")):
+            np.testing.assert_allclose(ours.metrics[key], ref.metrics[key], rtol=1e-3, err_msg=key)
+
+
+def test_records_without_loss_skip_the_monitor() -> None:
+    sc = scenario(MLP, record=["sigma", "K"], steps=10)
+    [record] = train_ensemble([spec(sc, 0, 0)], data_for(sc))
+    assert "loss" not in record.metrics and {"K", "log_K", "sigma_0"} <= record.metrics.keys()
+
+
+# ---------------------------------------------------------------- runner
+
+
+@pytest.mark.parametrize(("engine", "workers"), [("ensemble", 1), ("auto", 2)])
+def test_run_claims_with_the_ensemble_engine_matches_per_run(write_suite, engine: str, workers: int) -> None:
+    claim = load_claim(write_suite("tiny"), "quick")
+    [per_run] = run_claims([claim], device="cpu", workers=1)
+    [ours] = run_claims([claim], device="cpu", workers=workers, engine=engine)
+    assert ours.status == per_run.status and len(ours.records) == len(per_run.records)
+    for a, b in zip(ours.records, per_run.records, strict=True):
+        assert a.run_id == b.run_id
+        np.testing.assert_allclose(a.metrics["K"], b.metrics["K"], rtol=1e-4)
+
+
+def test_run_claims_refuses_an_unknown_engine(write_suite) -> None:
+    with pytest.raises(ValueError, match="`engine` must be"):
+        run_claims([load_claim(write_suite("tiny"), "quick")], device="cpu", engine="vectorised")
