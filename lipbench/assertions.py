@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 from lipbench.errors import LipbenchError
+from lipbench.records import jsonable
 
 __all__ = [
     "ASSERTIONS",
@@ -100,7 +101,7 @@ class AssertionResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict in field order, with NaN and infinities as None."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AssertionResult:
@@ -119,21 +120,6 @@ class AssertionResult:
         values["n"] = int(values["n"])
         values["details"] = dict(values["details"] or {})
         return cls(**values)
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars and containers to plain JSON types; NaN and inf become None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 # --------------------------------------------------------------------------- formatting
@@ -221,6 +207,11 @@ def _sweep_groups(frame: pd.DataFrame, test: str) -> list[tuple[float | None, pd
     if sweep.isna().any():
         raise AssertionDataError(f"{test} found runs with and without a sweep_value in the same records.")
     return [(float(v), g) for v, g in frame.groupby(sweep, sort=True)]
+
+
+def _deciding(groups: list[dict[str, Any]], badness: Callable[[dict[str, Any]], Any]) -> tuple[dict[str, Any], bool]:
+    """The group a verdict reports (a failing one first, then the largest `badness`) and whether all pass."""
+    return max(groups, key=lambda r: (not r["passed"], badness(r))), all(r["passed"] for r in groups)
 
 
 def _worst_label(records: pd.DataFrame, value: float | None, count: int) -> str:
@@ -531,8 +522,7 @@ class GrowthTrend(BaseModel):
             res = _growth_one(late.index.to_numpy(dtype=float), late.mean(axis=1).to_numpy(dtype=float), self)
             per_group.append({"sweep_value": value, "n_runs": int(table.shape[1]), **res})
 
-        worst = min(per_group, key=lambda r: (r["passed"], -r["pvalue"], r["ci_low"]))
-        passed = all(r["passed"] for r in per_group)
+        worst, passed = _deciding(per_group, lambda r: (r["pvalue"], -r["ci_low"]))
         base = q[4:] if q.startswith("log_") else None
         effect_name = f"relative_growth_of_{base}" if base else f"relative_change_of_{q}"
         which = _worst_label(records, worst["sweep_value"], len(per_group))
@@ -778,8 +768,7 @@ class Invariance(BaseModel):
         for value, group in _sweep_groups(final, self.test):
             where = "" if value is None else f" at sweep value {_g(value)}"
             per_group.append({"sweep_value": value, **_invariance_one(group, self, where)})
-        worst = min(per_group, key=lambda r: (r["passed"], -np.nan_to_num(r["ci_high"], nan=np.inf)))
-        passed = all(r["passed"] for r in per_group)
+        worst, passed = _deciding(per_group, lambda r: np.nan_to_num(r["ci_high"], nan=np.inf))
         which = _worst_label(records, worst["sweep_value"], len(per_group))
         sentence = (
             f"Sampling seed barely moves final {q} with the init seed fixed{which}: within-init CV = "
@@ -949,8 +938,7 @@ class SDEAgreement(BaseModel):
                     ],
                 }
             )
-        worst = max(groups, key=lambda r: (not r["passed"], max(abs(r["ci_low"]), abs(r["ci_high"]))))
-        passed = all(r["passed"] for r in groups)
+        worst, passed = _deciding(groups, lambda r: max(abs(r["ci_low"]), abs(r["ci_high"])))
         which = _worst_label(records, worst["sweep_value"], len(groups))
         w = worst
         sentence = (
@@ -1074,8 +1062,7 @@ class VariancePrediction(BaseModel):
                     "n_runs": len(g),
                 }
             )
-        worst = max(groups, key=lambda r: (not r["passed"], abs(math.log(r["ratio"])) if r["ratio"] > 0 else math.inf))
-        passed = all(r["passed"] for r in groups)
+        worst, passed = _deciding(groups, lambda r: abs(math.log(r["ratio"])) if r["ratio"] > 0 else math.inf)
         which = _worst_label(records, worst["sweep_value"], len(groups))
         w = worst
         sentence = (
@@ -1299,8 +1286,7 @@ class InitScaling(BaseModel):
                     "passed": bool(low >= 1 - self.tolerance and high <= 1 + self.tolerance),
                 }
             )
-        worst = max(per_layer, key=lambda r: (not r["passed"], max(abs(r["ci_low"] - 1), abs(r["ci_high"] - 1))))
-        passed = all(r["passed"] for r in per_layer)
+        worst, passed = _deciding(per_layer, lambda r: max(abs(r["ci_low"] - 1), abs(r["ci_high"] - 1)))
         means = ", ".join(f"{_g(r['mean_ratio'])}" for r in per_layer)
         sentence = (
             f"At init sigma_max / s(sqrt m + sqrt n) per layer = [{means}] over {len(first)} runs; worst layer "

@@ -69,7 +69,7 @@ import pandas as pd
 from scipy import stats
 
 from lipbench.errors import LipbenchError
-from lipbench.records import records_frame
+from lipbench.records import jsonable, records_frame
 from lipbench.runner import ERROR, FAIL, PASS, SKIPPED, XFAIL, XPASS, ClaimOutcome
 from lipbench.suite import ResolvedClaim, load_claim
 
@@ -161,7 +161,7 @@ class Tracked:
     method: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _clean(v) for k, v in asdict(self).items()}
+        return {k: jsonable(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Tracked:
@@ -386,7 +386,7 @@ def write_baseline(data: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n")
+    tmp.write_text(json.dumps(jsonable(data), indent=2, ensure_ascii=False) + "\n")
     tmp.replace(path)  # never a half-written baseline
     return path
 
@@ -441,21 +441,6 @@ def _relative(path: str | Path) -> str:
         return p.as_posix()
 
 
-def _clean(value: Any) -> Any:
-    """JSON-able: numpy scalars to Python, NaN and infinities to None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 # --------------------------------------------------------------------------- comparison
 
 
@@ -476,7 +461,7 @@ class StatChange:
     outcome: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _clean(v) for k, v in asdict(self).items()}
+        return {k: jsonable(v) for k, v in asdict(self).items()}
 
     def text(self) -> str:
         arrow = f"{self.name} {_fmt(self.baseline)} → {_fmt(self.current)}"
@@ -555,8 +540,8 @@ class Comparison:
             "factor": self.factor,
             "notes": list(self.notes),
             "changes": [c.to_dict() for c in self.changes],
-            "sweep_changes": [_clean(s) for s in self.sweep_changes],
-            "baseline_environment": _clean(self.baseline_environment),
+            "sweep_changes": [jsonable(s) for s in self.sweep_changes],
+            "baseline_environment": jsonable(self.baseline_environment),
             "sentence": self.sentence,
         }
 

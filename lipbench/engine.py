@@ -62,12 +62,28 @@ def init_sigma_theory(layers: list[torch.nn.Module], scheme: str, std: float) ->
     return out
 
 
+def initial_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
+    """The run's model, built and initialised from its init seed alone, on the CPU (so every device
+    starts from the same bits)."""
+    m = spec.scenario.model
+    model = build_model(
+        m.name,
+        data.input_shape,
+        data.num_classes,
+        hidden=m.hidden,
+        width=m.width,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
+    )
+    initialise(model, torch.Generator().manual_seed(spec.init_seed), m.init, m.init_std)
+    return model
+
+
 def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> RunRecord:
     """Train one run of a claim and return its record; a non-finite loss stops it early."""
     sc, device = spec.scenario, torch.device(device)
     started = time.perf_counter()
     # Separate streams: the init seed alone fixes the weights; sampling, labels and noise have their own.
-    init_gen = torch.Generator().manual_seed(spec.init_seed)
     label_gen = torch.Generator().manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 1))
     batch_gen = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 2))
     noise_gen = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 3))
@@ -79,17 +95,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     x_mon, y_mon = x_train[:MONITOR_SIZE], y_train[:MONITOR_SIZE]
 
     m = sc.model
-    model = build_model(
-        m.name,
-        data.input_shape,
-        data.num_classes,
-        hidden=m.hidden,
-        width=m.width,
-        dropout=m.dropout,
-        batch_norm=m.batch_norm,
-    )
-    initialise(model, init_gen, m.init, m.init_std)  # on the CPU, so every device starts from the same bits
-    model.to(device)
+    model = initial_model(spec, data).to(device)
     layers = [module for _, module in lipschitz_layers(model)]
     layer_names = [f"{name}.weight" for name, _ in lipschitz_layers(model)]
     opt = torch.optim.SGD(model.parameters(), lr=sc.optimizer.lr, momentum=0.0, weight_decay=sc.optimizer.weight_decay)

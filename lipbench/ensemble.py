@@ -52,9 +52,17 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from lipbench.data import Dataset
-from lipbench.engine import MONITOR_SIZE, corrupt_labels, init_sigma_theory, record_steps, stream_seed, train
+from lipbench.engine import (
+    MONITOR_SIZE,
+    corrupt_labels,
+    init_sigma_theory,
+    initial_model,
+    record_steps,
+    stream_seed,
+    train,
+)
 from lipbench.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
-from lipbench.models import build_model, initialise, lipschitz_layers
+from lipbench.models import lipschitz_layers
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec
 
@@ -144,7 +152,7 @@ def default_lanczos_steps(record_every: int) -> int:
 def default_max_members(spec: RunSpec, data: Dataset, device: torch.device | str) -> int:
     """How many members fit: a rough estimate of one member's bytes against a memory budget."""
     sc, device = spec.scenario, torch.device(device)
-    model = _build(spec, data)
+    model = initial_model(spec, data)
     n_params = sum(p.numel() for p in model.parameters())
     acts = [0]
     hooks = [
@@ -207,19 +215,6 @@ def train_ensemble(
     return [out[i] for i in range(len(specs))]
 
 
-def _build(spec: RunSpec, data: Dataset) -> torch.nn.Module:
-    m = spec.scenario.model
-    return build_model(
-        m.name,
-        data.input_shape,
-        data.num_classes,
-        hidden=m.hidden,
-        width=m.width,
-        dropout=m.dropout,
-        batch_norm=m.batch_norm,
-    )
-
-
 def _member_vector(specs: Sequence[RunSpec], get, device: torch.device) -> torch.Tensor:
     return torch.tensor([float(get(s.scenario)) for s in specs], dtype=torch.float32, device=device)
 
@@ -234,9 +229,7 @@ def _train_chunk(
     # Members' modules are built and initialised one by one on the CPU exactly as engine.train does.
     modules = []
     for spec in specs:
-        module = _build(spec, data)
-        initialise(module, torch.Generator().manual_seed(spec.init_seed), sc.model.init, sc.model.init_std)
-        modules.append(module)
+        modules.append(initial_model(spec, data))
     names = [name for name, _ in modules[0].named_parameters()]  # model.parameters() order: the noise order
     # The trained leaves, each M x *shape, except linear weights: those are kept as M x in x out, so
     # that their gradient (x^T delta, from the batched matmul) comes out contiguous and the update is

@@ -37,7 +37,12 @@ def claim_figure(outcome: ClaimOutcome, path: str | Path) -> Path | None:
     else:
         _final_vs_sweep(right, df, outcome, sweep)
     verdict = getattr(outcome, "verdict", None) or outcome.status  # the baseline verdict, once judged
-    fig.suptitle(f"{outcome.claim.name} [{outcome.claim.profile}] — {verdict}", fontsize=11)
+    return save_figure(fig, f"{outcome.claim.name} [{outcome.claim.profile}] — {verdict}", path)
+
+
+def save_figure(fig: plt.Figure, title: str, path: str | Path) -> Path:
+    """Title and lay out `fig`, write it as a PNG (creating the folder) and close it."""
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -79,3 +79,18 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
     """All runs' rows in one long table (only runs that finished cleanly)."""
     frames = [r.frame() for r in records if r.ok]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types from numpy scalars and containers; NaN and infinities become None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value

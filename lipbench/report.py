@@ -1,7 +1,8 @@
 """`lipbench report RESULTS [--out DIR]`: one self-contained HTML file of a finished run.
 
 Per claim: its figure (the PNG the run saved, the same one logged as the MLflow artifact
-``figure.png``; redrawn from ``records.json`` when missing) embedded as base64, the claim,
+``figure.png``; redrawn from ``records.json`` when missing) embedded as base64, beside it the SDE
+decomposition of claims recorded with the probe (``sde_decomposition.png``), the claim,
 the assertion sentence, the verdict and the baseline comparison. Nothing is fetched from the
 network and no file beside the HTML is needed.
 """
@@ -80,6 +81,10 @@ def _section(folder: Path, data: dict[str, Any], verdict: str) -> str:
         if figure
         else "<p class='muted'>no figure (no run finished)</p>"
     )
+    sde_png = _png(folder / "sde_decomposition.png")  # claims recorded with the SDE probe (paper Fig. 3)
+    if sde_png:
+        encoded = base64.b64encode(sde_png).decode()
+        image += f"<img alt='SDE decomposition of {esc(data['claim'])}' src='data:image/png;base64,{encoded}'>"
     sentence = assertion.get("sentence") or data.get("error") or ""
     paper = f" <span class='muted'>(paper {esc(resolved['paper'])})</span>" if resolved.get("paper") else ""
     env_text = ", ".join(f"{k} {env[k]}" for k in ("device", "torch", "lipbench", "git_commit", "date") if env.get(k))
@@ -148,10 +153,14 @@ def _baseline(comparison: dict[str, Any], status: str, verdict: str) -> str:
     return head + (f"<ul>{notes}</ul>" if notes else "") + table + sweep_table
 
 
+def _png(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() and path.stat().st_size > 0 else None
+
+
 def _figure_png(folder: Path) -> bytes | None:
-    path = folder / "figure.png"
-    if path.is_file() and path.stat().st_size > 0:
-        return path.read_bytes()
+    saved = _png(folder / "figure.png")
+    if saved:
+        return saved
     if not (folder / "records.json").exists():
         return None
     from lipbench.plots import claim_figure

@@ -173,9 +173,7 @@ def execute_group(specs: list[RunSpec], device: str, data_root: str | None, engi
     except LipbenchError as e:
         return [_failed(spec, str(e)) for spec in specs]
     except Exception as e:  # as in execute_run
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        message = f"{type(e).__name__}: {e} (at {os.path.basename(where.filename)}:{where.lineno})"
-        return [_failed(spec, message) for spec in specs]
+        return [_failed(spec, _crash_message(e)) for spec in specs]
 
 
 def _dataset(spec: RunSpec, data_root: str | None):
@@ -195,26 +193,20 @@ def _dataset(spec: RunSpec, data_root: str | None):
 
 def execute_run(spec: RunSpec, device: str, data_root: str | None) -> RunRecord:
     """Train one run; every failure becomes the record's `error` instead of an exception."""
-    from lipbench.data import load_dataset
     from lipbench.engine import train
 
     try:
-        d = spec.scenario.dataset
-        data = load_dataset(
-            d.name,
-            root=data_root,
-            train_size=d.train_size,
-            test_size=d.test_size,
-            synthetic_shape=d.synthetic_shape,
-            synthetic_classes=d.synthetic_classes,
-            synthetic_size=d.synthetic_size,
-        )
-        return train(spec, data, device)
+        return train(spec, _dataset(spec, data_root), device)
     except LipbenchError as e:
         return _failed(spec, str(e))
     except Exception as e:  # a bug or a resource problem: keep the claim going, say where
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        return _failed(spec, f"{type(e).__name__}: {e} (at {os.path.basename(where.filename)}:{where.lineno})")
+        return _failed(spec, _crash_message(e))
+
+
+def _crash_message(e: Exception) -> str:
+    """The exception in one line, with the file and line it was raised at."""
+    where = traceback.extract_tb(e.__traceback__)[-1]
+    return f"{type(e).__name__}: {e} (at {os.path.basename(where.filename)}:{where.lineno})"
 
 
 def _failed(spec: RunSpec, message: str) -> RunRecord:

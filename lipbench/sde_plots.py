@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from lipbench.plots import save_figure
 from lipbench.records import records_frame
 from lipbench.runner import ClaimOutcome
 
@@ -77,10 +78,4 @@ def sde_figure(outcome: ClaimOutcome, path: str | Path) -> Path | None:
     right.set(xlabel="step", ylabel="cumulative change of log K", title=f"cumulative, mean of {len(runs)} runs")
     right.legend(fontsize=8)
 
-    fig.suptitle(f"{outcome.claim.name} [{outcome.claim.profile}] — {outcome.status}{sweep_note}", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, f"{outcome.claim.name} [{outcome.claim.profile}] — {outcome.status}{sweep_note}", path)

@@ -78,8 +78,8 @@ class Session:
         except Exception as e:  # a figure must never cost a result
             self.warn(f"lipbench: warning: no figure for {outcome.claim.name}: {e}")
         if self.mlflow:
-            self.prepare([outcome.claim])
-            try:
+            try:  # opening the store too: a broken MLflow never costs the claim its verdict
+                self.prepare([outcome.claim])
                 artifacts = {"records": folder / "records.json", "result": folder / "result.json"}
                 if figure:
                     artifacts["figure"] = figure

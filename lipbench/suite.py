@@ -216,8 +216,16 @@ class ResolvedClaim:
         return runs
 
     def scenario_hash(self) -> str:
-        """A hash of everything that decides the numbers (not the prose): baselines compare only equal hashes."""
-        payload = self.claim.model_dump(mode="json", exclude={"claim", "paper", "expect_reason"})
+        """A hash of everything that decides the numbers (not the prose): baselines compare only equal hashes.
+
+        Fields left at their defaults do not enter it, so a field added to the schema later, with a
+        default that keeps the old behaviour, leaves stored baselines comparable. (Changing what a
+        default means is a schema change that needs new baselines.) The assertion's test name is
+        kept even though it is its own default.
+        """
+        exclude = {"claim", "paper", "expect_reason"}
+        payload = self.claim.model_dump(mode="json", exclude=exclude, exclude_defaults=True)
+        payload.setdefault("assertion", {})["test"] = self.claim.assertion.test
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

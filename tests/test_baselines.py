@@ -335,6 +335,24 @@ def test_finish_claim_puts_the_verdict_on_outcome_and_result(tmp_path: Path) -> 
     assert (folder / "figure.png").stat().st_size > 0
 
 
+def test_finish_claim_keeps_the_verdict_when_mlflow_cannot_be_opened(tmp_path: Path, monkeypatch) -> None:
+    """An MLflow that fails to open (here: its client will not import) is a warning, not a lost claim."""
+    import lipbench.tracking
+
+    def broken(*args, **kwargs):
+        raise ImportError("cannot import name 'MlflowClient' from 'mlflow'")
+
+    monkeypatch.setattr(lipbench.tracking, "Tracker", broken)
+    warnings: list[str] = []
+    outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
+    session = Session(
+        tmp_path / "out", "cpu", tracking_uri="sqlite:///x.db", baselines=tmp_path / "b", warn=warnings.append
+    )
+    folder = session.finish_claim(outcome)
+    assert outcome.verdict == NEW and json.loads((folder / "result.json").read_text())["verdict"] == NEW
+    assert len(warnings) == 1 and "MLflow logging of label_noise failed" in warnings[0] and str(folder) in warnings[0]
+
+
 def test_update_from_run_refuses_a_failing_claim_without_force(tmp_path: Path, wide_console) -> None:
     suite = tmp_path / "coll"
     failing = synthetic_outcome(suite, "label_noise", strength=-1.0)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from builders import scenario_from
 from pydantic import ValidationError
 from torch import nn
 
@@ -30,14 +31,7 @@ SCENARIO: dict[str, Any] = {
 
 
 def scenario(**changes: Any) -> Scenario:
-    """SCENARIO with top-level keys replaced and sections updated (model={"dropout": True} ...)."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in SCENARIO.items()}
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key].update(value)
-        else:
-            data[key] = value
-    return Scenario.model_validate(data)
+    return scenario_from(SCENARIO, **changes)
 
 
 def run(sc: Scenario, init_seed: int = 0, sampling_seed: int = 0, data: Dataset | None = None) -> RunRecord:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from builders import scenario_from
 
 from lipbench.data import Dataset, load_dataset
 from lipbench.engine import train
@@ -38,14 +39,7 @@ CONVNET: dict[str, Any] = {
 }
 
 
-def scenario(base: dict[str, Any], **changes: Any) -> Scenario:
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key].update(value)
-        else:
-            data[key] = value
-    return Scenario.model_validate(data)
+scenario = scenario_from
 
 
 def spec(sc: Scenario, init_seed: int, sampling_seed: int, tag: str = "") -> RunSpec:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import scenario_from
 from torch import nn
 
 from lipbench.data import load_dataset
@@ -15,7 +16,7 @@ from lipbench.engine import train
 from lipbench.models import build_model, lipschitz_layers
 from lipbench.regularisers import BatchTransform, fgsm
 from lipbench.sde import measure_sde_terms
-from lipbench.suite import RegularisersSpec, RunSpec, Scenario
+from lipbench.suite import RegularisersSpec, RunSpec
 
 DATA = load_dataset("synthetic", synthetic_size=96)
 SCENARIO: dict[str, Any] = {
@@ -29,13 +30,7 @@ SCENARIO: dict[str, Any] = {
 
 
 def run(**changes: Any):
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in SCENARIO.items()}
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key].update(value)
-        else:
-            data[key] = value
-    spec = RunSpec("claim", "run", Scenario.model_validate(data), None, 0, 0)
+    spec = RunSpec("claim", "run", scenario_from(SCENARIO, **changes), None, 0, 0)
     return train(spec, DATA)
 
 

@@ -69,3 +69,13 @@ def test_report_redraws_a_missing_figure_and_shows_the_comparison(finished_run: 
     again = save_run(tmp_path / "again", [weaker], baselines)
     html = write_report(again, tmp_path / "out2").read_text()
     assert ">REGRESSED</span>" in html and "log_ratio_extreme_group_means" in html and "regressed" in html
+
+
+def test_report_embeds_the_sde_decomposition_of_probed_claims(finished_run: Path, tmp_path: Path) -> None:
+    from lipbench.results import find_results
+
+    folder = find_results(finished_run)[0]
+    (folder / "sde_decomposition.png").write_bytes((folder / "figure.png").read_bytes())
+    html = write_report(finished_run, tmp_path / "out").read_text()
+    assert len(embedded_pngs(html)) == len(CLAIMS) + 1
+    assert html.count("alt='SDE decomposition of ") == 1

@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import float64_mlp, weight_names
 from torch import nn
 
 from lipbench.sde import (
@@ -133,26 +134,14 @@ def _assert_terms_match(terms: SDETerms, ref: list[dict], rtol: float = 1e-5) ->
     torch.testing.assert_close(terms.eps, net_eps, rtol=rtol, atol=1e-14)
 
 
-def _mlp(widths: tuple[int, ...], seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in itertools.pairwise(widths):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1]).to(DT)
-
-
-def _linear_names(model: nn.Module) -> list[str]:
-    return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-
-
 # widths (6,5,4,3): all wide; (3,7,7,2): tall 7x3, square 7x7, wide 2x7 -> both null spaces.
 @pytest.mark.parametrize("widths", [(6, 5, 4, 3), (3, 7, 7, 2)])
 def test_linear_closed_form_matches_brute_force(widths):
-    model = _mlp(widths, seed=0)
+    model = float64_mlp(widths, seed=0)
     g = _gen(4)
     x = torch.randn(10, widths[0], generator=g, dtype=DT)
     y = torch.randint(0, widths[-1], (10,), generator=g)
-    names = _linear_names(model)
+    names = weight_names(model)
     lr = 0.05
     terms = measure_sde_terms(model, names, x, y, F.cross_entropy, lr)
     _assert_terms_match(terms, _brute_force_terms(model, names, x, y, lr))
@@ -199,7 +188,7 @@ def test_conv_per_sample_path_matches_brute_force(out_ch, k):
 
 
 def test_per_sample_grads_match_loop():
-    model = _mlp((6, 5, 4, 3), seed=7)
+    model = float64_mlp((6, 5, 4, 3), seed=7)
     g = _gen(7)
     x = torch.randn(5, 6, generator=g, dtype=DT)
     y = torch.randint(0, 3, (5,), generator=g)
@@ -218,7 +207,7 @@ def test_batch_norm_and_bad_input_are_clear_errors():
         per_sample_grads(model, ["0.weight"], x, y, F.cross_entropy)
     with pytest.raises(ValueError, match="BatchNorm"):
         measure_sde_terms(model, ["0.weight", "3.weight"], x, y, F.cross_entropy, 0.1)
-    mlp = _mlp((4, 5, 3), seed=0).float()
+    mlp = float64_mlp((4, 5, 3), seed=0).float()
     with pytest.raises(ValueError, match="unknown parameter"):
         measure_sde_terms(mlp, ["0.wieght"], x, y, F.cross_entropy, 0.1)
     with pytest.raises(ValueError, match="at least 2 samples"):
@@ -242,12 +231,12 @@ def test_mu_plus_eps_predict_the_expected_sgd_step_exactly_enumerated():
     10x with lr), so 5% of eps_b has margin while leaving eps out errs by ~100% of eps_b.
     Deterministic (float64, fixed seeds): not flaky.
     """
-    model = _mlp((6, 5, 4, 3), seed=0)
+    model = float64_mlp((6, 5, 4, 3), seed=0)
     N, b, lr = 6, 3, 1e-2
     g = _gen(0)
     x = torch.randn(N, 6, generator=g, dtype=DT)
     y = torch.randint(0, 3, (N,), generator=g)
-    names = _linear_names(model)
+    names = weight_names(model)
     terms = measure_sde_terms(model, names, x, y, F.cross_entropy, lr)
     params = dict(model.named_parameters())
     W = {n: params[n].detach().clone() for n in names}
@@ -282,9 +271,9 @@ def test_mu_plus_eps_predict_the_expected_sgd_step_exactly_enumerated():
 
 
 def test_as_dict_keys_and_drift():
-    model = _mlp((6, 5, 4, 3), seed=0)
+    model = float64_mlp((6, 5, 4, 3), seed=0)
     x, y = torch.randn(8, 6, dtype=DT), torch.randint(0, 3, (8,))
-    terms = measure_sde_terms(model, _linear_names(model), x, y, F.cross_entropy, 0.1)
+    terms = measure_sde_terms(model, weight_names(model), x, y, F.cross_entropy, 0.1)
     d = terms.as_dict()
     assert set(d) == {"sde_mu", "sde_beta2", "sde_eps", "sde_drift", "sde_disc"} | {
         f"sde_{k}_{i}" for k in ("mu", "beta2", "eps", "disc") for i in range(3)

@@ -184,6 +184,22 @@ def test_scenario_hash_follows_the_numbers_not_the_prose(write_suite) -> None:
     assert load_claim(path, "paper").scenario_hash() != reference
 
 
+def test_scenario_hash_ignores_fields_left_at_their_defaults(write_suite) -> None:
+    """A schema field added later with a default must not make every stored baseline incomparable."""
+    path = write_suite("hash")
+    reference = load_claim(path, "quick").scenario_hash()
+    assert load_claim(path, "quick", ["scenario.label_noise=0.0"]).scenario_hash() == reference  # the default
+    assert load_claim(path, "quick", ["scenario.label_noise=0.1"]).scenario_hash() != reference
+    assert load_claim(path, "quick", ["scenario.sampling=without_replacement"]).scenario_hash() != reference
+
+
+def test_scenario_hash_keeps_the_assertion_test_name(write_suite) -> None:
+    """Two tests with all their parameters at the defaults still hash apart."""
+    growth = write_suite("a", {"assertion": {"test": "growth_trend", "direction": None, "alpha": None}})
+    invariance = write_suite("b", {"assertion": {"test": "invariance", "direction": None, "alpha": None}})
+    assert load_claim(growth, "quick").scenario_hash() != load_claim(invariance, "quick").scenario_hash()
+
+
 # ---------------------------------------------------------------- show and list
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import float64_mlp, weight_names
 from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
@@ -35,18 +36,6 @@ DT = torch.float64
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
 
-def _mlp(widths: tuple[int, ...], seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in itertools.pairwise(widths):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1]).to(DT)
-
-
-def _names(model: nn.Module) -> list[str]:
-    return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-
-
 # --------------------------------------------------------------------------------------------
 # The probe: trace, discrete term, the update's scale / noise / sampling, batch statistics
 # --------------------------------------------------------------------------------------------
@@ -62,10 +51,10 @@ def test_hessian_trace_is_the_sum_of_q_over_a_basis(shape):
 def test_discrete_term_is_the_full_batch_steps_second_order_change():
     # Full batch: no noise, so sigma(W - lr G) - sigma(W) = mu + lr^2/2 Q(G) + O(lr^3), per layer. The
     # probe treats its batch as a sample: disc = lr^2/2 Q(G) less the noise's share, eps b/(b - 1).
-    model = _mlp((6, 5, 4, 3), seed=1)
+    model = float64_mlp((6, 5, 4, 3), seed=1)
     x = torch.randn(12, 6, generator=torch.Generator().manual_seed(1), dtype=DT)
     y = torch.randint(0, 3, (12,), generator=torch.Generator().manual_seed(2))
-    names, lr, b = _names(model), 1e-2, 12
+    names, lr, b = weight_names(model), 1e-2, 12
     terms = measure_sde_terms(model, names, x, y, F.cross_entropy, lr)
     F.cross_entropy(model(x), y).backward()
     params = dict(model.named_parameters())
@@ -87,11 +76,11 @@ def test_discrete_term_is_unbiased_over_all_mini_batches():
     # Exact expectation over all N^b ordered batches drawn with replacement: the mean of the probe's
     # disc is lr^2/2 Q(G) of the whole data, and of its log form sum_l Q-term/sigma - mu^2/(2 sigma^2):
     # neither counts eps or beta^2 (the batch noise) a second time.
-    model = _mlp((5, 4, 3), seed=3)
+    model = float64_mlp((5, 4, 3), seed=3)
     N, b, lr = 5, 3, 0.1
     x = torch.randn(N, 5, generator=torch.Generator().manual_seed(11), dtype=DT)
     y = torch.randint(0, 3, (N,), generator=torch.Generator().manual_seed(12))
-    names = _names(model)
+    names = weight_names(model)
     batches = [list(idx) for idx in itertools.product(range(N), repeat=b)]
     probes = [measure_sde_terms(model, names, x[i], y[i], F.cross_entropy, lr) for i in batches]
     full = measure_sde_terms(model, names, x, y, F.cross_entropy, lr)
@@ -109,10 +98,10 @@ def test_discrete_term_is_unbiased_over_all_mini_batches():
 
 
 def test_gradient_scale_noise_and_population_enter_in_closed_form():
-    model = _mlp((6, 5, 4, 3), seed=2)
+    model = float64_mlp((6, 5, 4, 3), seed=2)
     x = torch.randn(10, 6, generator=torch.Generator().manual_seed(3), dtype=DT)
     y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(4))
-    names, lr, a, v, N = _names(model), 0.05, 0.5, 1e-4, 40
+    names, lr, a, v, N = weight_names(model), 0.05, 0.5, 1e-4, 40
     base = measure_sde_terms(model, names, x, y, F.cross_entropy, lr)
     got = measure_sde_terms(
         model, names, x, y, F.cross_entropy, lr, gradient_scale=a, gradient_noise_var=v, population=N
@@ -153,7 +142,7 @@ def test_contributions_equal_per_sample_gradients_without_batch_statistics():
     model = _convnet(batch_norm=False)
     x = torch.randn(9, 1, 6, 6, generator=torch.Generator().manual_seed(7), dtype=DT)
     y = torch.randint(0, 3, (9,), generator=torch.Generator().manual_seed(8))
-    names = _names(model)
+    names = weight_names(model)
     a = measure_sde_terms(model, names, x, y, F.cross_entropy, 0.05)
     b = measure_sde_terms(model, names, x, y, F.cross_entropy, 0.05, batch_stats="contributions")
     for k, v in a.as_dict().items():
@@ -164,7 +153,7 @@ def test_batch_norm_error_and_contributions_whose_mean_is_the_batch_gradient():
     model = _convnet(batch_norm=True)
     x = torch.randn(9, 1, 6, 6, generator=torch.Generator().manual_seed(9), dtype=DT)
     y = torch.randint(0, 3, (9,), generator=torch.Generator().manual_seed(10))
-    names, lr = _names(model), 0.05
+    names, lr = weight_names(model), 0.05
     with pytest.raises(ValueError, match="BatchNorm"):
         measure_sde_terms(model, names, x, y, F.cross_entropy, lr)
     terms = measure_sde_terms(model, names, x, y, F.cross_entropy, lr, batch_stats="contributions")
