@@ -80,6 +80,7 @@ class Settings:
     out: Path = Path("lipbench-results")
     workers: int | None = None
     data_root: str | None = None
+    engine: str = "per-run"
     baselines: str | None = None
     slow_steps: int = SLOW_STEPS
     threads: int | None = None
@@ -131,6 +132,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="DIR",
         help="baselines folder (default LIPBENCH_BASELINES, else the baselines/ folder above the suite file)",
+    )
+    group.addoption(
+        "--lipbench-engine",
+        choices=("per-run", "ensemble", "auto"),
+        default="per-run",
+        help="per-run (default) trains each run alone; ensemble/auto vectorise a claim's compatible runs",
     )
     group.addoption("--lipbench-data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
     parser.addini(
@@ -191,6 +198,7 @@ def _settings(config: pytest.Config) -> Settings:
         out=out_path,
         workers=config.getoption("lipbench_workers"),
         data_root=config.getoption("lipbench_data_root"),
+        engine=config.getoption("lipbench_engine"),
         baselines=config.getoption("lipbench_baselines"),
         slow_steps=slow,
     )
@@ -402,7 +410,12 @@ class ClaimItem(pytest.Item):
 
         workers = settings.workers if settings.workers is not None else (1 if settings.threads is not None else None)
         [outcome] = run_claims(
-            [self.claim], device=device, workers=workers, data_root=settings.data_root, on_claim_done=done
+            [self.claim],
+            device=device,
+            workers=workers,
+            data_root=settings.data_root,
+            engine=settings.engine,
+            on_claim_done=done,
         )
         self.outcome = outcome
         folder = folders[0] if folders else None

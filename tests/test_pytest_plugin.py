@@ -13,7 +13,21 @@ import os
 import textwrap
 from pathlib import Path
 
+# The pytester fixture removes from sys.modules, when its test ends, every module first imported
+# during that test. A library first imported there and then imported again by a later test of
+# the same xdist worker can come back broken: mlflow, whose dependencies (protobuf, sqlalchemy)
+# stay loaded, then lacks `MlflowClient`, and every later claim of that worker failed to log.
+# Importing mlflow and the lipbench modules the tests here load, at collection, keeps them out
+# of the fixtures' reach.
+import mlflow  # noqa: F401
 import pytest
+
+import lipbench.cli
+import lipbench.plots
+import lipbench.report
+import lipbench.sde_plots
+import lipbench.session
+import lipbench.tracking  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
@@ -112,6 +126,14 @@ def test_passing_claim_passes(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*NEW: Run-averaged log_K keeps increasing*"])  # NEW: no baseline yet
     saved = json.loads((pytester.path / "out/tiny/grows/result.json").read_text())
     assert (saved["status"], saved["verdict"], saved["runs"]) == ("PASS", "NEW", 2)
+
+
+def test_engine_option_trains_the_claim_as_an_ensemble(pytester: pytest.Pytester) -> None:
+    write(pytester, grows=suite("grows"))
+    result = pytester.runpytest(*NO_MLFLOW, "--lipbench-out", "out", "--lipbench-engine", "ensemble")
+    result.assert_outcomes(passed=1)
+    runs = json.loads((pytester.path / "out/tiny/grows/records.json").read_text())
+    assert len(runs) == 2 and all("sigma_rel_err" in r["summary"] for r in runs)  # the ensemble's own check
 
 
 def test_failing_claim_shows_its_sentence_and_no_traceback(pytester: pytest.Pytester) -> None:
