@@ -1,33 +1,22 @@
 """The pytest plugin: suites as test items, statuses as outcomes, and MLflow under xdist.
 
 Every suite here is tiny (synthetic data, a one-layer MLP, 40 steps) and runs on the CPU.
-Most runs are in-process (`pytester.runpytest`); the xdist run and the import check need a
-subprocess.
+Every pytest, CLI and MLflow call runs in a subprocess: the pytester fixture removes from
+sys.modules, when its test ends, each module first imported during the test, and a library
+imported again after that can come back half broken (mlflow without `MlflowClient`, sqlalchemy
+failing inside), which made every later claim of the same xdist worker fail to log.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
-# The pytester fixture removes from sys.modules, when its test ends, every module first imported
-# during that test. A library first imported there and then imported again by a later test of
-# the same xdist worker can come back broken: mlflow, whose dependencies (protobuf, sqlalchemy)
-# stay loaded, then lacks `MlflowClient`, and every later claim of that worker failed to log.
-# Importing mlflow and the lipbench modules the tests here load, at collection, keeps them out
-# of the fixtures' reach.
-import mlflow  # noqa: F401
 import pytest
-
-import lipbench.cli
-import lipbench.plots
-import lipbench.report
-import lipbench.sde_plots
-import lipbench.session
-import lipbench.tracking  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
@@ -76,28 +65,6 @@ def suite(
     return text
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _import_once(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Run a tiny claim here first, so that what a claim imports is imported outside pytester.
-
-    An in-process pytester run drops the modules it imported first when it ends, and numpy's and
-    torch's extension modules cannot be loaded a second time in one process.
-    """
-    from lipbench.cli import default_profile
-    from lipbench.runner import run_claims
-    from lipbench.session import Session
-    from lipbench.suite import load_claim
-
-    folder = tmp_path_factory.mktemp("warm")
-    (folder / "warm.yaml").write_text(suite("warm", seeds=1))
-    claim = load_claim(folder / "warm.yaml", default_profile("cpu"))
-    session = Session(folder / "out", "cpu", mlflow=False)
-    [outcome] = run_claims([claim], device="cpu", workers=1, on_claim_done=session.finish_claim)
-    assert outcome.status == "PASS", outcome.sentence
-    with contextlib.suppress(ImportError):  # hypothesis's pytest plugin imports it at the end of every run
-        import hypothesis.internal.observability  # noqa: F401
-
-
 def write(pytester: pytest.Pytester, folder: str = "suites/tiny", **files: str) -> Path:
     root = pytester.path / folder
     root.mkdir(parents=True, exist_ok=True)
@@ -109,19 +76,19 @@ def write(pytester: pytest.Pytester, folder: str = "suites/tiny", **files: str) 
 def test_collect_only_lists_one_item_per_claim(pytester: pytest.Pytester) -> None:
     write(pytester, a=suite("a"), b=suite("b", grows=False), c=suite("c", device="cuda"))
     pytester.makepyfile(test_unit="def test_unit():\n    pass\n")
-    result = pytester.runpytest("--collect-only", "-q", *NO_MLFLOW)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", *NO_MLFLOW)
     result.stdout.fnmatch_lines(
         ["suites/tiny/a.yaml::a", "suites/tiny/b.yaml::b", "suites/tiny/c.yaml::c", "test_unit.py::test_unit"]
     )
     result.stdout.fnmatch_lines(["4 tests collected*"])
-    gpu = pytester.runpytest("--collect-only", "-q", "-m", "gpu", *NO_MLFLOW)
+    gpu = pytester.runpytest_subprocess("--collect-only", "-q", "-m", "gpu", *NO_MLFLOW)
     gpu.stdout.fnmatch_lines(["suites/tiny/c.yaml::c", "1/4 tests collected (3 deselected)*"])
     assert not (pytester.path / "lipbench-results").exists()
 
 
 def test_passing_claim_passes(pytester: pytest.Pytester) -> None:
     write(pytester, grows=suite("grows"))
-    result = pytester.runpytest("-rA", *NO_MLFLOW, "--lipbench-out", "out")
+    result = pytester.runpytest_subprocess("-rA", *NO_MLFLOW, "--lipbench-out", "out")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*NEW: Run-averaged log_K keeps increasing*"])  # NEW: no baseline yet
     saved = json.loads((pytester.path / "out/tiny/grows/result.json").read_text())
@@ -130,7 +97,7 @@ def test_passing_claim_passes(pytester: pytest.Pytester) -> None:
 
 def test_engine_option_trains_the_claim_as_an_ensemble(pytester: pytest.Pytester) -> None:
     write(pytester, grows=suite("grows"))
-    result = pytester.runpytest(*NO_MLFLOW, "--lipbench-out", "out", "--lipbench-engine", "ensemble")
+    result = pytester.runpytest_subprocess(*NO_MLFLOW, "--lipbench-out", "out", "--lipbench-engine", "ensemble")
     result.assert_outcomes(passed=1)
     runs = json.loads((pytester.path / "out/tiny/grows/records.json").read_text())
     assert len(runs) == 2 and all("sigma_rel_err" in r["summary"] for r in runs)  # the ensemble's own check
@@ -138,7 +105,7 @@ def test_engine_option_trains_the_claim_as_an_ensemble(pytester: pytest.Pytester
 
 def test_failing_claim_shows_its_sentence_and_no_traceback(pytester: pytest.Pytester) -> None:
     write(pytester, flat=suite("flat", grows=False))
-    result = pytester.runpytest(*NO_MLFLOW)
+    result = pytester.runpytest_subprocess(*NO_MLFLOW)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -156,7 +123,7 @@ def test_failing_claim_shows_its_sentence_and_no_traceback(pytester: pytest.Pyte
 def test_error_says_error_and_why(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIPBENCH_OFFLINE", "1")
     write(pytester, nodata=suite("nodata", dataset="cifar10"))
-    result = pytester.runpytest(*NO_MLFLOW, "--lipbench-data-root", str(pytester.path / "empty"))
+    result = pytester.runpytest_subprocess(*NO_MLFLOW, "--lipbench-data-root", str(pytester.path / "empty"))
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["ERROR: *cifar10*", "  claim: nodata (profile quick)"])
     assert "Traceback" not in result.stdout.str()
@@ -165,7 +132,7 @@ def test_error_says_error_and_why(pytester: pytest.Pytester, monkeypatch: pytest
 def test_malformed_suite_is_a_collection_error_naming_the_key(pytester: pytest.Pytester) -> None:
     bad = suite("bad").replace("  steps: 40", "  stepz: 40")
     write(pytester, good=suite("good"), bad=bad)
-    result = pytester.runpytest("--collect-only", "-q", *NO_MLFLOW)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", *NO_MLFLOW)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*suites/tiny/bad.yaml: scenario.stepz: unknown key (did you mean 'steps'?)*"])
     result.stdout.fnmatch_lines(["suites/tiny/good.yaml::good"])
@@ -174,10 +141,10 @@ def test_malformed_suite_is_a_collection_error_naming_the_key(pytester: pytest.P
 
 def test_not_slow_deselects_a_slow_claim(pytester: pytest.Pytester) -> None:
     write(pytester, small=suite("small"), big=suite("big", steps=150_000))  # 2 runs: 300,000 model-steps
-    result = pytester.runpytest("--collect-only", "-q", "-m", "not slow", *NO_MLFLOW)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", "-m", "not slow", *NO_MLFLOW)
     result.stdout.fnmatch_lines(["suites/tiny/small.yaml::small", "1/2 tests collected (1 deselected)*"])
     pytester.makeini("[pytest]\nlipbench_slow_steps = 50\n")
-    result = pytester.runpytest("--collect-only", "-q", "-m", "not slow", *NO_MLFLOW)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", "-m", "not slow", *NO_MLFLOW)
     result.stdout.fnmatch_lines(["*no tests collected (2 deselected)*"])
 
 
@@ -187,14 +154,14 @@ def test_gpu_claim_is_skipped_on_cpu(pytester: pytest.Pytester) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     write(pytester, needs_gpu=suite("needs_gpu", device="cuda"))
-    result = pytester.runpytest("-rs", *NO_MLFLOW)
+    result = pytester.runpytest_subprocess("-rs", *NO_MLFLOW)
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED*needs a CUDA device*"])
 
 
 def test_expect_fail_claim_is_xfailed(pytester: pytest.Pytester) -> None:
     write(pytester, known=suite("known", grows=False, expect_fail=True))
-    result = pytester.runpytest("-rx", *NO_MLFLOW)
+    result = pytester.runpytest_subprocess("-rx", *NO_MLFLOW)
     result.assert_outcomes(xfailed=1)
     result.stdout.fnmatch_lines(["XFAIL suites/tiny/known.yaml::known - the loss falls while training"])
 
@@ -224,9 +191,11 @@ def _verdicts(out: Path) -> dict[str, tuple[str, str, float | None]]:
 
 def test_verdicts_equal_those_of_lipbench_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same suites, the same baselines: `lipbench run` and pytest reach the same verdicts."""
-    from lipbench.cli import main
-
     monkeypatch.delenv("LIPBENCH_BASELINES", raising=False)
+
+    def main(args: list[str]) -> int:  # `lipbench ...` in a subprocess, in pytester's folder
+        return pytester.run(sys.executable, "-c", CLI, *args, timeout=600).ret
+
     write(
         pytester,
         grows=suite("grows"),
@@ -242,7 +211,7 @@ def test_verdicts_equal_those_of_lipbench_run(pytester: pytest.Pytester, monkeyp
 
     assert main([*run, "--baselines", "baselines", "--out", "cli"]) == 1
     options = ("--lipbench-profile", "quick", "--lipbench-baselines", "baselines", "--lipbench-out", "from-pytest")
-    result = pytester.runpytest(*NO_MLFLOW, *options)
+    result = pytester.runpytest_subprocess(*NO_MLFLOW, *options)
     result.assert_outcomes(passed=1, failed=1, xfailed=1, skipped=1)
     cli, from_pytest = _verdicts(pytester.path / "cli"), _verdicts(pytester.path / "from-pytest")
     assert {name: v[:2] for name, v in cli.items()} == {
@@ -271,29 +240,57 @@ def test_xdist_workers_log_every_run_to_one_fresh_store(pytester: pytest.Pyteste
     result.stdout.fnmatch_lines(["*4 workers*"])
     assert "MLflow logging" not in result.stdout.str()
 
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    experiments = {e.name: e.experiment_id for e in client.search_experiments()}
-    assert "lipbench/tiny" in experiments
-    assert client.search_runs([experiments["Default"]], max_results=1000) == []
-    runs = client.search_runs([experiments["lipbench/tiny"]], max_results=1000)
-    parents = {r.data.tags["lipbench.claim"]: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    store_runs = read_store(uri)
+    assert "lipbench/tiny" in store_runs and store_runs.get("Default", []) == []
+    runs = store_runs["lipbench/tiny"]
+    parents = {r["tags"]["lipbench.claim"]: r for r in runs if "mlflow.parentRunId" not in r["tags"]}
+    children = [r for r in runs if "mlflow.parentRunId" in r["tags"]]
     assert sorted(parents) == names
     assert len(children) == 2 * len(names)
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {r.info.run_id for r in parents.values()}
+    assert {r["tags"]["mlflow.parentRunId"] for r in children} == {r["run_id"] for r in parents.values()}
     steps = list(range(0, 41, 5))
     for child in children:
-        assert child.info.status == "FINISHED"
-        step_keys = {k for k in child.data.metrics if not k.startswith("summary.") and k != "seconds"}
+        assert child["status"] == "FINISHED"
+        step_keys = {k for k in child["histories"] if not k.startswith("summary.") and k != "seconds"}
         assert step_keys == {"K", "log_K", "sigma_0", "sigma_1", "loss", "accuracy"}
         for key in step_keys:
-            history = client.get_metric_history(child.info.run_id, key)
-            assert sorted(m.step for m in history) == steps, (child.info.run_name, key)
-    statuses = {name: run.data.tags["lipbench.status"] for name, run in parents.items()}
+            assert sorted(child["histories"][key]) == steps, (child["tags"].get("mlflow.runName"), key)
+    statuses = {name: run["tags"]["lipbench.status"] for name, run in parents.items()}
     assert statuses == {n: "FAIL" if i % 4 == 3 else "PASS" for i, n in enumerate(names)}
+
+
+CLI = "import sys; from lipbench.cli import main; sys.exit(main(sys.argv[1:]))"
+READ_STORE = """
+import json, sys
+from mlflow import MlflowClient
+
+client = MlflowClient(sys.argv[1])
+out = {}
+for experiment in client.search_experiments():
+    out[experiment.name] = [
+        {
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "tags": dict(run.data.tags),
+            "histories": {
+                key: [m.step for m in client.get_metric_history(run.info.run_id, key)] for key in run.data.metrics
+            },
+        }
+        for run in client.search_runs([experiment.experiment_id], max_results=1000)
+    ]
+print(json.dumps(out))
+"""
+
+
+def read_store(uri: str) -> dict[str, list[dict]]:
+    """Every experiment's runs (id, status, tags, metric steps) of an MLflow store, read by a subprocess
+    (see the module docstring)."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run(
+        [sys.executable, "-c", READ_STORE, uri], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_xdist_hooks_only_with_xdist(pytester: pytest.Pytester) -> None:
@@ -307,8 +304,8 @@ def test_xdist_hooks_only_with_xdist(pytester: pytest.Pytester) -> None:
             """
         )
     )
-    pytester.runpytest("-p", "no:xdist").assert_outcomes(passed=1)
-    pytester.runpytest().assert_outcomes(passed=1)
+    pytester.runpytest_subprocess("-p", "no:xdist").assert_outcomes(passed=1)
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
 
 
 def test_worker_takes_the_controllers_store_pins_a_gpu_and_limits_threads(monkeypatch: pytest.MonkeyPatch) -> None:
