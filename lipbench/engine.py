@@ -141,12 +141,15 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
             model.eval()
             with torch.no_grad():
                 logits = model(x_mon)
-                buffer[row, : len(layers)] = spectral_norms(layers)
+                if not probe_sde:  # with the probe, sigma comes from the probe's own SVD below
+                    buffer[row, : len(layers)] = spectral_norms(layers)
                 buffer[row, len(layers)] = F.cross_entropy(logits, y_mon)
                 buffer[row, len(layers) + 1] = (logits.argmax(1) == y_mon).float().mean()
             model.train()  # the probe sees what the step sees: dropout masks, batch statistics
             if probe_sde:
-                terms = probe(model, layer_names, xb, yb, transform.loss).as_dict()
+                measured = probe(model, layer_names, xb, yb, transform.loss)
+                buffer[row, : len(layers)] = torch.stack([t.sigma for t in measured.layers])
+                terms = measured.as_dict()
                 sde_keys = list(terms)
                 buffer[row, len(names) : len(names) + len(terms)] = torch.stack(list(terms.values()))
             model.train()

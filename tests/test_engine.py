@@ -339,3 +339,12 @@ def test_convnet_trains_with_dropout_and_batch_norm() -> None:
     rec = run(sc)
     assert rec.ok
     assert [k for k in rec.metrics if k.startswith("sigma_")] == [f"sigma_{i}" for i in range(5)]
+
+
+def test_the_probe_records_the_same_sigmas_from_its_own_svd() -> None:
+    """With `sde` recorded, sigma comes from the probe's SVD instead of a second one: same values."""
+    plain = run(scenario(record=["sigma", "K", "loss", "accuracy"]))
+    probed = run(scenario(record=["sigma", "K", "loss", "accuracy", "sde"]))
+    assert "sde_mu" in probed.metrics
+    for key in ("sigma_0", "sigma_1", "K", "loss"):
+        np.testing.assert_allclose(probed.metrics[key], plain.metrics[key], rtol=1e-5, err_msg=key)
