@@ -16,6 +16,8 @@ CIFAR shape (3x32x32, the paper's ConvNet), with the same runs (seeds x learning
 Each method's time is the best of `--repeats` interleaved rounds (the machine may be shared).
 Tracking overhead: the ensemble on the MLP workload recording sigma and K every step (no loss
 or accuracy) against recording only at the first and last step: (t_every - t_none) / t_none.
+SDE probe (issue 6): its cost per record with engine.train on the MLP workload, as a multiple of a
+plain training step (see `probe_cost`).
 `--claims` also times `lipbench run suites/implications --profile paper`, claim by claim (real
 datasets; meaningful on a GPU, so on a CPU only with --force). The last line is always
 `ratio_mlp=<x> ratio_convnet=<y> tracking_overhead=<z>` (ratios: ensemble over naive
