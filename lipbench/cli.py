@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lipbench.errors import LipbenchError, SuiteError
+from lipbench.runner import ENGINES
 from lipbench.suite import ResolvedClaim, load_claim, suite_files
 
 console = Console(stderr=False, highlight=False)
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=None, help="worker processes (default: GPUs, else cores)")
         p.add_argument(
             "--engine",
-            choices=("per-run", "ensemble", "auto"),
+            choices=ENGINES,
             default="per-run",
             help="per-run trains each run alone; ensemble/auto train a claim's compatible runs as one vmapped ensemble",
         )

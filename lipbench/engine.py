@@ -62,6 +62,12 @@ def init_sigma_theory(layers: list[torch.nn.Module], scheme: str, std: float) ->
     return out
 
 
+def check_batch(sampling: str, b: int, n: int) -> None:
+    """Sampling without replacement draws b distinct samples per step: refuse b > n before training."""
+    if sampling == "without_replacement" and b > n:
+        raise ValueError(f"batch_size {b} exceeds the {n} training samples; sampling without replacement needs b <= n")
+
+
 def initial_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
     """The run's model, built and initialised from its init seed alone, on the CPU (so every device
     starts from the same bits)."""
@@ -122,8 +128,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     names = [f"sigma_{i}" for i in range(len(layers))] + ["loss", "accuracy"]
     buffer = torch.full((len(marks), len(names) + (64 if probe_sde else 0)), math.nan, device=device)
     sde_keys: list[str] = []
-    if sc.sampling == "without_replacement" and b > n:
-        raise ValueError(f"batch_size {b} exceeds the {n} training samples; sampling without replacement needs b <= n")
+    check_batch(sc.sampling, b, n)
     order = torch.randperm(n, generator=batch_gen, device=device) if sc.sampling == "without_replacement" else None
     diverged_at, row, pos = None, 0, 0
 

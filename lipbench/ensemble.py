@@ -54,6 +54,7 @@ from torch.func import functional_call, vmap
 from lipbench.data import Dataset
 from lipbench.engine import (
     MONITOR_SIZE,
+    check_batch,
     corrupt_labels,
     init_sigma_theory,
     initial_model,
@@ -270,8 +271,7 @@ def _train_chunk(
     train_loss = functools.partial(F.cross_entropy, reduction="none", label_smoothing=sc.regularisers.label_smoothing)
     x_train = data.x_train.to(device)
     n = x_train.shape[0]
-    if sc.sampling == "without_replacement" and b > n:  # as engine.train
-        raise ValueError(f"batch_size {b} exceeds the {n} training samples; sampling without replacement needs b <= n")
+    check_batch(sc.sampling, b, n)
     y_members = torch.stack(
         [
             corrupt_labels(data.y_train, s.scenario.label_noise, data.num_classes, g).to(device)

@@ -37,6 +37,7 @@ import pytest
 
 SLOW_STEPS = 200_000
 SUITE_SUFFIXES = (".yaml", ".yml")  # lipbench.suite.SUITE_SUFFIXES, without importing the schema
+ENGINES = ("auto", "per-run", "ensemble")  # lipbench.runner.ENGINES, likewise
 WORKERINPUT_KEY = "lipbench"
 MARKERS = (
     "lipbench: a claim of a lipbench suite file, run as a test",
@@ -135,7 +136,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--lipbench-engine",
-        choices=("per-run", "ensemble", "auto"),
+        choices=ENGINES,
         default="per-run",
         help="per-run (default) trains each run alone; ensemble/auto vectorise a claim's compatible runs",
     )

@@ -76,15 +76,10 @@ def _section(folder: Path, data: dict[str, Any], verdict: str) -> str:
     assertion = data.get("assertion") or {}
     env = data.get("environment") or {}
     figure = _figure_png(folder)
-    image = (
-        f"<img alt='figure of {esc(data['claim'])}' src='data:image/png;base64,{base64.b64encode(figure).decode()}'>"
-        if figure
-        else "<p class='muted'>no figure (no run finished)</p>"
-    )
+    image = _img(figure, f"figure of {data['claim']}") if figure else "<p class='muted'>no figure (no run finished)</p>"
     sde_png = _png(folder / "sde_decomposition.png")  # claims recorded with the SDE probe (paper Fig. 3)
     if sde_png:
-        encoded = base64.b64encode(sde_png).decode()
-        image += f"<img alt='SDE decomposition of {esc(data['claim'])}' src='data:image/png;base64,{encoded}'>"
+        image += _img(sde_png, f"SDE decomposition of {data['claim']}")
     sentence = assertion.get("sentence") or data.get("error") or ""
     paper = f" <span class='muted'>(paper {esc(resolved['paper'])})</span>" if resolved.get("paper") else ""
     env_text = ", ".join(f"{k} {env[k]}" for k in ("device", "torch", "lipbench", "git_commit", "date") if env.get(k))
@@ -151,6 +146,11 @@ def _baseline(comparison: dict[str, Any], status: str, verdict: str) -> str:
             f"<th>z</th></tr>{cells}</table></details>"
         )
     return head + (f"<ul>{notes}</ul>" if notes else "") + table + sweep_table
+
+
+def _img(png: bytes, alt: str) -> str:
+    """An <img> carrying the PNG itself (base64), so the page needs no file beside it."""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
 def _png(path: Path) -> bytes | None:

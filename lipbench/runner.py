@@ -70,7 +70,7 @@ def run_claims(
     from lipbench.engine import resolve_device
 
     if engine not in ENGINES:
-        raise ValueError(f"`engine` must be 'auto', 'per-run' or 'ensemble', not {engine!r}.")
+        raise ValueError(f"`engine` must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}.")
 
     device = str(resolve_device(device)) if device == "auto" else device
     outcomes: dict[str, ClaimOutcome] = {}

@@ -332,8 +332,10 @@ def test_worker_takes_the_controllers_store_pins_a_gpu_and_limits_threads(monkey
 
 def test_plugin_constants_match_the_library() -> None:
     from lipbench import pytest_plugin as plugin
+    from lipbench.runner import ENGINES
     from lipbench.suite import SUITE_SUFFIXES
 
     assert plugin.SUITE_SUFFIXES == SUITE_SUFFIXES
+    assert plugin.ENGINES == ENGINES
     assert plugin._absolute_uri("sqlite:///rel/m.db") == f"sqlite:///{Path('rel/m.db').resolve()}"
     assert plugin._absolute_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
