@@ -10,11 +10,13 @@ import pytest
 import torch
 from builders import scenario_from
 
+from lipbench import ensemble
 from lipbench.data import Dataset, load_dataset
 from lipbench.engine import train
 from lipbench.ensemble import (
     default_lanczos_steps,
     ensemble_key,
+    fuses,
     group_specs,
     train_ensemble,
 )
@@ -79,6 +81,43 @@ def test_mlp_members_follow_engine_train() -> None:
     ours = train_ensemble(specs, data, exact_every=1)  # exact sigma at every record: the trajectories alone
     for record, s in zip(ours, specs, strict=True):
         assert_same_run(record, train(s, data))
+
+
+def smoothed_mlp_members() -> list[RunSpec]:
+    """Label smoothing, uniform noise and sampling without replacement; members differ as above."""
+    sc = {"sampling": "without_replacement", "regularisers": {"label_smoothing": 0.1}}
+    noisy = {"noise": "uniform", "noise_std": 0.01}
+    return [
+        spec(scenario(MLP, **sc, gradient=noisy), 0, 0),
+        spec(scenario(MLP, **sc, gradient={**noisy, "scale": 0.5}, label_noise=0.3), 1, 2),
+        spec(scenario(MLP, **sc, gradient=noisy, optimizer={"lr": 0.1, "weight_decay": 0.01}), 2, 1),
+    ]
+
+
+def test_mlp_members_with_label_smoothing_and_uniform_noise_follow_engine_train() -> None:
+    specs = smoothed_mlp_members()
+    assert len(group_specs(specs)) == 1 and fuses(specs[0].scenario)
+    data = data_for(specs[0].scenario)
+    ours = train_ensemble(specs, data, exact_every=1)
+    for record, s in zip(ours, specs, strict=True):
+        assert_same_run(record, train(s, data))
+
+
+@pytest.mark.parametrize("members", [mlp_members, smoothed_mlp_members])
+def test_the_fused_mlp_step_gives_autograds_trajectories(members, monkeypatch) -> None:
+    specs = members()
+    data = data_for(specs[0].scenario)
+    fused = train_ensemble(specs, data, exact_every=1)
+    monkeypatch.setattr(ensemble, "fuses", lambda _scenario: False)  # the vmap + autograd step instead
+    reference = train_ensemble(specs, data, exact_every=1)
+    for ours, ref in zip(fused, reference, strict=True):
+        assert_same_run(ours, ref, rtol=1e-5)
+
+
+def test_only_the_plain_mlp_is_fused() -> None:
+    assert fuses(scenario(MLP))
+    assert not fuses(scenario(MLP, model={"dropout": True}))
+    assert not fuses(scenario(CONVNET))
 
 
 def test_convnet_members_with_batch_norm_and_uniform_noise_follow_engine_train() -> None:
