@@ -212,16 +212,17 @@ def probe_cost(w: Workload, runs: int, steps: int, device: torch.device, repeats
     return (t_probe - t_short) / (runs * steps), (t_long - t_short) / (4 * runs * steps)
 
 
-def time_claims(device: torch.device) -> None:
+def time_claims(device: torch.device, overrides: list[str], data_root: str | None) -> None:
     from lipbench.runner import run_claims
     from lipbench.suite import load_claim, suite_files
 
-    print(f"\nsuites/implications --profile paper on {device} (engine auto):")
+    shown = "".join(f" --set {o}" for o in overrides)
+    print(f"\nsuites/implications --profile paper{shown} on {device} (engine auto):")
     total = 0.0
     for path in suite_files([ROOT / "suites" / "implications"]):
-        claim = load_claim(path, "paper")
+        claim = load_claim(path, "paper", overrides)
         start = time.perf_counter()
-        (outcome,) = run_claims([claim], device=str(device), engine="auto")
+        (outcome,) = run_claims([claim], device=str(device), engine="auto", data_root=data_root)
         seconds = time.perf_counter() - start
         total += seconds
         runs = len(claim.runs())
@@ -235,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes on 2 CPU cores")
     parser.add_argument("--claims", action="store_true", help="also time each claim of suites/implications (paper)")
     parser.add_argument("--force", action="store_true", help="time the claims even on a CPU")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="for --claims"
+    )
+    parser.add_argument("--data-root", default=None, help="as lipbench run's, for --claims")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds per method (best is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny sizes, for the tests
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.claims:
         if device.type == "cuda" or args.force:
-            time_claims(device)
+            time_claims(device, args.overrides, args.data_root)
         else:
             print("\n--claims skipped: the paper profiles are only meaningful on a GPU (add --force to time them here)")
     print(f"ratio_mlp={ratios['mlp']:.2f} ratio_convnet={ratios['convnet']:.2f} tracking_overhead={overhead:.3f}")

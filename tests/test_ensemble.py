@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -230,6 +231,54 @@ def test_records_without_loss_skip_the_monitor() -> None:
     sc = scenario(MLP, record=["sigma", "K"], steps=10)
     [record] = train_ensemble([spec(sc, 0, 0)], data_for(sc))
     assert "loss" not in record.metrics and {"K", "log_K", "sigma_0"} <= record.metrics.keys()
+
+
+# ---------------------------------------------------------------- CUDA (run with -m gpu on a GPU machine)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _synchronizing_calls(fn) -> int:
+    """How many synchronizing CUDA operations fn() calls (torch's sync debug mode warns on each)."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("members", [mlp_members, smoothed_mlp_members])
+def test_cuda_ensemble_follows_engine_train_on_cuda(members) -> None:
+    specs = members()
+    data = data_for(specs[0].scenario)
+    ours = train_ensemble(specs, data, "cuda", exact_every=1)
+    for record, s in zip(ours, specs, strict=True):
+        assert record.device.startswith("cuda")
+        assert_same_run(record, train(s, data, "cuda"), rtol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("trainer", ["ensemble", "per-run"])
+def test_no_host_sync_per_training_step_on_cuda(trainer: str) -> None:
+    # Three times the steps, the same three records: the count of synchronizing calls must not grow.
+    def runs(steps: int) -> list[RunSpec]:
+        sc = scenario(MLP, steps=steps, record_every=steps // 2)
+        return [spec(sc, i, i) for i in range(3)]
+
+    data = data_for(runs(20)[0].scenario)
+    fit = (
+        (lambda s: train_ensemble(s, data, "cuda"))
+        if trainer == "ensemble"
+        else (lambda s: [train(one, data, "cuda") for one in s])
+    )
+    fit(runs(20))  # warm-up: first calls may synchronise once (allocator, cuBLAS handles)
+    assert _synchronizing_calls(lambda: fit(runs(60))) == _synchronizing_calls(lambda: fit(runs(20)))
 
 
 # ---------------------------------------------------------------- runner
