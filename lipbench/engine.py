@@ -146,7 +146,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
             model.eval()
             with torch.no_grad():
                 logits = model(x_mon)
-                if not probe_sde:  # with the probe, sigma comes from the probe's own SVD below
+                if not probe_sde:  # with the probe, sigma comes from the probe's own decomposition below
                     buffer[row, : len(layers)] = spectral_norms(layers)
                 buffer[row, len(layers)] = F.cross_entropy(logits, y_mon)
                 buffer[row, len(layers) + 1] = (logits.argmax(1) == y_mon).float().mean()
