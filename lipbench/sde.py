@@ -78,9 +78,13 @@ class _Spectrum:
 def _spectrum(W: torch.Tensor) -> _Spectrum:
     flipped = W.shape[0] > W.shape[1]
     Ws = W.mT if flipped else W
-    lam, basis = torch.linalg.eigh(Ws @ Ws.mT)
+    gram = Ws @ Ws.mT
+    # A diverged layer (non-finite, or overflowing its Gram matrix) makes eigh raise: it gets
+    # sigma = NaN instead, which the training loop reports as divergence (no host sync here).
+    finite = torch.isfinite(gram).all()
+    lam, basis = torch.linalg.eigh(torch.where(finite, gram, 0.0))
     lam, basis = lam.flip(0), basis.flip(1)
-    s1 = lam[0].clamp_min(0).sqrt()
+    s1 = torch.where(finite, lam[0].clamp_min(0).sqrt(), torch.nan)
     b1 = basis[:, 0]
     w1 = F.normalize(b1 @ Ws, dim=0)  # the top singular vector of the other side
     u1, v1 = (w1, b1) if flipped else (b1, w1)

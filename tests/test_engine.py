@@ -182,6 +182,14 @@ def test_a_huge_learning_rate_diverges_and_the_claim_is_an_error(write_suite) ->
     assert outcome.result is None
 
 
+def test_a_run_diverging_under_the_sde_probe_is_marked_diverged_not_crashed() -> None:
+    # The probe's eigendecomposition raises on non-finite weights; the run must end as diverged.
+    rec = run(scenario(record=["sigma", "K", "loss", "accuracy", "sde"], optimizer={"lr": 1e6}, steps=30))
+    assert rec.diverged_at is not None and not rec.ok
+    assert "lower scenario.optimizer.lr" in rec.problem
+    assert not np.isfinite(rec.metrics["sigma_0"][-1]) or not np.isfinite(rec.metrics["loss"][-1])
+
+
 def test_a_sane_learning_rate_does_not_diverge() -> None:
     rec = run(scenario())
     assert rec.ok and rec.diverged_at is None and rec.problem is None
@@ -341,8 +349,8 @@ def test_convnet_trains_with_dropout_and_batch_norm() -> None:
     assert [k for k in rec.metrics if k.startswith("sigma_")] == [f"sigma_{i}" for i in range(5)]
 
 
-def test_the_probe_records_the_same_sigmas_from_its_own_svd() -> None:
-    """With `sde` recorded, sigma comes from the probe's SVD instead of a second one: same values."""
+def test_the_probe_records_the_same_sigmas_from_its_own_decomposition() -> None:
+    """With `sde` recorded, sigma comes from the probe's decomposition instead of a second one: same values."""
     plain = run(scenario(record=["sigma", "K", "loss", "accuracy"]))
     probed = run(scenario(record=["sigma", "K", "loss", "accuracy", "sde"]))
     assert "sde_mu" in probed.metrics
