@@ -364,7 +364,7 @@ def _train_chunk(
                 else:
                     buf[i].uniform_(0.0, 1.0, generator=g)
 
-        xb = x_train[idx]  # M x b x C x H x W
+        xb = x_train.index_select(0, idx.flatten()).view(M, b, *x_train.shape[1:])  # M x b x C x H x W
         yb = y_members.gather(1, idx)  # M x b
         if fused is not None:
             with torch.no_grad():
@@ -464,7 +464,8 @@ def _fused_mlp_step(
     for k in reversed(range(len(layers))):
         W, bias = layers[k]
         h = acts[k]
-        below = torch.bmm(delta, W.mT).mul_(h > 0) if k > 0 else None  # from the old W; ReLU' = (h > 0)
+        # From the old W, through the ReLU (its own backward kernel: one pass where a mask takes two).
+        below = torch.ops.aten.threshold_backward(torch.bmm(delta, W.mT), h, 0) if k > 0 else None
         if decay_weight is not None:
             W.mul_(1 - decay_weight.view(M, 1, 1))
             bias.mul_(1 - decay_weight.view(M, 1))
