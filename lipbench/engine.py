@@ -53,7 +53,7 @@ def corrupt_labels(y: torch.Tensor, p: float, num_classes: int, generator: torch
 
 
 def init_sigma_theory(layers: list[torch.nn.Module], scheme: str, std: float) -> list[float]:
-    """s (sqrt(m) + sqrt(n)) per layer matrix m x n (PAPER.md §3 init), s the entry std of the init scheme."""
+    """s (sqrt(m) + sqrt(n)) per layer matrix m x n (the paper, §8.2), s the entry std of the init scheme."""
     out = []
     for layer in layers:
         rows, cols = layer.weight.shape[0], layer.weight[0].numel()

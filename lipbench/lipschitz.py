@@ -1,4 +1,4 @@
-"""Layer spectral norms and the network bound K = prod_l sigma_max(W_l) (PAPER.md §1)."""
+"""Layer spectral norms and the network bound K = prod_l sigma_max(W_l) (docs/science.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The networks of PAPER.md §4, built from a scenario's model section.
+"""The paper's networks (its appendix; docs/science.md), built from a scenario's model section.
 
 Every Lipschitz layer (a Linear or a Conv2d) is followed by a 1-Lipschitz activation or
 pooling, so the network bound is the product of the layers' spectral norms. Batch norm is
@@ -114,7 +114,7 @@ def initialise(model: nn.Module, generator: torch.Generator, scheme: str = "defa
     """Set every parameter from `generator` alone, so an init seed fixes the weights bit for bit.
 
     "default" draws what PyTorch's own reset_parameters draws (Kaiming-uniform weights,
-    uniform biases); "normal" draws i.i.d. N(0, std^2) weights and zero biases (PAPER.md §3 init).
+    uniform biases); "normal" draws i.i.d. N(0, std^2) weights and zero biases (the paper, §8.2).
     """
     for _, layer in lipschitz_layers(model):
         weight, bias = layer.weight, layer.bias

@@ -12,7 +12,7 @@ with a reason when no CUDA device is in use); `slow` when the claim's model-step
 `steps` over its runs, as `lipbench list` shows them) exceed `lipbench_slow_steps` (ini, default
 200,000: about a minute or more of CPU time), so `pytest -m "not slow"` works.
 
-Under pytest-xdist (see shared/MLFLOW.md) the controller creates the MLflow store and one
+Under pytest-xdist (docs/mlflow.md says why) the controller creates the MLflow store and one
 experiment per collection in `pytest_configure`, before any worker starts, and hands the
 experiment ids, the tracking URI and the results folder to the workers through
 `node.workerinput`; workers pass ids, never names. Each worker limits torch to
@@ -169,7 +169,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None:
         _configure_worker(settings, workerinput)
     elif _distributing(config) and settings.mlflow and not config.option.collectonly:
-        # The controller: store and experiments before any worker starts (MLFLOW.md).
+        # The controller: store and experiments before any worker starts (docs/mlflow.md).
         collections = sorted({_collection(f) for f in _suite_files_to_collect(config, settings)})
         if collections:
             _prepare_store(settings, collections)

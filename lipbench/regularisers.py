@@ -1,4 +1,4 @@
-"""Training-time regularisers of PAPER.md §3 validation (paper §7), applied to each mini-batch.
+"""Training-time regularisers of the paper's validation (its §7), applied to each mini-batch.
 
 `BatchTransform(spec, ...)` turns the sampled batch (x, y) into the batch SGD really trains on
 and gives the loss it trains with, so the training step and the SDE probe see the same thing:

@@ -1,4 +1,4 @@
-"""The SDE terms of PAPER.md §2: drift mu, diffusion beta^2 and noise-curvature eps per layer.
+"""The SDE terms of the paper (docs/science.md): drift mu, diffusion beta^2 and noise-curvature eps per layer.
 
 For one layer with SVD W = sum_j s_j u_j v_j^T and per-sample gradients g_i (G = mean_i g_i):
 
@@ -7,7 +7,7 @@ For one layer with SVD W = sum_j s_j u_j v_j^T and per-sample gradients g_i (G =
     eps   = lr^2 / (2b) * mean_i Q(g_i - G)
 
 Q(E) = d^2/dt^2 sigma_max(W + tE) at t = 0, the full second directional derivative (second-order
-perturbation theory of the symmetric dilation [[0, W], [W^T, 0]]), so PAPER.md's formula needs no
+perturbation theory of the symmetric dilation [[0, W], [W^T, 0]]), so the eps formula above needs no
 extra factor. Everything here stays on the weights' device: no host syncs.
 
 Beside the SDE's terms, each layer reports the discrete-time correction the SDE omits:
@@ -96,7 +96,7 @@ def _quad(sp: _Spectrum, Ev1: torch.Tensor, Etu1: torch.Tensor) -> torch.Tensor:
 
     Q is the second derivative of the top eigenvalue s1 of the dilation A = [[0, W], [W^T, 0]]
     along [[0, E], [E^T, 0]]: Q = z^T (s1 I - A)^+ z for z = (E v1, E^T u1) with its component
-    along the top eigenvector (u1, v1)/sqrt(2) removed (this is PAPER.md's sum over j, the null
+    along the top eigenvector (u1, v1)/sqrt(2) removed (this is the sum over j of docs/science.md, the null
     spaces included). Eliminating one block, in W_s's orientation (a on its r side, c on its N side):
 
         Q = ( |c|^2 + sum_{j>=2} (b_j . (s1 a + W_s c))^2 / (lam_1 - lam_j) ) / s1.
@@ -125,7 +125,7 @@ def hessian_quadratic_form(W: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
 
     E is one perturbation (m x n) -> 0-dim tensor, or a batch (B, m, n) -> (B,). Works in W's
     dtype (float64 for the most accurate values); assumes a simple top singular value (s1 > s2),
-    else Q is unbounded. PAPER.md's sum over the SVD, from the eigendecomposition of W's smaller
+    else Q is unbounded. The sum over the SVD (docs/science.md), from the eigendecomposition of W's smaller
     Gram matrix (see `_quad`).
     """
     if W.ndim != 2 or E.ndim not in (2, 3) or E.shape[-2:] != W.shape:
@@ -162,7 +162,7 @@ class LayerTerms:
 
 @dataclass
 class SDETerms:
-    """Per-layer terms and the network terms of d log K (PAPER.md §2, network level)."""
+    """Per-layer terms and the network terms of d log K (docs/science.md, network level)."""
 
     layers: list[LayerTerms]
     mu: torch.Tensor  # sum_l mu_l / sigma_l
@@ -187,7 +187,7 @@ class SDETerms:
 def predicted_moments(
     K0: float | torch.Tensor, drift_integral: torch.Tensor | float, beta2_integral: torch.Tensor | float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """E[K_T] and Var[K_T] of PAPER.md §2 from the integrals of (mu + eps) and beta^2.
+    """E[K_T] and Var[K_T] of the SDE model (docs/science.md) from the integrals of (mu + eps) and beta^2.
 
     `drift_integral` is int_0^T (mu + eps) dt -- not the log-K drift, whose -beta^2/2 Itô term
     cancels in the mean -- and `beta2_integral` is int_0^T beta^2 dt; the caller integrates.
@@ -395,7 +395,7 @@ def measure_sde_terms(
     gradient_noise_var: float = 0.0,
     population: int | None = None,
 ) -> SDETerms:
-    """mu, beta^2, eps (and the discrete term disc) of PAPER.md §2 for the named layer weights on (x, y).
+    """mu, beta^2, eps (and the discrete term disc) of the SDE model for the named layer weights on (x, y).
 
     b = x.shape[0] plays both roles: the samples the moments are estimated from and the SGD
     batch size in the 1/b of beta^2 and eps. loss_fn must be the batch-mean loss; y may be class

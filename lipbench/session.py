@@ -46,7 +46,7 @@ class Session:
         return f"lipbench/{collection}"
 
     def prepare(self, claims: list[ResolvedClaim]) -> dict[str, str]:
-        """Create the store and one experiment per collection before any worker starts (MLFLOW.md)."""
+        """Create the store and one experiment per collection before any worker starts (docs/mlflow.md)."""
         if not self.mlflow:
             return {}
         from lipbench.tracking import Tracker

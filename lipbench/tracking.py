@@ -1,4 +1,4 @@
-"""MLflow logging from ONE process (see MLFLOW.md): store and experiment first, then a parent
+"""MLflow logging from ONE process (docs/mlflow.md says why): store and experiment first, then a parent
 run per claim and a child run per training run, each written in batches once it is finished.
 
 Workers never import mlflow. After a claim is logged, the store is read back and the number

@@ -14,7 +14,7 @@ import yaml
 # Tiny models on a shared CPU: one thread avoids oversubscription (and its 10x slowdowns).
 torch.set_num_threads(1)
 
-#: A claim that holds after two steps: K_0 grows with the init scale (PAPER.md §3 init).
+#: A claim that holds after two steps: K_0 grows with the init scale (the paper, §8.2).
 TINY_SUITE: dict[str, Any] = {
     "schema_version": 1,
     "name": "init_scale",

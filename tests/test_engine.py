@@ -1,4 +1,4 @@
-"""engine.train, the models and the spectral norms, on tiny CPU data (PAPER.md §1, §3, §4)."""
+"""engine.train, the models and the spectral norms, on tiny CPU data (docs/science.md)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def _autograd_second_derivative(W: torch.Tensor, E: torch.Tensor) -> torch.Tenso
 
 @pytest.mark.parametrize("shape", [(7, 4), (4, 7), (5, 5)], ids=["tall", "wide", "square"])
 def test_quadratic_form_is_the_second_directional_derivative(shape):
-    # PAPER.md's Q equals d^2/dt^2 sigma_max exactly (factor 1), not half of it.
+    # docs/science.md's Q equals d^2/dt^2 sigma_max exactly (factor 1), not half of it.
     g = _gen(1)
     for _ in range(3):
         W = torch.randn(shape, generator=g, dtype=DT)
