@@ -5,6 +5,17 @@ override parts of it. Resolution order: file -> profile -> `--set key.path=value
 result goes through the same validation whatever its origin, and any problem becomes one
 `SuiteError` line naming the file, the key path (as written by the user: `profiles.quick...`
 or `--set ...` when it came from there) and what is allowed.
+
+Input is strict: a key given twice in one mapping (YAML would keep the last silently) and a
+number that is not finite (`.nan`, `.inf`, `-.inf`, also through a profile or `--set`) are
+refused when the file is loaded, before any training.
+
+`include: base.yaml` (or a list of paths), each relative to the including file, merges the
+included mappings under the file's own keys: the file's keys win, mappings are merged deeply,
+lists are replaced, and of several includes a later one wins over an earlier one. Included files
+may include others; a cycle is refused. Base files meant only to be included are named `_*.yaml`
+or kept in a folder whose name starts with `_` (e.g. `suites/_base/`): `suite_files` skips them
+when it searches a folder, so they are never collected as claims.
 """
 
 from __future__ import annotations
@@ -13,6 +24,8 @@ import copy
 import difflib
 import hashlib
 import json
+import math
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +48,8 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.nan` / `.inf` in a numeric field fail validation (type finite_number).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -270,7 +284,7 @@ def load_claim(
 ) -> ResolvedClaim:
     """Load and validate one suite file; every profile is validated, `profile` is resolved."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw, layers = _read_suite(path)
     profiles = raw.pop("profiles", None) or {}
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise SuiteError(path, "profiles", "must map profile names to mappings of overrides")
@@ -281,9 +295,9 @@ def load_claim(
         raise SuiteError(path, f"--set {e.key}", e.message) from None
     # The file itself first, so a broken file reports its own key, not one a profile happens to touch
     # (or "no profile"). No overrides are applied yet, so no error is blamed on a --set.
-    _validate(path, raw, "", {}, [])
+    _validate(path, raw, "", {}, [], layers)
     for name, body in profiles.items():
-        _validate(path, _merge(raw, body), f"profiles.{name}", body, [])
+        _validate(path, _merge(raw, body), f"profiles.{name}", body, [], layers)
     if profile is None:
         data, origin, body = raw, "", {}
     elif profile in profiles:
@@ -294,17 +308,21 @@ def load_claim(
         raise SuiteError(path, "profiles", f"no profile {profile!r}{hint}; this file has: {available}")
     for key, value in sets:
         data = _apply_set(path, data, key, value)
-    claim = _validate(path, data, origin, body, sets)
+    claim = _validate(path, data, origin, body, sets, layers)
     collection = path.parent.name or "suites"
     return ResolvedClaim(claim, path, profile or "default", collection, tuple(profiles))
 
 
 def suite_files(paths: list[str | Path]) -> list[Path]:
-    """Suite files named by `paths`: files as given, directories searched recursively, sorted."""
+    """Suite files named by `paths`: files as given, directories searched recursively, sorted.
+
+    A directory search skips base files (see `is_base_file`); a file named explicitly is loaded as given.
+    """
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix in SUITE_SUFFIXES and f.is_file())
+            found = (f for f in p.rglob("*") if f.suffix in SUITE_SUFFIXES and f.is_file())
+            files += sorted(f for f in found if not is_base_file(f, p))
         elif p.is_file():
             files.append(p)
         else:
@@ -314,13 +332,68 @@ def suite_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
+def is_base_file(path: str | Path, root: str | Path) -> bool:
+    """A file only to be included, not a claim: its name, or a folder's below `root`, starts with `_`."""
+    parts = Path(path).relative_to(root).parts
+    return any(part.startswith("_") for part in parts)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently).
+
+    Mappings are built after the whole document is composed, in no nested order, so the key path of
+    every mapping node is indexed first (`construct_document`) for the error to name.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._paths: dict[int, tuple[str, ...]] = {}
+        self._index(node, ())
+        return super().construct_document(node)
+
+    def _index(self, node: yaml.Node, path: tuple[str, ...]) -> None:
+        if id(node) in self._paths:  # an alias of a node seen before
+            return
+        if isinstance(node, yaml.MappingNode):
+            self._paths[id(node)] = path
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    self._index(value_node, (*path, str(key_node.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            self._paths[id(node)] = path
+            for i, item in enumerate(node.value):
+                self._index(item, (*path, str(i)))
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue  # `<<: *anchor` may override keys; that is what it is for
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                path = ".".join((*self._paths.get(id(node), ()), str(key)))
+                raise _DuplicateKey(path, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SuiteError(path, "", f"cannot be read ({e.__class__.__name__}: {e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except _DuplicateKey as e:
+        raise SuiteError(
+            path, e.key, f"key given twice (lines {e.first} and {e.second}); remove one of the two"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -330,6 +403,46 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise SuiteError(path, "", f"is {kind}; a suite file is a mapping with schema_version, claim, scenario, ...")
     return data
+
+
+#: A file and the mapping written in it (without `include`), highest precedence first.
+Layer = tuple[Path, dict[str, Any]]
+
+
+def _read_suite(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[Layer]]:
+    """The file with its includes merged under it, and its layers (to tell which file set a key)."""
+    chain = (*chain, path)
+    try:
+        raw = _read_yaml(path)
+    except SuiteError as e:
+        if len(chain) == 1:
+            raise
+        raise SuiteError(e.file, e.key, f"{e.message} (included by {chain[-2]})") from None
+    if "include" not in raw:
+        return raw, [(path, raw)]
+    names = raw.pop("include")
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise SuiteError(path, "include", "must be a path relative to this file, or a list of such paths")
+    base: dict[str, Any] = {}
+    below: list[Layer] = []
+    for name in names:
+        target = path.parent / name
+        if target.resolve() in {c.resolve() for c in chain}:
+            cycle = _chain_text((*chain, target))
+            raise SuiteError(path, "include", f"includes form a cycle: {cycle}; remove one of these includes")
+        if not target.is_file():
+            raise SuiteError(path, "include", f"{name!r} is not a file ({target}); paths are relative to this file")
+        data, layers = _read_suite(target, chain)
+        base = _merge(base, data)  # a later include wins over an earlier one
+        below = layers + below
+    return _merge(base, raw), [(path, raw), *below]
+
+
+def _chain_text(chain: tuple[Path, ...]) -> str:
+    """`a.yaml -> _base/b.yaml`: paths relative to the folder of the first file."""
+    root = chain[0].parent
+    return " -> ".join(os.path.relpath(p, root) for p in chain)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -362,7 +475,9 @@ def _apply_set(path: Path, data: dict[str, Any], key: str, value: Any) -> dict[s
     return out
 
 
-def _validate(path: Path, data: dict[str, Any], origin: str, body: dict, sets: list) -> Claim:
+def _validate(
+    path: Path, data: dict[str, Any], origin: str, body: dict, sets: list, layers: list[Layer] | None = None
+) -> Claim:
     def where(loc: tuple[str, ...]) -> str:
         key = ".".join(loc)
         if any(k == key or key.startswith(k + ".") for k, _ in sets):
@@ -370,6 +485,15 @@ def _validate(path: Path, data: dict[str, Any], origin: str, body: dict, sets: l
         if origin and loc and _has_path(body, loc):
             return f"{origin}.{key}"
         return key
+
+    def fail(loc: tuple[str, ...], message: str) -> SuiteError:
+        key = where(loc)
+        if not key.startswith("--set ") and layers and len(layers) > 1:
+            # A value that came from an included file: say which file to fix.
+            source = next((f for f, own in layers if _has_path(own, tuple(key.split(".")))), path)
+            if source != path:
+                message = f"{message} (set in {os.path.relpath(source, path.parent)}, included by this file)"
+        return SuiteError(path, key, message)
 
     try:
         claim = Claim.model_validate(data)
@@ -380,23 +504,69 @@ def _validate(path: Path, data: dict[str, Any], origin: str, body: dict, sets: l
         loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
         if len(loc) > 1 and loc[0] == "assertion" and loc[1] in ASSERTIONS:
             del loc[1]  # pydantic's discriminator tag is not a key the user wrote
-        raise SuiteError(path, where(tuple(loc)), _explain(err, data, tuple(loc))) from None
+        raise fail(tuple(loc), _explain(err, data, tuple(loc))) from None
+    # Models outside this module (the assertion specs) may accept .inf / .nan: one check for all.
+    bad = _non_finite(claim.model_dump())
+    if bad is not None:
+        loc, value = bad
+        raise fail(loc, _finite_message(value))
     if claim.sweep is not None:
         problem = _axis_problem(claim.sweep.axis)
         if problem:
-            raise SuiteError(path, where(("sweep", "axis")), problem)
+            raise fail(("sweep", "axis"), problem)
         for i, value in enumerate(claim.sweep.values):
             try:
                 _sweep_scenario(claim, value)
             except ValidationError as e:
                 err = e.errors()[0]
                 loc = ".".join(str(p) for p in err["loc"])
-                raise SuiteError(
-                    path,
-                    where(("sweep", "values", str(i))),
+                raise fail(
+                    ("sweep", "values", str(i)),
                     f"{value!r} is not allowed for {claim.sweep.axis} ({loc}: {err['msg']})",
                 ) from None
     return claim
+
+
+def _non_finite(node: Any, loc: tuple[str, ...] = ()) -> tuple[tuple[str, ...], float] | None:
+    """The first key path holding a float that is not finite, and its value, or None."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return loc, node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, (*loc, str(key)))
+        if found is not None:
+            return found
+    return None
+
+
+#: pydantic error types of numeric fields: with a .nan / .inf input, the message says "finite".
+_NUMBER_KINDS = frozenset(
+    {
+        "finite_number",
+        "int_parsing",
+        "float_parsing",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+    }
+)
+
+
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        return value.strip().lower().lstrip("+-").lstrip(".") in {"nan", "inf", "infinity"}
+    return False
+
+
+def _finite_message(value: Any) -> str:
+    if isinstance(value, float):
+        shown = ".nan" if math.isnan(value) else ".inf" if value > 0 else "-.inf"
+    else:
+        shown = repr(value)
+    return f"must be a finite number, got {shown}; replace it with a finite value"
 
 
 def _axis_problem(axis: str) -> str | None:
@@ -437,6 +607,8 @@ PATTERN_HELP = {
 def _explain(err: dict[str, Any], data: dict[str, Any], loc: tuple[str, ...]) -> str:
     """pydantic's message, plus the allowed keys / values and a did-you-mean where we can tell."""
     kind, msg = err["type"], err["msg"]
+    if kind in _NUMBER_KINDS and _not_finite(err["input"]):
+        return _finite_message(err["input"])  # nan also fails every bound, with a less helpful message
     if kind == "extra_forbidden":
         allowed = _allowed_keys(data, loc[:-1])
         hint = _did_you_mean(loc[-1], allowed)

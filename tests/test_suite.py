@@ -1,16 +1,20 @@
-"""Suite files: profiles, --set, sweep planning, the scenario hash, and the `show` / `list` commands."""
+"""Suite files: profiles, --set, strict input, include, sweep planning, the scenario hash, `show` / `list`."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from lipbench.cli import main
-from lipbench.suite import load_claim, parse_override
+from lipbench.errors import SuiteError
+from lipbench.suite import is_base_file, load_claim, parse_override, suite_files
 
-SUITES = sorted((Path(__file__).parent.parent / "suites").rglob("*.yaml"))
+#: The shipped claims, as `lipbench run suites` finds them (base files only meant to be included are not claims).
+SUITES = suite_files([Path(__file__).parent.parent / "suites"])
 #: The paper's datasets (PAPER.md §3, §4): the MLP on MNIST, the ConvNet on CIFAR-10 (and CIFAR-100 in §7).
 PAPER_DATASETS = {"mlp": {"mnist"}, "convnet": {"cifar10", "cifar100"}}
 
@@ -112,6 +116,215 @@ def test_set_applies_after_the_profile_and_is_validated(write_suite) -> None:
     assert claim.scenario.optimizer.lr == pytest.approx(1e-3)
     assert claim.scenario.model.dropout is True
     assert claim.sweep.values == [0.5, 1.0]
+
+
+# ---------------------------------------------------------------- strict input: keys given twice, numbers not finite
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("name: a\nname: b\n", "name", (1, 2)),
+        ("scenario:\n  steps: 3\n  optimizer: {lr: 0.1, lr: 0.2}\n", "scenario.optimizer.lr", (3, 3)),
+        ("profiles:\n  quick:\n    seeds:\n      init: 2\n      init: 3\n", "profiles.quick.seeds.init", (4, 5)),
+        ("sweep:\n  values:\n    - {a: 1, a: 2}\n", "sweep.values.0.a", (3, 3)),
+    ],
+)
+def test_key_given_twice_is_refused_with_its_path_and_lines(
+    text: str, key: str, lines: tuple[int, int], tmp_path: Path
+) -> None:
+    path = _write(tmp_path / "twice.yaml", text)
+    with pytest.raises(SuiteError) as raised:
+        load_claim(path)
+    assert (raised.value.file, raised.value.key) == (str(path), key)
+    assert raised.value.message == f"key given twice (lines {lines[0]} and {lines[1]}); remove one of the two"
+
+
+def test_yaml_merge_keys_may_still_override(write_suite) -> None:
+    """`<<: *anchor` then a key of the anchor is an override YAML defines, not a key given twice."""
+    path = write_suite("anchors", {"profiles": None})
+    with path.open("a") as f:
+        f.write("profiles:\n  quick: &quick\n    scenario: {steps: 3}\n    seeds: {init: 3}\n")
+        f.write("  paper:\n    <<: *quick\n    scenario: {steps: 5}\n")
+    paper = load_claim(path, "paper").claim
+    assert (paper.scenario.steps, paper.seeds.init) == (5, 3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "shown"),
+    [
+        ({"scenario": {"optimizer": {"lr": float("nan")}}}, "scenario.optimizer.lr", ".nan"),
+        ({"scenario": {"steps": float("inf")}}, "scenario.steps", ".inf"),
+        (
+            {"scenario": {"dataset": {"synthetic_shape": [1, 8, float("-inf")]}}},
+            "scenario.dataset.synthetic_shape.2",
+            "-.inf",
+        ),
+        ({"sweep": {"values": [0.01, float("inf")]}}, "sweep.values.1", ".inf"),
+        ({"seeds": {"base": float("nan")}}, "seeds.base", ".nan"),
+        ({"assertion": {"alpha": float("nan")}}, "assertion.alpha", ".nan"),
+        (
+            {"profiles": {"quick": {"scenario": {"label_noise": float("nan")}}}},
+            "profiles.quick.scenario.label_noise",
+            ".nan",
+        ),
+    ],
+)
+def test_number_not_finite_is_refused_at_load(changes: dict[str, Any], key: str, shown: str, write_suite) -> None:
+    path = write_suite("notfinite", changes)
+    assert ".nan" in path.read_text() or ".inf" in path.read_text()  # as a user writes it
+    with pytest.raises(SuiteError) as raised:
+        load_claim(path)
+    assert (raised.value.file, raised.value.key) == (str(path), key)
+    assert raised.value.message == f"must be a finite number, got {shown}; replace it with a finite value"
+
+
+def test_number_not_finite_is_refused_where_the_schema_has_no_bound(write_suite) -> None:
+    """An assertion parameter with only a lower bound accepts .inf in pydantic; loading still refuses it."""
+    path = write_suite("unbounded", {"assertion": {"test": "invariance", "direction": None, "alpha": None}})
+    assert load_claim(path, "quick", ["assertion.max_relative_spread=10"]).claim.assertion.max_relative_spread == 10
+    for value in (".inf", "inf"):
+        with pytest.raises(
+            SuiteError, match=r"--set assertion.max_relative_spread: must be a finite number, got \.inf"
+        ):
+            load_claim(path, "quick", [f"assertion.max_relative_spread={value}"])
+
+
+# ---------------------------------------------------------------- include
+
+
+@pytest.fixture
+def claim_data(write_suite) -> dict[str, Any]:
+    """The tiny suite of conftest as a mapping, to split between a base file and the files including it."""
+    return yaml.safe_load(write_suite("tiny").read_text())
+
+
+def _dump(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_include_is_merged_under_the_files_own_keys(claim_data: dict[str, Any], tmp_path: Path) -> None:
+    base = {k: v for k, v in claim_data.items() if k not in ("name", "claim")}
+    base["profiles"] = {"quick": {"scenario": {"steps": 3}}, "paper": {"seeds": {"init": 3}}}
+    _dump(tmp_path / "suites" / "_base" / "common.yaml", base)
+    path = _write(
+        tmp_path / "suites" / "child.yaml",
+        """
+        include: _base/common.yaml
+        name: child
+        claim: The base claim with a larger learning rate.
+        scenario:
+          optimizer: {lr: 0.2}
+          model: {hidden: [4, 4]}
+        profiles:
+          quick:
+            scenario: {record_every: 3}
+        """,
+    )
+    claim = load_claim(path).claim
+    assert (claim.name, claim.claim) == ("child", "The base claim with a larger learning rate.")
+    assert claim.scenario.optimizer.lr == 0.2  # the file's own key wins
+    assert claim.scenario.optimizer.batch_size == 8  # a sibling from the base survives
+    assert claim.scenario.model.hidden == [4, 4]  # a list is replaced, not merged
+    assert claim.scenario.model.init == "normal"
+    assert claim.sweep.axis == "scenario.model.init_std"
+    quick = load_claim(path, "quick")
+    assert quick.profiles == ("quick", "paper")  # profiles merge like any other mapping
+    assert (quick.claim.scenario.steps, quick.claim.scenario.record_every) == (3, 3)
+    assert load_claim(path, "paper").claim.seeds.init == 3
+
+
+def test_includes_nest_and_a_later_include_wins(claim_data: dict[str, Any], tmp_path: Path) -> None:
+    _dump(tmp_path / "_base" / "common.yaml", {k: v for k, v in claim_data.items() if k != "scenario"})
+    _dump(tmp_path / "_base" / "scenario.yaml", {"include": "common.yaml", "scenario": claim_data["scenario"]})
+    _write(tmp_path / "_base" / "fast.yaml", "scenario: {optimizer: {lr: 0.5}, steps: 4}\n")
+    _write(tmp_path / "_base" / "slow.yaml", "scenario: {optimizer: {lr: 0.01}}\n")
+    path = _write(tmp_path / "nested.yaml", "include: [_base/scenario.yaml, _base/fast.yaml, _base/slow.yaml]\n")
+    scenario = load_claim(path).claim.scenario
+    assert scenario.optimizer.lr == 0.01  # slow.yaml comes last
+    assert scenario.steps == 4  # fast.yaml still sets what slow.yaml leaves alone
+    assert scenario.record_every == 1  # from scenario.yaml
+    assert load_claim(path).claim.name == "tiny"  # from common.yaml, two includes down
+
+
+def test_include_cycle_is_refused_with_the_chain(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.yaml", "include: b.yaml\nname: a\n")
+    b = _write(tmp_path / "b.yaml", "include: [c.yaml, a.yaml]\n")
+    _write(tmp_path / "c.yaml", "seeds: {init: 2}\n")
+    with pytest.raises(SuiteError) as raised:
+        load_claim(a)
+    assert (raised.value.file, raised.value.key) == (str(b), "include")
+    assert raised.value.message == "includes form a cycle: a.yaml -> b.yaml -> a.yaml; remove one of these includes"
+    itself = _write(tmp_path / "itself.yaml", "include: ./itself.yaml\n")
+    with pytest.raises(SuiteError, match=r"include: includes form a cycle: itself.yaml -> itself.yaml;"):
+        load_claim(itself)
+
+
+@pytest.mark.parametrize(
+    ("include", "message"),
+    [
+        ("_base/missing.yaml", "'_base/missing.yaml' is not a file ("),
+        ("[]", "must be a path relative to this file, or a list of such paths"),
+        ("3", "must be a path relative to this file, or a list of such paths"),
+        ("{a: b.yaml}", "must be a path relative to this file, or a list of such paths"),
+    ],
+)
+def test_bad_include_names_the_including_file(include: str, message: str, tmp_path: Path) -> None:
+    path = _write(tmp_path / "child.yaml", f"include: {include}\nname: child\n")
+    with pytest.raises(SuiteError) as raised:
+        load_claim(path)
+    assert (raised.value.file, raised.value.key) == (str(path), "include")
+    assert raised.value.message.startswith(message)
+
+
+def test_strict_input_applies_to_included_files(claim_data: dict[str, Any], tmp_path: Path) -> None:
+    base = _dump(tmp_path / "_base" / "common.yaml", claim_data)
+    path = _write(tmp_path / "child.yaml", "include: _base/common.yaml\nname: child\n")
+    assert load_claim(path).claim.name == "child"
+
+    base.write_text(base.read_text() + "name: again\n")  # `name` given twice in the base
+    with pytest.raises(SuiteError) as raised:
+        load_claim(path)
+    assert (raised.value.file, raised.value.key) == (str(base), "name")
+    assert raised.value.message.startswith("key given twice (lines 2 and ")
+    assert raised.value.message.endswith(f"; remove one of the two (included by {path})")
+
+    _dump(base, {**claim_data, "seeds": {"init": float("inf")}})
+    with pytest.raises(SuiteError) as raised:
+        load_claim(path)
+    assert (raised.value.file, raised.value.key) == (str(path), "seeds.init")
+    assert raised.value.message == (
+        "must be a finite number, got .inf; replace it with a finite value "
+        "(set in _base/common.yaml, included by this file)"
+    )
+
+    _dump(base, {**claim_data, "seeds": {"init": 2, "bases": 3}})  # any schema error names the file to fix
+    with pytest.raises(SuiteError, match=r"^.*child.yaml: seeds.bases: unknown key .*\(set in _base/common.yaml, "):
+        load_claim(path)
+
+
+def test_base_files_are_not_collected_as_claims(claim_data: dict[str, Any], tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "_checkout" / "suites"  # a `_` above the searched folder does not count
+    base = {k: v for k, v in claim_data.items() if k != "name"}
+    _dump(folder / "_base" / "common.yaml", base)
+    _dump(folder / "deeper" / "_base" / "other.yaml", {"seeds": {"init": 2}})
+    _dump(folder / "_partial.yaml", {"seeds": {"init": 2}})
+    one = _write(folder / "one.yaml", "include: _base/common.yaml\nname: one\n")
+    two = _write(folder / "deeper" / "two.yaml", "include: [../_base/common.yaml, _base/other.yaml]\nname: two\n")
+    assert suite_files([folder]) == [two, one]
+    assert is_base_file(folder / "_base" / "common.yaml", folder)
+    assert is_base_file(folder / "_partial.yaml", folder)
+    assert not is_base_file(one, folder)
+    assert main(["validate", str(folder)]) == 0
+    assert "2 suite files are valid" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- sweep planning

@@ -50,6 +50,9 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "optimizer_momentum": ("scenario.optimizer.momentum", ("unknown key", "allowed here: name, lr, batch_size")),
     "profiles_as_list": ("profiles", ("must map profile names",)),
     "claim_name_with_spaces": ("name", ("lower-case letters", "'Label noise (tiny)'")),
+    "duplicate_key": ("scenario.optimizer.lr", ("key given twice (lines 12 and 14)", "remove one of the two")),
+    "learning_rate_nan": ("scenario.optimizer.lr", ("must be a finite number, got .nan", "replace it")),
+    "profile_noise_std_inf": ("profiles.quick.scenario.gradient.noise_std", ("must be a finite number, got .inf",)),
 }
 #: Loads fine but can never reach its alpha: validate says so (exit 2), run reports an ERROR (exit 1).
 DESIGN = MALFORMED / "design_alpha_unreachable.yaml"
@@ -150,6 +153,13 @@ def test_duplicate_claim_names_in_a_directory(
         ("scenario.stepz=3", "--set scenario.stepz", ("unknown key", "did you mean 'steps'?")),
         ("scenario.label_noise=2", "--set scenario.label_noise", ("less than or equal to 1",)),
         ("scenario.steps", "--set scenario.steps", ("expected key.path=value",)),
+        # Not finite: `nan` / `inf` arrive as text, `.nan` / `.inf` as YAML floats; both are refused.
+        ("scenario.optimizer.lr=nan", "--set scenario.optimizer.lr", ("must be a finite number, got 'nan'",)),
+        ("scenario.optimizer.lr=.inf", "--set scenario.optimizer.lr", ("must be a finite number, got .inf",)),
+        ("scenario.steps=inf", "--set scenario.steps", ("must be a finite number, got 'inf'",)),
+        ("scenario.label_noise=.nan", "--set scenario.label_noise", ("must be a finite number, got .nan",)),
+        ("sweep.values=[0.01, -.inf]", "--set sweep.values.1", ("must be a finite number, got -.inf",)),
+        ("assertion.alpha=.nan", "--set assertion.alpha", ("must be a finite number, got .nan",)),
     ],
 )
 def test_bad_set_override_is_one_line(
