@@ -15,30 +15,25 @@ non-strict XPASS; 1 on any FAIL, REGRESSED, ERROR or strict XPASS; 2 on bad inpu
 
 The tolerance rule
 ------------------
-Each claim tracks one or two statistics of its assertion, each with a direction that is
-better: ``monotone_trend`` Spearman's rho and the effect size (log ratio or difference of the
-extreme sweep values' mean final quantity), both better further in the claimed direction;
-``power_law`` the exponent k, better closer to ``expected_exponent`` (the change is
-``|k_base - e| - |k_new - e|``); ``invariance`` the largest within-init CV over sweep values,
-better smaller; ``growth_trend`` the smallest late Theil–Sen slope over sweep values, better
-larger. The seed-to-seed variability of each statistic is measured, not assumed: its standard
-error is the sd of ``N_BOOTSTRAP`` bootstrap replicates that resample runs within each cell of
-the design (runs of one sweep value; sampling seeds of one (sweep value, init seed) for
-``power_law`` and ``invariance``), so the design itself is kept. A statistic moved
-significantly when ``|z| > Z_CRITICAL`` (3.29, two-sided p < 0.001), where ``z = change /
-sqrt(se_base**2 + se_new**2)`` (Welch-like: both runs' errors; one side's error stands in for
-a side that has none); 0.001 keeps the chance of a false REGRESSED below about 1% over the ~10
-statistics of a collection. It moved by a practical amount when ``|change| > MIN_CHANGE *
-scale`` (10%, asv's default factor 1.1), with a scale stored per statistic: 1 for rho (its
-range is [-1, 1]), ``|expected_exponent|`` for k (1 when that is 0), the claim's own
-``max_relative_spread`` for the CV, and the baseline's own value for effect sizes and slopes.
-REGRESSED needs both in the bad direction for some statistic; IMPROVED needs both in the good
-direction for some statistic and no regression; anything else is PASS. A statistic whose runs
-are too few to bootstrap (a design cell with one run) is reported as not compared, never
-guessed. A baseline from another device kind (``environment.device``: "cpu" or the GPU's
-name) is compared with both thresholds multiplied by ``OTHER_DEVICE_FACTOR`` (2: other
-kernels round differently, and SGD turns rounding into trajectories as different as another
-seed's), and the verdict says so.
+Each assertion names the statistics its verdict rests on (``AssertionResult.tracked``), each with
+a standard error and degrees of freedom from the assertion's own unit of replication: the mean
+within-block Spearman rho and the extreme-value log ratio of ``monotone_trend`` (blocks of seeds,
+df = blocks - 1), the mean late growth of ``growth_trend`` (runs), the exponent of ``power_law``
+and ``variance_scaling`` (from the known sampling distribution of a variance, df = inf), the
+within-init CV of ``invariance`` (its chi-square degrees of freedom), the worst layer's ratio of
+``init_scaling`` (init draws), the relative error of ``sde_agreement`` (runs) and the log variance
+ratio of ``variance_prediction``. The baseline and the new run are two samples: the change of a
+statistic gets Welch's t, t = change / sqrt(se_base^2 + se_new^2), with Welch-Satterthwaite
+degrees of freedom, and is significant when its two-sided p-value is below ``ALPHA``
+(0.005). It is large when ``|change| > MIN_CHANGE * scale`` (10% of a scale stored per statistic:
+1 for rho, the claim's margin or limit for exponents, CVs and ratios, its minimum effect for
+effects). REGRESSED needs both in the bad direction for some statistic; IMPROVED needs both in the
+good direction and no regression; anything else is PASS. A statistic without a standard error (a
+design with one block) is reported as not compared, never guessed. The false-alarm rate of this
+rule when only the seeds change is measured per claim by ``lipbench calibrate``. A baseline taken
+on another device kind is compared by the same rule (another device's rounding makes trajectories
+differ as another seed's do, which is the variation the rule is calibrated for) and the verdict
+says so.
 
 What "the same scenario" means
 ------------------------------
@@ -57,10 +52,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -68,28 +61,26 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lipbench.assertions import Tracked
+from lipbench.assertions.base import at_record
 from lipbench.errors import LipbenchError
 from lipbench.records import jsonable, records_frame
 from lipbench.runner import ERROR, FAIL, PASS, SKIPPED, XFAIL, XPASS, ClaimOutcome
 from lipbench.suite import ResolvedClaim, load_claim
 
-BASELINE_VERSION = 1
+BASELINE_VERSION = 2  # 2: tracked statistics with standard errors from the assertion, and its units
 REGRESSED, IMPROVED, NEW = "REGRESSED", "IMPROVED", "NEW"
 VERDICTS = (PASS, FAIL, REGRESSED, IMPROVED, NEW, ERROR, XFAIL, XPASS, SKIPPED)
 FAILING = (FAIL, REGRESSED, ERROR)
 
-Z_CRITICAL = 3.29  # two-sided p < 0.001 under a normal approximation
+ALPHA = 0.005  # two-sided significance of a change: at most 0.5% false flags per statistic when only seeds change
 MIN_CHANGE = 0.10  # practical size: a tenth of the statistic's scale (asv's default factor 1.1)
-OTHER_DEVICE_FACTOR = 2.0  # both thresholds, when the baseline's device kind is another
-N_BOOTSTRAP = 2000  # bootstrap replicates of each tracked statistic (sd known to ~1.6%)
-RNG_SEED = 20250623  # fixed: the same records always give the same standard errors
 ENV_BASELINES = "LIPBENCH_BASELINES"
 
 TOLERANCE_RULE = (
-    "REGRESSED/IMPROVED iff a tracked statistic moved in the bad/good direction with "
-    "|z| > z_critical (z = change / sqrt(se_base^2 + se_new^2), se = bootstrap sd over runs "
-    "resampled within design cells) AND |change| > min_change * scale; both thresholds x "
-    "other_device_factor when the baseline's device kind differs."
+    "REGRESSED/IMPROVED iff a tracked statistic moved in the bad/good direction with a Welch t test "
+    "p < alpha (t = change / sqrt(se_base^2 + se_new^2), Welch-Satterthwaite df, se and df from the "
+    "assertion's unit of replication) AND |change| > min_change * scale."
 )
 
 
@@ -143,46 +134,21 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 # --------------------------------------------------------------------------- summary numbers
 
 
-@dataclass(frozen=True)
-class Tracked:
-    """One statistic a baseline tracks: its value, bootstrap standard error and better direction.
-
-    ``better`` is "higher", "lower" or "closer" (to ``target``); ``scale`` is what MIN_CHANGE
-    is a fraction of. ``se`` is None when the runs are too few to bootstrap.
-    """
-
-    name: str
-    value: float
-    se: float | None
-    better: str
-    scale: float
-    target: float | None = None
-    n: int = 0
-    method: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: jsonable(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Tracked:
-        d = dict(d)
-        d["value"] = math.nan if d.get("value") is None else float(d["value"])
-        return cls(**d)
-
-
 def final_values(outcome: ClaimOutcome, quantity: str) -> pd.DataFrame:
-    """One row per finished run: sweep_value, init_seed, sampling_seed and its final `quantity` as value."""
+    """One row per finished run: sweep_value, init_seed, sampling_seed and the `quantity` its assertion judges
+    (the first record for a test judged ``at: initial``, else the last) as value."""
     df = records_frame(outcome.records)
     if df.empty or quantity not in df:
         return pd.DataFrame(columns=["run", "sweep_value", "init_seed", "sampling_seed", "value"])
-    df = df.reset_index(drop=True)
-    final = df.loc[df.groupby("run", sort=True)["step"].idxmax()]
-    final = final[["run", "sweep_value", "init_seed", "sampling_seed", quantity]].rename(columns={quantity: "value"})
+    at = getattr(outcome.claim.claim.assertion, "at", "final")
+    rows = at_record(df, at)
+    final = rows[["run", "sweep_value", "init_seed", "sampling_seed", quantity]].rename(columns={quantity: "value"})
     return final[np.isfinite(final["value"].astype(float))].reset_index(drop=True)
 
 
 def summarise(outcome: ClaimOutcome) -> dict[str, Any]:
-    """The numbers a baseline keeps: mean, sd and n of the final quantity per sweep value; the tracked statistics."""
+    """The numbers a baseline keeps: mean, sd and n of the judged quantity per sweep value, and the
+    statistics the assertion's verdict rests on (with their standard errors)."""
     spec = outcome.claim.claim.assertion
     quantity = getattr(spec, "quantity", "K")
     final = final_values(outcome, quantity)
@@ -197,14 +163,7 @@ def summarise(outcome: ClaimOutcome) -> dict[str, Any]:
                 "n": len(v),
             }
         )
-    tracked: list[Tracked] = []
-    if outcome.result is not None and len(final):
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            # The SDE-validation and init tests track no statistic yet: their baselines keep the
-            # assertion and the per-sweep summary, and the verdict is the assertion's.
-            tracker = TRACKERS.get(spec.test)
-            tracked = tracker(outcome, spec, final) if tracker else []
+    tracked = outcome.result.tracked if outcome.result is not None else ()
     return {
         "quantity": quantity,
         "final_mean": float(final["value"].mean()) if len(final) else None,
@@ -219,135 +178,6 @@ def _by_sweep(final: pd.DataFrame) -> list[tuple[float | None, pd.DataFrame]]:
     if sweep.isna().all():
         return [(None, final)] if len(final) else []
     return [(float(v), g) for v, g in final.groupby(sweep, sort=True)]
-
-
-def _bootstrap_se(samples: list[np.ndarray], statistic: Callable[..., Any], vectorized: bool = True) -> float | None:
-    """sd of the bootstrap replicates, each sample (design cell) resampled on its own; None if a cell has < 2 runs."""
-    if not samples or any(len(s) < 2 for s in samples):
-        return None
-    res = stats.bootstrap(
-        tuple(samples),
-        statistic,
-        n_resamples=N_BOOTSTRAP,
-        vectorized=vectorized,
-        paired=False,
-        method="percentile",
-        rng=np.random.default_rng(RNG_SEED),
-    )
-    dist = np.asarray(res.bootstrap_distribution, dtype=float)
-    dist = dist[np.isfinite(dist)]
-    return float(np.std(dist, ddof=1)) if len(dist) >= N_BOOTSTRAP // 2 else None
-
-
-def _monotone(outcome: ClaimOutcome, spec: Any, final: pd.DataFrame) -> list[Tracked]:
-    groups = _by_sweep(final)
-    if len(groups) < 2 or groups[0][0] is None:
-        return []
-    xs = [v for v, _ in groups]
-    samples = [g["value"].to_numpy(float) for _, g in groups]
-    better = "higher" if spec.direction == "increasing" else "lower"
-
-    def rho(*ys: np.ndarray, axis: int = -1) -> np.ndarray:
-        y = np.concatenate(ys, axis=-1)
-        x = np.broadcast_to(np.concatenate([np.full(s.shape[-1], v) for s, v in zip(ys, xs, strict=True)]), y.shape)
-        return stats.pearsonr(stats.rankdata(x, axis=-1), stats.rankdata(y, axis=-1), axis=-1).statistic
-
-    def effect(*ys: np.ndarray, axis: int = -1) -> np.ndarray:
-        first, last = ys[0].mean(axis=-1), ys[-1].mean(axis=-1)
-        return np.log(last / first) if spec.scale == "log" else last - first
-
-    n = len(final)
-    r, e = float(rho(*samples)), float(effect(*samples))
-    name = "log_ratio_extreme_group_means" if spec.scale == "log" else "difference_extreme_group_means"
-    how = "bootstrap sd, runs resampled within each sweep value"
-    return [
-        Tracked("spearman_rho", r, _bootstrap_se(samples, rho), better, 1.0, n=n, method=how),
-        Tracked(name, e, _bootstrap_se(samples, effect), better, abs(e), n=n, method=how),
-    ]
-
-
-def _cells(final: pd.DataFrame) -> tuple[list[float | None], list[np.ndarray], list[float | None]]:
-    """Design cells (sweep value, init seed) in order: their sweep values and final values."""
-    keys, samples = [], []
-    for value, group in _by_sweep(final):
-        for _, cell in group.groupby("init_seed", sort=True):
-            keys.append(value)
-            samples.append(cell["value"].to_numpy(float))
-    return keys, samples, list(dict.fromkeys(keys))
-
-
-def _power_law(outcome: ClaimOutcome, spec: Any, final: pd.DataFrame) -> list[Tracked]:
-    keys, samples, sweeps = _cells(final)
-    if len(sweeps) < 3 or any(v is None or v <= 0 for v in sweeps):
-        return []
-    lx = np.log(np.asarray(sweeps, dtype=float))
-    xc = lx - lx.mean()
-    members = [[i for i, k in enumerate(keys) if k == v] for v in sweeps]
-
-    def exponent(*cells: np.ndarray, axis: int = -1) -> np.ndarray:
-        var = [np.var(c, axis=-1, ddof=1) for c in cells]
-        y = np.log(np.stack([np.mean([var[i] for i in idx], axis=0) for idx in members], axis=-1))
-        return (y * xc).sum(axis=-1) / (xc**2).sum()  # least-squares slope of log var on log sweep
-
-    target = spec.expected_exponent
-    se = _bootstrap_se(samples, exponent) if all(len(s) >= 2 for s in samples) else None
-    how = "bootstrap sd, sampling seeds resampled within each (sweep value, init seed)"
-    scale = abs(target) or 1.0
-    return [Tracked("power_law_exponent", float(exponent(*samples)), se, "closer", scale, target, len(final), how)]
-
-
-def _invariance(outcome: ClaimOutcome, spec: Any, final: pd.DataFrame) -> list[Tracked]:
-    keys, samples, sweeps = _cells(final)
-    members = [[i for i, k in enumerate(keys) if k == v] for v in sweeps]
-    if not samples or any(len(idx) < 2 for idx in members):
-        return []
-
-    def worst_cv(*cells: np.ndarray, axis: int = -1) -> np.ndarray:
-        cv2 = [np.var(c, axis=-1, ddof=1) / np.mean(c, axis=-1) ** 2 for c in cells]
-        per_sweep = [np.sqrt(np.mean([cv2[i] for i in idx], axis=0)) for idx in members]
-        return np.max(np.stack(per_sweep, axis=-1), axis=-1)
-
-    how = "bootstrap sd, sampling seeds resampled within each (sweep value, init seed)"
-    value = float(worst_cv(*samples))
-    se = _bootstrap_se(samples, worst_cv)
-    return [Tracked("within_init_cv", value, se, "lower", spec.max_relative_spread, n=len(final), method=how)]
-
-
-def _growth(outcome: ClaimOutcome, spec: Any, final: pd.DataFrame) -> list[Tracked]:
-    df = records_frame(outcome.records)
-    if df.empty or spec.quantity not in df:
-        return []
-    tables = []
-    for _, group in _by_sweep(df.assign(value=df[spec.quantity])):
-        table = group.groupby(["step", "run"])["value"].mean().unstack("run").sort_index()
-        late = min(len(table), math.ceil(spec.window * len(table) - 1e-9))  # the assertion's late window
-        if late < 3 or not np.isfinite(table.to_numpy(float)).all():
-            return []
-        tables.append((table.index.to_numpy(float)[-late:], table.to_numpy(float)[-late:]))
-
-    def slope_of(group: int, runs: tuple[int, ...]) -> float:
-        steps, values = tables[group]
-        return float(stats.theilslopes(values[:, list(runs)].mean(axis=1), steps).slope) * 1000
-
-    cached = lru_cache(maxsize=4096)(slope_of)
-
-    def worst_slope(*idx: np.ndarray) -> float:  # a resample of runs is a multiset: cache by its sorted runs
-        return min(cached(g, tuple(sorted(int(i) for i in runs))) for g, runs in enumerate(idx))
-
-    samples = [np.arange(values.shape[1]) for _, values in tables]
-    value = worst_slope(*samples)
-    se = _bootstrap_se(samples, worst_slope, vectorized=False)
-    how = "bootstrap sd, runs resampled within each sweep value"
-    name = "late_slope_per_1000_steps"
-    return [Tracked(name, value, se, "higher", abs(value), n=int(sum(len(s) for s in samples)), method=how)]
-
-
-TRACKERS: dict[str, Callable[[ClaimOutcome, Any, pd.DataFrame], list[Tracked]]] = {
-    "monotone_trend": _monotone,
-    "power_law": _power_law,
-    "invariance": _invariance,
-    "growth_trend": _growth,
-}
 
 
 # --------------------------------------------------------------------------- baseline files
@@ -370,10 +200,8 @@ def build_baseline(outcome: ClaimOutcome, env: dict[str, Any], summary: dict[str
         "summary": summary if summary is not None else summarise(outcome),
         "tolerance": {
             "rule": TOLERANCE_RULE,
-            "z_critical": Z_CRITICAL,
+            "alpha": ALPHA,
             "min_change": MIN_CHANGE,
-            "other_device_factor": OTHER_DEVICE_FACTOR,
-            "n_bootstrap": N_BOOTSTRAP,
         },
         "environment": {
             k: env.get(k) for k in ("lipbench", "torch", "python", "device", "git_commit", "date") if k in env
@@ -446,7 +274,11 @@ def _relative(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class StatChange:
-    """How one tracked statistic moved against the baseline; `change` > 0 is better."""
+    """How one tracked statistic moved against the baseline; `change` > 0 is better.
+
+    ``z`` is Welch's t of the change, ``df`` its Welch-Satterthwaite degrees of freedom, ``z_critical``
+    the |t| that two-sided ``alpha`` needs at that df.
+    """
 
     name: str
     better: str
@@ -455,10 +287,12 @@ class StatChange:
     change: float
     z: float | None
     size: float | None  # |change| / scale
-    z_critical: float
+    z_critical: float | None
     min_change: float
     # regressed | improved | within tolerance | significant but small | large but not significant | not compared
     outcome: str
+    df: float | None = None
+    pvalue: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: jsonable(v) for k, v in asdict(self).items()}
@@ -466,15 +300,27 @@ class StatChange:
     def text(self) -> str:
         arrow = f"{self.name} {_fmt(self.baseline)} → {_fmt(self.current)}"
         if self.outcome == "not compared":
-            return f"{arrow} (not compared: too few runs to measure its seed-to-seed variability)"
+            return f"{arrow} (not compared: the design gives no standard error for it)"
         z = "undefined" if self.z is None else _fmt(self.z, 2)
+        df = "inf" if self.df is None or not math.isfinite(self.df) else _fmt(self.df, 2)
         size = "undefined" if self.size is None else f"{_fmt(100 * self.size, 2)}%"
-        return f"{arrow} ({self.outcome}: z = {z}, size = {size} of its scale)"
+        return f"{arrow} ({self.outcome}: t = {z}, df = {df}, p = {_fmt(self.pvalue, 2)}, size = {size} of its scale)"
 
 
-def compare_tracked(base: Tracked, new: Tracked, factor: float = 1.0) -> StatChange:
+def welch(change: float, se_a: float, df_a: float, se_b: float, df_b: float) -> tuple[float, float, float]:
+    """Welch's t of a difference of two estimates with standard errors and degrees of freedom: (t, df, two-sided p)."""
+    var = se_a**2 + se_b**2
+    if var <= 0:
+        t = 0.0 if change == 0 else math.copysign(math.inf, change)
+        return t, math.inf, 1.0 if change == 0 else 0.0
+    terms = [v**2 / d for v, d in ((se_a**2, df_a), (se_b**2, df_b)) if math.isfinite(d) and d > 0]
+    df = var**2 / sum(terms) if terms and sum(terms) > 0 else math.inf
+    t = change / math.sqrt(var)
+    return t, df, float(2 * stats.t.sf(abs(t), df)) if math.isfinite(df) else float(2 * stats.norm.sf(abs(t)))
+
+
+def compare_tracked(base: Tracked, new: Tracked) -> StatChange:
     """Apply the tolerance rule (module docstring) to one statistic."""
-    z_crit, min_change = Z_CRITICAL * factor, MIN_CHANGE * factor
     if base.better == "higher":
         change = new.value - base.value
     elif base.better == "lower":
@@ -482,21 +328,22 @@ def compare_tracked(base: Tracked, new: Tracked, factor: float = 1.0) -> StatCha
     else:
         change = abs(base.value - base.target) - abs(new.value - base.target)
 
-    def result(z: float | None, size: float | None, outcome: str) -> StatChange:
-        return StatChange(base.name, base.better, base.value, new.value, change, z, size, z_crit, min_change, outcome)
+    def result(z, size, crit, outcome, df=None, p=None) -> StatChange:
+        return StatChange(
+            base.name, base.better, base.value, new.value, change, z, size, crit, MIN_CHANGE, outcome, df, p
+        )
 
-    if not (math.isfinite(base.value) and math.isfinite(new.value)):
-        return result(None, None, "not compared")
-    ses = [s for s in (base.se, new.se) if s is not None and math.isfinite(s)]
-    if not ses:
-        return result(None, None, "not compared")
-    se_base = base.se if base.se is not None else ses[0]  # a side without an error: assume the other's
-    se_new = new.se if new.se is not None else ses[0]
-    se = math.hypot(se_base, se_new)
-    z = change / se if se > 0 else (0.0 if change == 0 else math.copysign(math.inf, change))
+    if not (math.isfinite(base.value) and math.isfinite(new.value)) or base.se is None or new.se is None:
+        return result(None, None, None, "not compared")
+    # "closer" compares distances to the target; the t test is on the values themselves.
+    diff = new.value - base.value
+    t, df, p = welch(
+        diff, base.se, base.df if base.df is not None else math.inf, new.se, new.df if new.df is not None else math.inf
+    )
+    crit = float(stats.t.isf(ALPHA / 2, df)) if math.isfinite(df) else float(stats.norm.isf(ALPHA / 2))
     size = abs(change) / base.scale if base.scale > 0 else (0.0 if change == 0 else math.inf)
-    significant, large = abs(z) > z_crit, size > min_change
-    if significant and large:
+    significant, large = p < ALPHA, size > MIN_CHANGE
+    if significant and large and change != 0:
         outcome = "improved" if change > 0 else "regressed"
     elif significant:
         outcome = "significant but small"
@@ -504,7 +351,14 @@ def compare_tracked(base: Tracked, new: Tracked, factor: float = 1.0) -> StatCha
         outcome = "large but not significant"
     else:
         outcome = "within tolerance"
-    return result(z, size, outcome)
+    return result(
+        abs(t) if base.better == "closer" else math.copysign(abs(t), change) if change else t,
+        size,
+        crit,
+        outcome,
+        df,
+        p,
+    )
 
 
 @dataclass(frozen=True)
@@ -515,7 +369,6 @@ class Comparison:
     status: str
     baseline: str | None = None  # the baseline file, when there is one
     comparable: bool | None = None  # None: nothing to compare with
-    factor: float = 1.0
     notes: tuple[str, ...] = ()
     changes: tuple[StatChange, ...] = ()
     sweep_changes: tuple[dict[str, Any], ...] = ()
@@ -537,7 +390,6 @@ class Comparison:
             "status": self.status,
             "baseline": self.baseline,
             "comparable": self.comparable,
-            "factor": self.factor,
             "notes": list(self.notes),
             "changes": [c.to_dict() for c in self.changes],
             "sweep_changes": [jsonable(s) for s in self.sweep_changes],
@@ -547,7 +399,7 @@ class Comparison:
 
 
 def compare_summaries(
-    base: dict[str, Any], new: dict[str, Any], factor: float = 1.0
+    base: dict[str, Any], new: dict[str, Any]
 ) -> tuple[list[StatChange], list[dict[str, Any]], list[str]]:
     """Tracked-statistic changes, per-sweep-value changes of the final quantity (Welch z, for reading), notes."""
     notes: list[str] = []
@@ -556,7 +408,7 @@ def compare_summaries(
     for t in base.get("tracked", []):
         b = Tracked.from_dict(t)
         if b.name in new_tracked:
-            changes.append(compare_tracked(b, new_tracked[b.name], factor))
+            changes.append(compare_tracked(b, new_tracked[b.name]))
         else:
             notes.append(f"{b.name} is in the baseline but not in this run")
     new_sweep = {s["sweep_value"]: s for s in new.get("per_sweep", [])}
@@ -623,14 +475,11 @@ def judge_against(
             + "; run `lipbench baseline update` to store the new scenario"
         )
         return Comparison(status, status, where, False, notes=(note,), summary=summary, baseline_environment=env)
-    factor = 1.0
     if env.get("device") != device:
-        factor = OTHER_DEVICE_FACTOR
         notes.append(
-            f"baseline taken on {env.get('device')!r}, this run on {device!r}: "
-            f"compared with a band {OTHER_DEVICE_FACTOR:g}x wider"
+            f"baseline taken on {env.get('device')!r}, this run on {device!r}: compared as a new draw of seeds"
         )
-    changes, sweep_changes, more = compare_summaries(baseline.get("summary") or {}, summary, factor)
+    changes, sweep_changes, more = compare_summaries(baseline.get("summary") or {}, summary)
     notes += more
     if status == FAIL:
         verdict = FAIL
@@ -640,9 +489,7 @@ def judge_against(
         verdict = IMPROVED
     else:
         verdict = PASS
-    return Comparison(
-        verdict, status, where, True, factor, tuple(notes), tuple(changes), tuple(sweep_changes), summary, env
-    )
+    return Comparison(verdict, status, where, True, tuple(notes), tuple(changes), tuple(sweep_changes), summary, env)
 
 
 def verdict_for(outcome: ClaimOutcome, root: str | Path, device: str) -> Comparison:

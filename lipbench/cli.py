@@ -142,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check suite files (every profile) without running them")
     selection(val)
     val.set_defaults(func=cmd_validate)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="measure each claim's false-pass rate, power and baseline false-alarm rate by simulation (no training)",
+    )
+    selection(cal)
+    cal.add_argument("--replicates", type=int, default=2000, help="simulated replicates per scenario (default 2000)")
+    cal.add_argument("--out", type=Path, default=Path("results"), help="folder for calibration-<profile>.json/.html")
+    cal.add_argument("--baselines", type=Path, default=None, help="baselines folder (default: next to the suites)")
+    cal.set_defaults(func=cmd_calibrate, overrides=[])
     return parser
 
 
@@ -188,6 +198,29 @@ def cmd_validate(args) -> int:
             problems.append(SuiteError(c.file, "seeds", design))
     if not problems:
         console.print(f"{len(claims)} suite files are valid")
+    return 2 if problems else 0
+
+
+def cmd_calibrate(args) -> int:
+    from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
+
+    if args.replicates < 50:
+        raise LipbenchError(f"--replicates must be at least 50, not {args.replicates}.")
+    args.profile = args.profile or "quick"
+    claims, problems = load_claims(args, "cpu")
+    for p in problems:
+        errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
+    rows, seconds = calibrate(claims, reps=args.replicates, baselines=args.baselines)
+    table = Table(
+        title=f"calibration, profile {args.profile}: {args.replicates} replicates per scenario, {seconds:.0f} s"
+    )
+    for col in COLUMNS:
+        table.add_column(col)
+    for cells in table_rows(rows):
+        table.add_row(*cells)
+    console.print(table)
+    for path in write_outputs(rows, args.out, args.profile, seconds, args.replicates):
+        console.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 2 if problems else 0
 
 
@@ -478,8 +511,7 @@ def _versus(comparison) -> str:
     if not zs:
         return "not compared"
     worst = max(zs, key=lambda c: abs(c.z))
-    wider = f", band x{comparison.factor:g}" if comparison.factor != 1 else ""
-    return f"{worst.name}: z = {worst.z:.2g}{wider}"
+    return f"{worst.name}: t = {worst.z:.2g}"
 
 
 if __name__ == "__main__":

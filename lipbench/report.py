@@ -119,7 +119,7 @@ def _baseline(comparison: dict[str, Any], status: str, verdict: str) -> str:
                 _g(c["change"]),
                 _g(c["z"], 2),
                 "-" if c["size"] is None else f"{_g(100 * c['size'], 2)}%",
-                f"|z| > {_g(c['z_critical'])} and > {_g(100 * c['min_change'])}%",
+                f"|t| > {_g(c['z_critical'])} and > {_g(100 * c['min_change'])}%",
                 c["outcome"],
             )
         )

@@ -251,10 +251,11 @@ class ResolvedClaim:
         c = self.claim
         records = c.scenario.steps // c.scenario.record_every + 1
         return c.assertion.check_design(
-            sweep_values=len(c.sweep.values) if c.sweep else 1,
+            sweep_values=tuple(c.sweep.values) if c.sweep else 1,
             init_seeds=c.seeds.init,
             sampling_seeds=c.seeds.sampling,
             records_per_run=records,
+            steps=c.scenario.steps,
         )
 
 

@@ -248,7 +248,7 @@ def test_sde_agreement_fails_when_eps_is_left_out():
 
 def test_sde_agreement_design_and_data_errors():
     assert SDEAgreement().check_design(sweep_values=1, init_seeds=2, sampling_seeds=1, records_per_run=10)
-    assert SDEAgreement().check_design(sweep_values=1, init_seeds=3, sampling_seeds=1, records_per_run=10) is None
+    assert SDEAgreement().check_design(sweep_values=1, init_seeds=4, sampling_seeds=1, records_per_run=10) is None
     with pytest.raises(AssertionDataError, match="sde_drift"):
         SDEAgreement().evaluate(_sde_records(3).drop(columns="sde_drift"))
 
