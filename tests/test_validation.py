@@ -273,7 +273,7 @@ def test_variance_prediction_fails_two_orders_of_magnitude_off(noise):
 
 def test_variance_prediction_pools_init_seeds_and_checks_its_design():
     res = VariancePrediction().evaluate(_sde_records(8, beta2=4e-5, init_seeds=2, seed=5))
-    assert res.details["groups"][0]["df"] == 14
+    assert 7 < res.details["groups"][0]["df"] <= 14  # crossed design: Satterthwaite df between one and two inits
     assert VariancePrediction().check_design(sweep_values=1, init_seeds=1, sampling_seeds=3, records_per_run=5)
     assert VariancePrediction().check_design(sweep_values=1, init_seeds=1, sampling_seeds=8, records_per_run=5) is None
 
@@ -327,8 +327,8 @@ def test_monotone_trend_at_initial_reads_the_first_record():
     rows = []
     for r, v in enumerate([1.0, 1.0, 2.0, 2.0, 3.0, 3.0]):
         rows += [
-            {"run": f"r{r}", "step": 0, "sweep_value": v, "init_seed": r, "sampling_seed": 0, "K": v + 0.1 * r},
-            {"run": f"r{r}", "step": 5, "sweep_value": v, "init_seed": r, "sampling_seed": 0, "K": 10 - v},
+            {"run": f"r{r}", "step": 0, "sweep_value": v, "init_seed": r % 2, "sampling_seed": 0, "K": v + 0.1 * r},
+            {"run": f"r{r}", "step": 5, "sweep_value": v, "init_seed": r % 2, "sampling_seed": 0, "K": 10 - v},
         ]
     rec = pd.DataFrame(rows)
     initial = MonotoneTrend(direction="increasing", at="initial", alpha=0.05).evaluate(rec)
