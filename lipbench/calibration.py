@@ -129,23 +129,20 @@ def model_of(claim: ResolvedClaim, baselines: Path | None) -> tuple[dict[str, An
     return spec.default_model(design_of(claim)), "default"
 
 
-def _false_alarms(spec: Assertion, design: Design, params: dict[str, Any], rng, reps: int, family: str):
+def false_alarm_rate(
+    spec: Assertion, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
+) -> Rate | None:
+    """The largest per-statistic rate of REGRESSED or IMPROVED between two independent draws of one model
+    (only the seeds change); None when the design gives a statistic no standard error."""
     a = spec.decide(spec.simulate(design, params, rng, reps, family))
     b = spec.decide(spec.simulate(design, params, rng, reps, family))
-    flags = []
-    for name in a.tracked:
-        per = []
-        for i in range(reps):
-            base = spec.tracked_of(a, i)
-            new = spec.tracked_of(b, i)
-            t_base = next(t for t in base if t.name == name)
-            t_new = next(t for t in new if t.name == name)
-            if t_base.se is None or t_new.se is None:
+    flags: dict[str, list[bool]] = {}
+    for i in range(reps):
+        for base, new in zip(spec.tracked_of(a, i), spec.tracked_of(b, i), strict=True):
+            if base.se is None or new.se is None:
                 return None
-            change = compare_tracked(t_base, t_new)
-            per.append(change.outcome in ("regressed", "improved"))
-        flags.append(np.array(per))
-    return max((Rate.of(f) for f in flags), key=lambda r: r.rate) if flags else None
+            flags.setdefault(base.name, []).append(compare_tracked(base, new).outcome in ("regressed", "improved"))
+    return max((Rate.of(np.array(f)) for f in flags.values()), key=lambda r: r.rate, default=None)
 
 
 def calibrate_claim(
@@ -166,7 +163,7 @@ def calibrate_claim(
             key=lambda r: r.rate,
         )
         power = Rate.of(spec.decide(spec.simulate(design, scenarios["alternative"], rng, reps, family)).passed)
-        alarm = _false_alarms(spec, design, null_fallback, rng, min(reps, 1000), family)
+        alarm = false_alarm_rate(spec, design, null_fallback, rng, min(reps, 1000), family)
         rows.append(
             CalibrationRow(
                 claim.collection,

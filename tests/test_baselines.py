@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-
-from lipbench import baselines as bl
 from scipy import stats
 
+from lipbench import baselines as bl
 from lipbench.assertions import Tracked
 from lipbench.baselines import (
     IMPROVED,

@@ -156,7 +156,7 @@ class Design:
         return self.sweep_values * self.init_seeds * self.sampling_seeds
 
     def x(self) -> np.ndarray:
-        """The sweep values (0, 1, 2, ... when there is no sweep or it is given by count only)."""
+        """The sweep values; one NaN when there is no sweep."""
         return np.asarray(self.sweep if self.sweep else [math.nan], dtype=float)
 
 
@@ -253,6 +253,13 @@ def unit_grid(
         )
     if positive and (values <= 0).any():
         raise AssertionDataError(f"{test} needs a positive {at} {quantity}, but some runs have {quantity} <= 0.")
+    return crossed_grid(rows, quantity, test)
+
+
+def crossed_grid(rows: pd.DataFrame, column: str, test: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """One row per run as an array y[sweep, init seed, sampling seed] of `column`, the sweep values
+    (None without a sweep) and the seeds; refuses a run that repeats another's seeds and missing runs."""
+    values = rows[column].to_numpy(dtype=float)
     sweep = rows["sweep_value"].astype(float)
     if sweep.isna().any() and not sweep.isna().all():
         raise AssertionDataError(f"{test} found runs with and without a sweep_value in the same records.")
@@ -268,7 +275,7 @@ def unit_grid(
     np.add.at(count, (ix, ii, jj), 1)
     grid[ix, ii, jj] = values
     if (count > 1).any():
-        s, i, j = np.argwhere(count > 1)[0]
+        _, i, j = np.argwhere(count > 1)[0]
         raise AssertionDataError(
             f"{test} found two runs with the same sweep value, init seed {inits[i]} and sampling seed {samps[j]}: "
             "a run that repeats another's draws is not an independent unit."
@@ -437,23 +444,51 @@ class Assertion(BaseModel):
         return self.result(records, data, decision)
 
     def tracked_of(self, decision: Decision, index: int = 0) -> tuple[Tracked, ...]:
+        """The tracked statistics of one replicate; a statistic without a finite se has neither se nor df."""
         meta = self.tracked_meta()
         out = []
         for name, (value, se, df) in decision.tracked.items():
-            better, scale, target = meta[name]
-            v, s, d = float(value[index]), float(se[index]), float(df[index])
+            s = float(se[index])
+            known = math.isfinite(s)
             out.append(
                 Tracked(
-                    name,
-                    v,
-                    s if math.isfinite(s) else None,
-                    d if s == s and math.isfinite(s) else None,
-                    better,
-                    scale,
-                    target,
+                    name, float(value[index]), s if known else None, float(df[index]) if known else None, *meta[name]
                 )
             )
         return tuple(out)
+
+    def make_result(
+        self,
+        d: Decision,
+        *,
+        statistic_name: str,
+        threshold: float,
+        confidence: float | None,
+        effect_size: float | None,
+        effect_size_name: str | None,
+        n: int,
+        sentence: str,
+        details: dict[str, Any],
+    ) -> AssertionResult:
+        """The result of replicate 0 of a decision: what the decision holds (pass, statistic, p-value,
+        interval, tracked statistics) is filled in here; non-finite numbers become None."""
+        return AssertionResult(
+            test=self.test,
+            passed=bool(d.passed[0]),
+            statistic=float(d.statistic[0]),
+            statistic_name=statistic_name,
+            threshold=float(threshold),
+            pvalue=None if d.pvalue is None else finite_or_none(float(d.pvalue[0])),
+            ci_low=finite_or_none(float(d.ci_low[0])),
+            ci_high=finite_or_none(float(d.ci_high[0])),
+            confidence=confidence,
+            effect_size=finite_or_none(effect_size),
+            effect_size_name=effect_size_name,
+            n=int(n),
+            sentence=sentence,
+            details=details,
+            tracked=self.tracked_of(d),
+        )
 
     def check_design(
         self,
@@ -491,8 +526,7 @@ def _design_power_cached(cls: type[Assertion], spec_json: str, design: Design) -
     rng = np.random.default_rng(RNG_SEED)
     data = spec.simulate(design, params, rng, DESIGN_REPLICATES, "normal")
     passes = int(np.sum(spec.decide(data).passed))
-    low, high = wilson(passes, DESIGN_REPLICATES)
-    return passes / DESIGN_REPLICATES, high
+    return passes / DESIGN_REPLICATES, wilson(passes, DESIGN_REPLICATES)[1]
 
 
 def design_power(spec: Assertion, design: Design) -> tuple[float, float]:

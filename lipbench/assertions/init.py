@@ -18,7 +18,6 @@ from lipbench.assertions.base import (
     Design,
     check_frame,
     ci_text,
-    finite_or_none,
     fmt,
     noise,
     verdict_word,
@@ -126,22 +125,16 @@ class InitScaling(Assertion):
             }
             for k, layer in enumerate(layers)
         ]
-        return AssertionResult(
-            test=self.test,
-            passed=passed,
-            statistic=mean,
+        return self.make_result(
+            d,
             statistic_name="sigma_over_theory_worst_layer",
             threshold=self.tolerance,
-            pvalue=None,
-            ci_low=finite_or_none(low),
-            ci_high=finite_or_none(high),
             confidence=self.confidence,
-            effect_size=finite_or_none(mean - 1),
+            effect_size=mean - 1,
             effect_size_name="relative_deviation_worst_layer",
             n=int(units.shape[1]),
             sentence=sentence,
             details={"layers": per_layer, "data": {"ratio": units.tolist(), "layers": layers, "runs": data["runs"]}},
-            tracked=self.tracked_of(d),
         )
 
     # ----------------------------------------------------------------- generative model

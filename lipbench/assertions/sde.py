@@ -24,9 +24,9 @@ from lipbench.assertions.base import (
     Design,
     check_frame,
     ci_text,
+    crossed_grid,
     crossed_within_variance,
     effective_df,
-    finite_or_none,
     fmt,
     log_variance_moments,
     noise,
@@ -36,7 +36,16 @@ from lipbench.assertions.base import (
     sweep_name,
     verdict_word,
 )
-from lipbench.assertions.variance import _grid_data, _spread_sim, _zero_spread, variance_exponent
+from lipbench.assertions.variance import (
+    _grid_data,
+    _zero_spread,
+    default_power_spread,
+    fit_power_spread,
+    level_and_init_sd,
+    power_sd,
+    spread_sim,
+    variance_exponent,
+)
 
 SDE_TERMS = ("sde_mu", "sde_eps", "sde_beta2", "sde_drift")
 
@@ -80,16 +89,11 @@ def sde_runs(records: pd.DataFrame, test: str) -> pd.DataFrame:
     return runs
 
 
-def _grid(runs: pd.DataFrame, column: str, test: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """runs[column] as y[sweep, init, sampling] (a complete crossed design) and the sweep values."""
-    sweep = runs["sweep_value"].fillna(-math.inf)
-    table = runs.assign(_s=sweep).pivot_table(index=["_s", "init_seed"], columns="sampling_seed", values=column)
-    xs = np.sort(sweep.unique())
-    n_init = runs["init_seed"].nunique()
-    if table.isna().any().any() or len(table) != len(xs) * n_init:
-        raise AssertionDataError(f"{test} needs every sweep value x init seed x sampling seed once.")
-    y = table.to_numpy(dtype=float).reshape(len(xs), n_init, -1)
-    return y, None if runs["sweep_value"].isna().all() else xs
+def too_few_records(test: str, design: Design) -> str | None:
+    """The SDE terms are integrated over a run's records: a design must record each run twice at least."""
+    if design.records_per_run < 2:
+        return f"{test} integrates the SDE terms over records, but the design gives {design.records_per_run} per run."
+    return None
 
 
 # --------------------------------------------------------------------------- sde_agreement
@@ -118,9 +122,7 @@ class SDEAgreement(Assertion):
     def structural_problem(self, design: Design) -> str | None:
         if design.init_seeds * design.sampling_seeds < 3:
             return "sde_agreement needs at least 3 runs per sweep value for a t interval."
-        if design.records_per_run < 2:
-            return f"sde_agreement integrates the terms over records, but the design gives {design.records_per_run} per run."
-        return None
+        return too_few_records(self.test, design)
 
     def extract(self, records: pd.DataFrame) -> dict[str, Any]:
         runs = sde_runs(records, self.test)
@@ -177,10 +179,12 @@ class SDEAgreement(Assertion):
             )
         )
         sentence = (
-            f"Integrated SDE drift int(mu + eps - beta^2/2) = {fmt(float(g['int_drift'].mean()))} predicts the observed "
+            f"Integrated SDE drift int(mu + eps - beta^2/2) = {fmt(float(g['int_drift'].mean()))} "
+            "predicts the observed "
             f"change of log K = {fmt(float(obs.mean()))}{which} with relative error {pct(mean)} "
             f"({fmt(100 * self.confidence)}% CI [{pct(low)}, {pct(high)}], needed within ±{pct(self.tolerance)}) over "
-            f"{len(g)} runs; terms: int mu = {fmt(float(g['int_mu'].mean()))}, int eps = {fmt(float(g['int_eps'].mean()))}, "
+            f"{len(g)} runs; terms: int mu = {fmt(float(g['int_mu'].mean()))}, "
+            f"int eps = {fmt(float(g['int_eps'].mean()))}, "
             f"-int beta^2/2 = {fmt(float(-g['int_beta2'].mean() / 2))}; with the discrete-time term "
             f"(+{fmt(float(g['int_disc'].mean()))}) the relative error is {pct(rel_disc)} — {verdict_word(passed)}."
         )
@@ -205,22 +209,16 @@ class SDEAgreement(Assertion):
             }
             for gr, r in zip(data["groups"], np.asarray(data["rel"])[0], strict=True)
         ]
-        return AssertionResult(
-            test=self.test,
-            passed=passed,
-            statistic=mean,
+        return self.make_result(
+            d,
             statistic_name="relative_error_of_predicted_dlogK",
             threshold=self.tolerance,
-            pvalue=None,
-            ci_low=finite_or_none(low),
-            ci_high=finite_or_none(high),
             confidence=self.confidence,
-            effect_size=finite_or_none(rel_disc),
+            effect_size=rel_disc,
             effect_size_name="relative_error_with_discrete_correction",
             n=len(g),
             sentence=sentence,
             details={"groups": groups, "data": {"rel": np.asarray(data["rel"])[0].tolist()}},
-            tracked=self.tracked_of(d),
         )
 
     def fit(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -263,16 +261,14 @@ class VariancePrediction(Assertion):
     def structural_problem(self, design: Design) -> str | None:
         if design.sampling_seeds < 2:
             return f"variance_prediction needs at least 2 sampling seeds, but the design has {design.sampling_seeds}."
-        if design.records_per_run < 2:
-            return f"variance_prediction integrates beta^2 over records, but the design gives {design.records_per_run} per run."
-        return None
+        return too_few_records(self.test, design)
 
     def extract(self, records: pd.DataFrame) -> dict[str, Any]:
         runs = sde_runs(records, self.test)
-        y, x = _grid(runs, "K_T", self.test)
+        y, x, _ = crossed_grid(runs, "K_T", self.test)
         if y.shape[2] < 2:
             raise AssertionDataError("variance_prediction needs at least 2 sampling seeds per init seed.")
-        pred, _ = _grid(runs, "predicted_var", self.test)
+        pred, _, _ = crossed_grid(runs, "predicted_var", self.test)
         if (pred <= 0).any():
             raise AssertionDataError("variance_prediction needs a positive predicted variance (int beta^2 > 0).")
         return {"y": y[None], "pred": pred.mean(axis=(1, 2))[None], "x": x, "runs": runs}
@@ -315,22 +311,18 @@ class VariancePrediction(Assertion):
         which = "" if x is None else f" (worst of {len(x)} sweep values: {sweep_name(records)} = {fmt(float(x[w]))})"
         df = float(d.extras["df"][0][w])
         sentence = (
-            f"Within-init variance of K_T across sampling seeds = {fmt(obs)} vs predicted Var[K_T] = {fmt(pred)}{which}: "
-            f"observed/predicted = {fmt(ratio)} ({ci_text(low, high, self.confidence)}, df = {fmt(df, 3)}, needed within "
+            f"Within-init variance of K_T across sampling seeds = {fmt(obs)} vs predicted Var[K_T] = "
+            f"{fmt(pred)}{which}: observed/predicted = {fmt(ratio)} ({ci_text(low, high, self.confidence)}, "
+            f"df = {fmt(df, 3)}, needed within "
             f"[{fmt(1 / self.factor)}, {fmt(self.factor)}]) — {verdict_word(passed)}."
         )
         runs = data["runs"]
-        return AssertionResult(
-            test=self.test,
-            passed=passed,
-            statistic=ratio,
+        return self.make_result(
+            d,
             statistic_name="observed_over_predicted_variance",
             threshold=self.factor,
-            pvalue=None,
-            ci_low=finite_or_none(low),
-            ci_high=finite_or_none(high),
             confidence=self.confidence,
-            effect_size=finite_or_none(math.log10(ratio)) if ratio > 0 else None,
+            effect_size=math.log10(ratio) if ratio > 0 else None,
             effect_size_name="log10_ratio",
             n=len(runs),
             sentence=sentence,
@@ -349,19 +341,13 @@ class VariancePrediction(Assertion):
                 "mean_K_T": float(runs["K_T"].mean()),
                 "data": {**_grid_data(data), "pred": np.asarray(data["pred"])[0].tolist()},
             },
-            tracked=self.tracked_of(d),
         )
 
     def fit(self, data: dict[str, Any]) -> dict[str, Any]:
-        y = np.asarray(data["y"], dtype=float)[None]
+        y = np.asarray(data["y"], dtype=float)
         var, _ = crossed_within_variance(y)
         pred = np.asarray(data["pred"], dtype=float)
-        return {
-            "ratio": float(np.exp(np.mean(np.log(var[0] / pred)))),
-            "pred": pred.tolist(),
-            "mean": float(y.mean()),
-            "init_sd": float(np.std(y[0].mean(axis=-1), ddof=1)) if y.shape[2] > 1 else 0.0,
-        }
+        return {"ratio": float(np.exp(np.mean(np.log(var / pred)))), "pred": pred.tolist(), **level_and_init_sd(y)}
 
     def default_model(self, design: Design) -> dict[str, Any]:
         return {"ratio": 1.0, "pred": [0.01] * design.sweep_values, "mean": 1.0, "init_sd": 0.1}
@@ -373,10 +359,7 @@ class VariancePrediction(Assertion):
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
     ) -> dict[str, Any]:
         pred = np.asarray(params["pred"], dtype=float)
-        n_init, n_samp = design.init_seeds, design.sampling_seeds
-        sd = np.sqrt(params["ratio"] * pred)[None, :, None, None]
-        init = params["init_sd"] * noise(rng, (reps, 1, n_init, 1), family)
-        y = params["mean"] + init + sd * noise(rng, (reps, len(pred), n_init, n_samp), family)
+        y = spread_sim(design, params, np.sqrt(params["ratio"] * pred), rng, reps, family)
         return {"y": y, "pred": np.broadcast_to(pred, (reps, len(pred))), "x": None}
 
 
@@ -405,17 +388,18 @@ class VarianceScaling(Assertion):
         if design.sweep_values < 4:
             return f"variance_scaling needs at least 4 sweep values, but the design has {design.sweep_values}."
         if design.sampling_seeds < 2:
-            return f"variance_scaling needs at least 2 sampling seeds for a variance, but the design has {design.sampling_seeds}."
-        if design.records_per_run < 2:
-            return f"variance_scaling integrates beta^2 over records, but the design gives {design.records_per_run} per run."
-        return None
+            return (
+                "variance_scaling needs at least 2 sampling seeds for a variance, but the design has "
+                f"{design.sampling_seeds}."
+            )
+        return too_few_records(self.test, design)
 
     def extract(self, records: pd.DataFrame) -> dict[str, Any]:
         runs = sde_runs(records, self.test)
-        y, x = _grid(runs, "K_T", self.test)
+        y, x, _ = crossed_grid(runs, "K_T", self.test)
         if x is None or len(x) < 3 or (x <= 0).any():
             raise AssertionDataError("variance_scaling needs at least 3 positive sweep values (the batch size).")
-        pred, _ = _grid(runs, "predicted_var", self.test)
+        pred, _, _ = crossed_grid(runs, "predicted_var", self.test)
         if (pred <= 0).any():
             raise AssertionDataError("variance_scaling needs a positive predicted variance at every sweep value.")
         return {"y": y[None], "pred": pred.mean(axis=(1, 2))[None], "x": x}
@@ -478,17 +462,12 @@ class VarianceScaling(Assertion):
             {"sweep_value": float(v), "observed_var": float(o), "predicted_var": float(p), "ratio": float(o / p)}
             for v, o, p in zip(data["x"], d.extras["var"][0], np.asarray(data["pred"])[0], strict=True)
         ]
-        return AssertionResult(
-            test=self.test,
-            passed=passed,
-            statistic=k,
+        return self.make_result(
+            d,
             statistic_name="observed_variance_exponent",
             threshold=k0,
-            pvalue=None,
-            ci_low=finite_or_none(low),
-            ci_high=finite_or_none(high),
             confidence=conf,
-            effect_size=finite_or_none(kp),
+            effect_size=kp,
             effect_size_name="predicted_variance_exponent",
             n=len(per),
             sentence=sentence,
@@ -496,30 +475,14 @@ class VarianceScaling(Assertion):
                 "per_sweep_value": per,
                 "data": {**_grid_data(data), "pred": np.asarray(data["pred"])[0].tolist()},
             },
-            tracked=self.tracked_of(d),
         )
 
     def fit(self, data: dict[str, Any]) -> dict[str, Any]:
-        y = np.asarray(data["y"], dtype=float)[None]
-        x = np.asarray(data["x"], dtype=float)
-        k, _, _, _, var = variance_exponent(y, np.log(x), 1.645)
-        return {
-            "exponent": float(k[0]),
-            "log_level": float(np.mean(np.log(var[0]) - k[0] * np.log(x))),
-            "mean": float(y.mean()),
-            "init_sd": float(np.std(y[0].mean(axis=-1), ddof=1)) if y.shape[2] > 1 else 0.0,
-            "pred": np.asarray(data["pred"], dtype=float).tolist(),
-        }
+        return {**fit_power_spread(data), "pred": np.asarray(data["pred"], dtype=float).tolist()}
 
     def default_model(self, design: Design) -> dict[str, Any]:
-        x = design.x()
-        return {
-            "exponent": self.expected_exponent,
-            "log_level": math.log(0.01),
-            "mean": 1.0,
-            "init_sd": 0.1,
-            "pred": (0.01 * x**self.expected_exponent).tolist(),
-        }
+        pred = 0.01 * design.x() ** self.expected_exponent
+        return {**default_power_spread(self.expected_exponent), "pred": pred.tolist()}
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {
@@ -534,4 +497,4 @@ class VarianceScaling(Assertion):
         x = design.x()
         pred = np.asarray(params["pred"], dtype=float)
         pred = pred * np.exp(0.02 * noise(rng, (reps, len(x)), family))  # the probe's own small noise
-        return {"y": _spread_sim(design, params, x, rng, reps, family), "pred": pred, "x": x}
+        return {"y": spread_sim(design, params, power_sd(params, x), rng, reps, family), "pred": pred, "x": x}

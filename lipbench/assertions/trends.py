@@ -21,7 +21,6 @@ from lipbench.assertions.base import (
     Design,
     check_frame,
     failed,
-    finite_or_none,
     fmt,
     noise,
     pct,
@@ -212,22 +211,16 @@ class MonotoneTrend(Assertion):
                 "sampling_seeds": data["sampling_seeds"],
             },
         }
-        return AssertionResult(
-            test=self.test,
-            passed=passed,
-            statistic=rho,
+        return self.make_result(
+            d,
             statistic_name="mean_block_spearman_rho",
             threshold=self.alpha,
-            pvalue=p,
-            ci_low=None,
-            ci_high=None,
             confidence=None,
-            effect_size=finite_or_none(effect),
+            effect_size=effect,
             effect_size_name=self._effect_name,
             n=int(d.extras["blocks"]),
             sentence=sentence,
             details=details,
-            tracked=self.tracked_of(d),
         )
 
     # ----------------------------------------------------------------- generative model
@@ -416,22 +409,16 @@ class GrowthTrend(Assertion):
                 "x": data["x"],
             },
         }
-        return AssertionResult(
-            test=self.test,
-            passed=passed,
-            statistic=mean,
+        return self.make_result(
+            d,
             statistic_name="late_growth_over_window",
             threshold=self.min_growth,
-            pvalue=p,
-            ci_low=finite_or_none(float(d.ci_low[0])),
-            ci_high=finite_or_none(float(d.ci_high[0])),
             confidence=1 - 2 * self.alpha,
-            effect_size=finite_or_none(math.expm1(mean)) if log else None,
+            effect_size=math.expm1(mean) if log else None,
             effect_size_name="relative_growth_over_window" if log else None,
             n=int(growth.shape[1]),
             sentence=sentence,
             details=details,
-            tracked=self.tracked_of(d),
         )
 
     # ----------------------------------------------------------------- generative model

@@ -25,7 +25,6 @@ from lipbench.assertions.base import (
     crossed_within_variance,
     effective_df,
     failed,
-    finite_or_none,
     fmt,
     log_variance_moments,
     noise,
@@ -99,7 +98,10 @@ class PowerLaw(Assertion):
 
     def structural_problem(self, design: Design) -> str | None:
         if design.sweep_values < 4:
-            return f"power_law needs at least 4 sweep values to fit a slope and test its fit, but the design has {design.sweep_values}."
+            return (
+                "power_law needs at least 4 sweep values to fit a slope and test its fit, but the design has "
+                f"{design.sweep_values}."
+            )
         if design.sweep and min(design.sweep) <= 0:
             return "power_law needs positive sweep values to take their log."
         if design.sampling_seeds < 2:
@@ -153,37 +155,25 @@ class PowerLaw(Assertion):
             "margin": m,
             "data": _grid_data(data),
         }
-        return AssertionResult(
-            test=self.test,
-            passed=passed,
-            statistic=k,
+        return self.make_result(
+            d,
             statistic_name="power_law_exponent",
             threshold=k0,
-            pvalue=p,
-            ci_low=low,
-            ci_high=high,
             confidence=conf,
             effect_size=k - k0,
             effect_size_name="exponent_minus_expected",
             n=int(np.asarray(data["y"]).size),
             sentence=sentence,
             details=details,
-            tracked=self.tracked_of(d),
         )
 
     # ----------------------------------------------------------------- generative model
 
     def fit(self, data: dict[str, Any]) -> dict[str, Any]:
-        y = np.asarray(data["y"], dtype=float)[None]
-        x = np.asarray(data["x"], dtype=float)
-        k, _, _, _, var = variance_exponent(y, np.log(x), 1.645)
-        level = float(np.mean(np.log(var[0]) - k[0] * np.log(x)))
-        mean = float(y.mean())
-        init_sd = float(np.std(y[0].mean(axis=-1), ddof=1)) if y.shape[2] > 1 else 0.0
-        return {"exponent": float(k[0]), "log_level": level, "mean": mean, "init_sd": init_sd}
+        return fit_power_spread(data)
 
     def default_model(self, design: Design) -> dict[str, Any]:
-        return {"exponent": self.expected_exponent, "log_level": math.log(0.01), "mean": 1.0, "init_sd": 0.1}
+        return default_power_spread(self.expected_exponent)
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {
@@ -197,17 +187,45 @@ class PowerLaw(Assertion):
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
     ) -> dict[str, Any]:
         x = design.x()
-        return {"y": _spread_sim(design, params, x, rng, reps, family), "x": x}
+        return {"y": spread_sim(design, params, power_sd(params, x), rng, reps, family), "x": x}
 
 
-def _spread_sim(
-    design: Design, params: dict[str, Any], x: np.ndarray, rng: np.random.Generator, reps: int, family: str
+# --------------------------------------------------------------------------- the spread claims' generative model
+
+
+def level_and_init_sd(y: np.ndarray) -> dict[str, float]:
+    """The grand mean of y[sweep, init, sampling] and the sd of its init-seed means."""
+    return {
+        "mean": float(y.mean()),
+        "init_sd": float(np.std(y.mean(axis=-1), ddof=1)) if y.shape[1] > 1 else 0.0,
+    }
+
+
+def fit_power_spread(data: dict[str, Any]) -> dict[str, Any]:
+    """Exponent and level of the within-init variance against the sweep value, and the levels of y."""
+    y = np.asarray(data["y"], dtype=float)
+    x = np.asarray(data["x"], dtype=float)
+    k, _, _, _, var = variance_exponent(y[None], np.log(x), 1.645)
+    level = float(np.mean(np.log(var[0]) - k[0] * np.log(x)))
+    return {"exponent": float(k[0]), "log_level": level, **level_and_init_sd(y)}
+
+
+def default_power_spread(exponent: float) -> dict[str, Any]:
+    return {"exponent": exponent, "log_level": math.log(0.01), "mean": 1.0, "init_sd": 0.1}
+
+
+def power_sd(params: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """Sampling sd per sweep value: sqrt(exp(log_level) x^exponent)."""
+    return np.sqrt(np.exp(params["log_level"] + params["exponent"] * np.log(x)))
+
+
+def spread_sim(
+    design: Design, params: dict[str, Any], sd: np.ndarray, rng: np.random.Generator, reps: int, family: str
 ) -> np.ndarray:
-    """y = mean + init effect + sampling noise whose variance is exp(log_level) x^exponent."""
-    sd = np.sqrt(np.exp(params["log_level"] + params["exponent"] * np.log(x)))[None, :, None, None]
+    """y[R, sweep, init, sampling] = mean + init effect (sd init_sd) + sampling noise of sd `sd` per sweep value."""
     n_init, n_samp = design.init_seeds, design.sampling_seeds
     init = params["init_sd"] * noise(rng, (reps, 1, n_init, 1), family)
-    return params["mean"] + init + sd * noise(rng, (reps, len(x), n_init, n_samp), family)
+    return params["mean"] + init + sd[None, :, None, None] * noise(rng, (reps, len(sd), n_init, n_samp), family)
 
 
 def _grid_data(data: dict[str, Any]) -> dict[str, Any]:
@@ -336,22 +354,16 @@ class Invariance(Assertion):
             }
             for s in range(y.shape[0])
         ]
-        return AssertionResult(
-            test=self.test,
-            passed=passed,
-            statistic=cv,
+        return self.make_result(
+            d,
             statistic_name="within_init_cv",
             threshold=self.max_relative_spread,
-            pvalue=finite_or_none(p),
-            ci_low=finite_or_none(float(d.ci_low[0])),
-            ci_high=finite_or_none(high),
             confidence=1 - 2 * self.alpha,
-            effect_size=finite_or_none(ratio),
+            effect_size=ratio,
             effect_size_name="within_between_cv_ratio",
             n=int(y[w].size),
             sentence=sentence,
             details={"groups": groups, "data": _grid_data(data)},
-            tracked=self.tracked_of(d),
         )
 
     # ----------------------------------------------------------------- generative model
