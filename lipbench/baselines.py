@@ -351,14 +351,7 @@ def compare_tracked(base: Tracked, new: Tracked) -> StatChange:
         outcome = "large but not significant"
     else:
         outcome = "within tolerance"
-    return result(
-        abs(t) if base.better == "closer" else math.copysign(abs(t), change) if change else t,
-        size,
-        crit,
-        outcome,
-        df,
-        p,
-    )
+    return result(math.copysign(abs(t), change), size, crit, outcome, df, p)  # z > 0: moved the better way
 
 
 @dataclass(frozen=True)

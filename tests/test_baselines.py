@@ -161,6 +161,7 @@ def test_direction_lower_and_closer() -> None:
     assert same.change == pytest.approx(0.0) and same.outcome != "regressed"
     away = compare_tracked(tracked(-1.0, 0.01, "closer", 1.0, -1.0), tracked(-1.5, 0.01, "closer", 1.0, -1.0))
     assert away.outcome == "regressed" and away.change == pytest.approx(-0.5)
+    assert away.z < 0  # the sign of z says better (+) or worse (-), for "closer" too
 
 
 def test_missing_or_zero_errors() -> None:
