@@ -86,7 +86,7 @@ class OptimizerSpec(Strict):
 
 
 class GradientSpec(Strict):
-    """PAPER.md §3 noisy-grad: the applied gradient is scale * g_hat + noise."""
+    """Noisy gradients (the paper, §8.4): the applied gradient is scale * g_hat + noise."""
 
     scale: Annotated[float, Field(gt=0)] = 1.0
     noise: Literal["none", "gaussian", "uniform"] = "none"
@@ -94,7 +94,7 @@ class GradientSpec(Strict):
 
 
 class RegularisersSpec(Strict):
-    """PAPER.md §3 validation (paper §7): training-time regularisers, each off by default.
+    """Training-time regularisers (the paper, §7), each off by default.
 
     Applied to each mini-batch in this order: auto_augment, mixup, FGSM (see lipbench.regularisers).
     """

@@ -229,7 +229,7 @@ def test_verdicts_equal_those_of_lipbench_run(pytester: pytest.Pytester, monkeyp
 
 
 def test_xdist_workers_log_every_run_to_one_fresh_store(pytester: pytest.Pytester) -> None:
-    """MLFLOW.md: the controller creates store and experiment; 4 workers then lose no run and no point."""
+    """docs/mlflow.md: the controller creates store and experiment; 4 workers then lose no run and no point."""
     pytest.importorskip("xdist")
     names = [f"claim{i}" for i in range(8)]
     write(pytester, **{n: suite(n, grows=i % 4 != 3) for i, n in enumerate(names)})

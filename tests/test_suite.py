@@ -15,7 +15,7 @@ from lipbench.suite import is_base_file, load_claim, parse_override, suite_files
 
 #: The shipped claims, as `lipbench run suites` finds them (base files only meant to be included are not claims).
 SUITES = suite_files([Path(__file__).parent.parent / "suites"])
-#: The paper's datasets (PAPER.md §3, §4): the MLP on MNIST, the ConvNet on CIFAR-10 (and CIFAR-100 in §7).
+#: The paper's datasets (§8, appendix): the MLP on MNIST, the ConvNet on CIFAR-10 (and CIFAR-100 in §7).
 PAPER_DATASETS = {"mlp": {"mnist"}, "convnet": {"cifar10", "cifar100"}}
 
 
