@@ -506,11 +506,6 @@ def _validate(
         if len(loc) > 1 and loc[0] == "assertion" and loc[1] in ASSERTIONS:
             del loc[1]  # pydantic's discriminator tag is not a key the user wrote
         raise fail(tuple(loc), _explain(err, data, tuple(loc))) from None
-    # Models outside this module (the assertion specs) may accept .inf / .nan: one check for all.
-    bad = _non_finite(claim.model_dump())
-    if bad is not None:
-        loc, value = bad
-        raise fail(loc, _finite_message(value))
     if claim.sweep is not None:
         problem = _axis_problem(claim.sweep.axis)
         if problem:
@@ -526,18 +521,6 @@ def _validate(
                     f"{value!r} is not allowed for {claim.sweep.axis} ({loc}: {err['msg']})",
                 ) from None
     return claim
-
-
-def _non_finite(node: Any, loc: tuple[str, ...] = ()) -> tuple[tuple[str, ...], float] | None:
-    """The first key path holding a float that is not finite, and its value, or None."""
-    if isinstance(node, float) and not math.isfinite(node):
-        return loc, node
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, (list, tuple)) else ()
-    for key, value in items:
-        found = _non_finite(value, (*loc, str(key)))
-        if found is not None:
-            return found
-    return None
 
 
 #: pydantic error types of numeric fields: with a .nan / .inf input, the message says "finite".

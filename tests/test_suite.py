@@ -186,12 +186,14 @@ def test_number_not_finite_is_refused_at_load(changes: dict[str, Any], key: str,
 
 
 def test_number_not_finite_is_refused_where_the_schema_has_no_bound(write_suite) -> None:
-    """An assertion parameter with only a lower bound accepts .inf in pydantic; loading still refuses it."""
-    path = write_suite("unbounded", {"assertion": {"test": "invariance", "direction": None, "alpha": None}})
+    """An assertion parameter with only a lower bound still refuses .inf (assertions forbid inf and nan)."""
+    path = write_suite(
+        "unbounded", {"assertion": {"test": "invariance", "direction": None, "alpha": None, "min_effect": None}}
+    )
     assert load_claim(path, "quick", ["assertion.max_relative_spread=10"]).claim.assertion.max_relative_spread == 10
-    for value in (".inf", "inf"):
+    for value, shown in ((".inf", r"\.inf"), ("inf", "'inf'")):
         with pytest.raises(
-            SuiteError, match=r"--set assertion.max_relative_spread: must be a finite number, got \.inf"
+            SuiteError, match=rf"--set assertion.max_relative_spread: must be a finite number, got {shown}"
         ):
             load_claim(path, "quick", [f"assertion.max_relative_spread={value}"])
 
@@ -375,7 +377,7 @@ def test_without_sweep_there_is_one_run_per_seed_pair(write_suite) -> None:
         {
             "sweep": None,
             "seeds": {"init": 2, "sampling": 3},
-            "assertion": {"test": "invariance", "direction": None, "alpha": None},
+            "assertion": {"test": "invariance", "direction": None, "alpha": None, "min_effect": None},
         },
     )
     runs = load_claim(path, "quick").runs()
@@ -408,8 +410,12 @@ def test_scenario_hash_ignores_fields_left_at_their_defaults(write_suite) -> Non
 
 def test_scenario_hash_keeps_the_assertion_test_name(write_suite) -> None:
     """Two tests with all their parameters at the defaults still hash apart."""
-    growth = write_suite("a", {"assertion": {"test": "growth_trend", "direction": None, "alpha": None}})
-    invariance = write_suite("b", {"assertion": {"test": "invariance", "direction": None, "alpha": None}})
+    growth = write_suite(
+        "a", {"assertion": {"test": "growth_trend", "direction": None, "alpha": None, "min_effect": None}}
+    )
+    invariance = write_suite(
+        "b", {"assertion": {"test": "invariance", "direction": None, "alpha": None, "min_effect": None}}
+    )
     assert load_claim(growth, "quick").scenario_hash() != load_claim(invariance, "quick").scenario_hash()
 
 

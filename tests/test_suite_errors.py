@@ -117,7 +117,9 @@ def test_python_m_validate_names_each_file_once() -> None:
 
 def test_design_that_cannot_reach_alpha_fails_validate(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(DESIGN)]) == 2
-    _check_one_line(capsys.readouterr(), DESIGN, "seeds/sweep", ("2 sweep values x 2 runs", "never below alpha = 0.01"))
+    _check_one_line(
+        capsys.readouterr(), DESIGN, "seeds/sweep", ("2 sweep values x 2 seed blocks", "never below alpha = 0.01")
+    )
 
 
 def test_design_that_cannot_reach_alpha_is_an_error_verdict_in_run(
