@@ -220,6 +220,17 @@ def test_monotone_does_not_require_strictly_monotone_means() -> None:
     assert rate(spec.decide(data).passed)[0] > strict + 0.2  # strict means held only ~20% of the time
 
 
+def test_monotone_fit_of_a_deterministic_relation_keeps_a_null_without_ties() -> None:
+    """K_0 = s^2 x draw: runs of one init seed differ only by rounding; the fitted null must still be exact."""
+    spec = MonotoneTrend(direction="increasing")
+    draws = np.array([1.0, 1.3, 0.8])
+    y = (np.array([0.005, 0.01, 0.02, 0.04]) ** 2)[:, None] * draws[None, :]  # [sweep, blocks]
+    params = spec.fit({"y": y.tolist()})
+    design = Design((0.005, 0.01, 0.02, 0.04), 3, 1, 2)
+    data = spec.simulate(design, spec.scenarios(params)["null"], np.random.default_rng(1), 20000, "normal")
+    assert rate(spec.decide(data).passed)[1] <= spec.alpha  # 1.3% at alpha = 1% with ties from a 4e-16 spread
+
+
 # --------------------------------------------------------------------------- baseline comparison when only seeds change
 
 

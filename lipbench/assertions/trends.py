@@ -33,6 +33,8 @@ from lipbench.assertions.base import (
 
 EXACT_UP_TO = 8  # sweep values up to which the permutation null is enumerated exactly (8! orders)
 MONTE_CARLO_NULL = 200_000  # draws of the permutation null beyond that
+DEFAULT_RUN_SD = 0.05  # run-to-run sd of the judged quantity (log scale: 5%) when nothing is known
+RUN_VAR_FLOOR = 1e-12  # a fitted run variance at or below this is rounding (sd 1e-6 on the log scale)
 
 
 # --------------------------------------------------------------------------- monotone_trend
@@ -239,11 +241,13 @@ class MonotoneTrend(Assertion):
         return {
             "means": means.tolist(),
             "init_sd": math.sqrt(max(0.0, block_var - run_var / levels)),
-            "run_sd": math.sqrt(run_var) if run_var > 0 else 0.05,
+            # A spread within floating-point rounding is a deterministic relation (K_0 = s^L x draw), not
+            # run noise: simulating it would give tied values. The null then takes the default spread.
+            "run_sd": math.sqrt(run_var) if run_var > RUN_VAR_FLOOR else DEFAULT_RUN_SD,
         }
 
     def default_model(self, design: Design) -> dict[str, Any]:
-        return {"means": [0.0] * design.sweep_values, "init_sd": 0.05, "run_sd": 0.05}
+        return {"means": [0.0] * design.sweep_values, "init_sd": 0.05, "run_sd": DEFAULT_RUN_SD}
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
         levels = len(params["means"])
