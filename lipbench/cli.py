@@ -354,7 +354,7 @@ def cmd_baseline_show(args) -> int:
     from lipbench.baselines import BaselineError, default_root, read_baseline
 
     table = Table(title="stored baselines")
-    for col in ("claim", "profile", "status", "statistic", "tracked (value ± bootstrap se)", "taken", "scenario"):
+    for col in ("claim", "profile", "status", "statistic", "tracked (value ± se)", "taken", "scenario"):
         table.add_column(col)
     shown, bad = 0, 0
     for file in suite_files(args.paths):

@@ -48,7 +48,7 @@ def test_report_embeds_one_real_png_per_claim(finished_run: Path, tmp_path: Path
     assert sorted(sections) == sorted(CLAIMS)
     for section in sections.values():
         assert ">NEW</span>" in section and "no baseline at" in section
-    assert "Across-sampling-seed variance of final K" in html
+    assert "Within-init variance of final K across sampling seeds" in html
 
 
 def test_report_redraws_a_missing_figure_and_shows_the_comparison(finished_run: Path, tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_report_redraws_a_missing_figure_and_shows_the_comparison(finished_run: 
     main(["baseline", "update", str(tmp_path / "coll"), "--from-run", str(finished_run), "--baselines", str(baselines)])
     again = save_run(tmp_path / "again", [weaker], baselines)
     html = write_report(again, tmp_path / "out2").read_text()
-    assert ">REGRESSED</span>" in html and "log_ratio_extreme_group_means" in html and "regressed" in html
+    assert ">REGRESSED</span>" in html and "log_ratio_extreme_values" in html and "regressed" in html
 
 
 def test_report_embeds_the_sde_decomposition_of_probed_claims(finished_run: Path, tmp_path: Path) -> None:
