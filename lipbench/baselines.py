@@ -307,13 +307,16 @@ class StatChange:
         return f"{arrow} ({self.outcome}: t = {z}, df = {df}, p = {_fmt(self.pvalue, 2)}, size = {size} of its scale)"
 
 
-def welch(change: float, se_a: float, df_a: float, se_b: float, df_b: float) -> tuple[float, float, float]:
-    """Welch's t of a difference of two estimates with standard errors and degrees of freedom: (t, df, two-sided p)."""
+def welch(
+    change: float, se_a: float, df_a: float | None, se_b: float, df_b: float | None
+) -> tuple[float, float, float]:
+    """Welch's t of a difference of two estimates with standard errors and degrees of freedom (None or inf: a
+    standard error from a known distribution): (t, Welch-Satterthwaite df, two-sided p)."""
     var = se_a**2 + se_b**2
     if var <= 0:
         t = 0.0 if change == 0 else math.copysign(math.inf, change)
         return t, math.inf, 1.0 if change == 0 else 0.0
-    terms = [v**2 / d for v, d in ((se_a**2, df_a), (se_b**2, df_b)) if math.isfinite(d) and d > 0]
+    terms = [v**2 / d for v, d in ((se_a**2, df_a), (se_b**2, df_b)) if d is not None and math.isfinite(d) and d > 0]
     df = var**2 / sum(terms) if terms and sum(terms) > 0 else math.inf
     t = change / math.sqrt(var)
     return t, df, float(2 * stats.t.sf(abs(t), df)) if math.isfinite(df) else float(2 * stats.norm.sf(abs(t)))
@@ -337,9 +340,7 @@ def compare_tracked(base: Tracked, new: Tracked) -> StatChange:
         return result(None, None, None, "not compared")
     # "closer" compares distances to the target; the t test is on the values themselves.
     diff = new.value - base.value
-    t, df, p = welch(
-        diff, base.se, base.df if base.df is not None else math.inf, new.se, new.df if new.df is not None else math.inf
-    )
+    t, df, p = welch(diff, base.se, base.df, new.se, new.df)
     crit = float(stats.t.isf(ALPHA / 2, df)) if math.isfinite(df) else float(stats.norm.isf(ALPHA / 2))
     size = abs(change) / base.scale if base.scale > 0 else (0.0 if change == 0 else math.inf)
     significant, large = p < ALPHA, size > MIN_CHANGE
