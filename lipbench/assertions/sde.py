@@ -40,6 +40,7 @@ from lipbench.assertions.variance import (
     _grid_data,
     _zero_spread,
     default_power_spread,
+    exponent_scenarios,
     fit_power_spread,
     level_and_init_sd,
     power_sd,
@@ -485,11 +486,7 @@ class VarianceScaling(Assertion):
         return {**default_power_spread(self.expected_exponent), "pred": pred.tolist()}
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {
-            "null": {**params, "exponent": self.expected_exponent + self.margin},
-            "alternative": {**params, "exponent": self.expected_exponent},
-            "fitted": params,
-        }
+        return exponent_scenarios(params, self.expected_exponent, self.margin)
 
     def simulate(
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str

@@ -176,12 +176,7 @@ class PowerLaw(Assertion):
         return default_power_spread(self.expected_exponent)
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {
-            "null": {**params, "exponent": self.expected_exponent + self.margin},
-            "null_low": {**params, "exponent": self.expected_exponent - self.margin},
-            "alternative": {**params, "exponent": self.expected_exponent},
-            "fitted": params,
-        }
+        return exponent_scenarios(params, self.expected_exponent, self.margin)
 
     def simulate(
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
@@ -208,6 +203,16 @@ def fit_power_spread(data: dict[str, Any]) -> dict[str, Any]:
     k, _, _, _, var = variance_exponent(y[None], np.log(x), 1.645)
     level = float(np.mean(np.log(var[0]) - k[0] * np.log(x)))
     return {"exponent": float(k[0]), "log_level": level, **level_and_init_sd(y)}
+
+
+def exponent_scenarios(params: dict[str, Any], expected: float, margin: float) -> dict[str, dict[str, Any]]:
+    """An equivalence test of an exponent is false at either edge of its margin, and true at the expected value."""
+    return {
+        "null": {**params, "exponent": expected + margin},
+        "null_low": {**params, "exponent": expected - margin},
+        "alternative": {**params, "exponent": expected},
+        "fitted": params,
+    }
 
 
 def default_power_spread(exponent: float) -> dict[str, Any]:
