@@ -65,16 +65,16 @@ def variance_exponent(
     kappa = pooled_excess_kurtosis(y)
     bias, var_log = log_variance_moments(df)
     var_log = var_log + kappa[:, None] / n_runs
-    with np.errstate(all="ignore"):
-        ly = np.log(var) - bias
     w = 1.0 / var_log
     xw = np.sum(w * log_x, axis=-1, keepdims=True) / np.sum(w, axis=-1, keepdims=True)
-    yw = np.sum(w * ly, axis=-1, keepdims=True) / np.sum(w, axis=-1, keepdims=True)
     sxx = np.sum(w * (log_x - xw) ** 2, axis=-1)
-    k = np.sum(w * (log_x - xw) * (ly - yw), axis=-1) / sxx
-    resid = ly - yw - k[:, None] * (log_x - xw)
     dof = log_x.shape[-1] - 2
-    chi2 = np.sum(w * resid**2, axis=-1)
+    with np.errstate(all="ignore"):  # a zero variance gives NaN here; result() reports it as an error
+        ly = np.log(var) - bias
+        yw = np.sum(w * ly, axis=-1, keepdims=True) / np.sum(w, axis=-1, keepdims=True)
+        k = np.sum(w * (log_x - xw) * (ly - yw), axis=-1) / sxx
+        resid = ly - yw - k[:, None] * (log_x - xw)
+        chi2 = np.sum(w * resid**2, axis=-1)
     inflate = np.sqrt(np.maximum(1.0, chi2 / dof)) if dof > 0 else np.ones_like(k)
     se = inflate / np.sqrt(sxx)
     return k, se, k - z * se, k + z * se, var
