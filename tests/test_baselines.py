@@ -313,6 +313,38 @@ def test_baseline_file_round_trip(tmp_path: Path) -> None:
         read_baseline(path)
 
 
+def test_a_claim_judged_at_initial_is_compared_at_its_first_record(tmp_path: Path) -> None:
+    """Its baseline statistic is K_0's: a change that moves only the final K (a learning rate) moves nothing."""
+    assertion = {"test": "monotone_trend", "direction": "increasing", "at": "initial", "alpha": 0.05}
+    claim = load_claim(write_claim(tmp_path / "coll", "label_noise", assertion=assertion), "quick")
+
+    def records(final_factor: float) -> list[RunRecord]:
+        rng = np.random.default_rng(0)
+        out = []
+        for spec in claim.runs():
+            k0 = 1.0 + spec.sweep_value + rng.normal(0, 0.05)
+            k = np.array([k0, k0 * final_factor * (1 + spec.sweep_value)])
+            steps = np.array([0, 100], dtype=np.int64)
+            out.append(
+                RunRecord(
+                    claim.name,
+                    spec.run_id,
+                    spec.sweep_value,
+                    spec.init_seed,
+                    spec.sampling_seed,
+                    steps,
+                    {"K": k, "log_K": np.log(k)},
+                )
+            )
+        return out
+
+    base, new = judge(claim, records(1.0)), judge(claim, records(50.0))
+    result = judge_against(new, baseline_of(base), device="cpu")
+    assert base.status == PASS and result.verdict == PASS, result.sentence  # was IMPROVED (log ratio 6.24 -> 12.4)
+    assert result.changes and all(c.change == 0 for c in result.changes)
+    assert [s["mean"] for s in bl.summarise(new)["per_sweep"]] == [s["mean"] for s in bl.summarise(base)["per_sweep"]]
+
+
 def test_old_format_baseline_is_not_comparable(tmp_path: Path) -> None:
     outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
     path = tmp_path / "b.json"
