@@ -21,7 +21,7 @@ Compare. Pick these parent-run metrics:
   ``assertion.threshold``, ``assertion.n``;
 - ``final.mean`` (mean final K, or the assertion's quantity, over all runs), ``runs``, ``seconds``;
 - ``baseline.<statistic>.z`` and ``baseline.<statistic>.change`` (the tolerance rule's z and
-  its change, positive = better), e.g. ``baseline.mean_block_spearman_rho.z``;
+  its change, positive = better), e.g. ``baseline.log_ratio_extreme_values.z``;
 
 and these tags as columns: ``lipbench.verdict`` (the final verdict), ``lipbench.status`` (the
 assertion's verdict before the baseline), ``lipbench.baseline`` (compared / not comparable /

@@ -346,6 +346,24 @@ def pooled_excess_kurtosis(y: np.ndarray) -> np.ndarray:
     return np.clip(kappa, 0.0, None)
 
 
+def jackknife_over_sampling_seeds(statistic, y: np.ndarray) -> tuple[np.ndarray, int]:
+    """Jackknife standard error of ``statistic(y)`` over the sampling seeds (the last axis of y), and its df.
+
+    A sampling seed is an independently drawn unit of the crossed design (it is shared by every init
+    seed and sweep value, so leaving one out removes all of its runs). The jackknife of a variance-based
+    statistic does not assume normal runs (it holds under skew and heavy tails, where the trigamma
+    variance of log s^2 plus a pooled kurtosis estimate from few runs falls short); its df are J - 1.
+    Returns NaN standard errors with fewer than 3 sampling seeds.
+    """
+    n_samp = y.shape[-1]
+    if n_samp < 3:
+        return np.full(np.shape(statistic(y)), np.nan), max(0, n_samp - 1)
+    with np.errstate(all="ignore"):
+        loo = np.stack([statistic(np.delete(y, j, axis=-1)) for j in range(n_samp)], axis=-1)
+        spread = np.sum((loo - loo.mean(axis=-1, keepdims=True)) ** 2, axis=-1)
+    return np.sqrt((n_samp - 1) / n_samp * spread), n_samp - 1
+
+
 def effective_df(df: np.ndarray, kappa: np.ndarray, n: float) -> np.ndarray:
     """Degrees of freedom of a variance whose sampling variance is inflated by excess kurtosis kappa."""
     return 2.0 / (2.0 / np.asarray(df, dtype=float) + np.asarray(kappa, dtype=float)[..., None] / n)
