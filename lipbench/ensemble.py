@@ -201,7 +201,7 @@ def decision_keys(model: type[BaseModel] = Scenario) -> list[str]:
     ]
 
 
-_FIELDS = schema_fields()
+_fields = functools.cache(schema_fields)  # per scenario class: derived once
 
 
 def _value(scenario: Scenario, path: str) -> Any:
@@ -210,14 +210,15 @@ def _value(scenario: Scenario, path: str) -> Any:
 
 def ensemble_obstacle(scenario: Scenario) -> str | None:
     """Why runs of this scenario train alone with engine.train instead of in an ensemble, or None."""
-    for path, (field, allowed) in _FIELDS.items():
+    for path, (field, allowed) in _fields(type(scenario)).items():
         value = _value(scenario, path)
         decision = ENSEMBLE_SUPPORT.get(path)
         if decision is None:
             return f"scenario.{path} has no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
         if not decision.runs and value != field.default:
             return f"scenario.{path}: {decision.why}"
-        for v in (value if isinstance(value, list) else [value]) if allowed else []:
+        values = value if isinstance(value, list) else [value]
+        for v in values if allowed else ():
             decision = ENSEMBLE_SUPPORT.get(f"{path}={v}")
             if decision is None or not decision.runs:
                 why = decision.why if decision else "no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
@@ -229,7 +230,8 @@ def ensemble_key(spec: RunSpec) -> str | None:
     """What members of one ensemble must share (a JSON string), or None if the run must train alone."""
     if ensemble_obstacle(spec.scenario) is not None:
         return None
-    shared = {path: _value(spec.scenario, path) for path in _FIELDS if not ENSEMBLE_SUPPORT[path].per_member}
+    fields = _fields(type(spec.scenario))
+    shared = {path: _value(spec.scenario, path) for path in fields if not ENSEMBLE_SUPPORT[path].per_member}
     return json.dumps(shared, sort_keys=True)
 
 

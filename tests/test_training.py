@@ -158,6 +158,9 @@ class _WiderScenario(Scenario):
 def test_a_field_or_value_added_to_the_schema_is_found_without_a_decision() -> None:
     keys = decision_keys(_WiderScenario)
     assert [k for k in keys if k not in ENSEMBLE_SUPPORT] == ["gradient.noise=laplace", "momentum"]
+    wider = _WiderScenario.model_validate(scenario_from(MLP).model_dump())
+    assert ensemble_obstacle(wider) == "scenario.momentum has no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
+    assert ensemble_key(spec(wider)) is None  # trains alone: never silently ignored
 
 
 def test_a_noise_value_without_a_decision_trains_alone_and_is_never_drawn_as_another() -> None:
