@@ -76,10 +76,11 @@ NOTES: dict[str, str] = {
         "the training set)."
     ),
     "scenario.record": (
-        "Every record holds each layer's sigma_max (`sigma_<l>`), `K`, `log_K`, and `loss` and `accuracy` on "
-        "1,024 training samples. `sde` adds the SDE terms of that step (mu, beta^2, eps, the discrete-time "
-        "term, per layer and for the network) and `init` each layer's random-matrix prediction s(sqrt m + "
-        "sqrt n). The ensemble engine skips loss and accuracy when neither is listed."
+        "Every record holds each layer's sigma_max (`sigma_<l>`), `K` and `log_K`; `loss` and `accuracy` add "
+        "those on 1,024 training samples. `sde` adds the SDE terms of that step (mu, beta^2, eps, the "
+        "discrete-time term, per layer and for the network) and `init` each layer's random-matrix prediction "
+        "s(sqrt m + sqrt n). Every engine records the same columns. A run whose sigma or (recorded) loss is "
+        "not finite stops there, reported as diverged at that step."
     ),
     "scenario.device": (
         "`cuda`: the claim needs a GPU and is SKIPPED without one; `any`: it runs wherever lipbench runs."

@@ -1,28 +1,38 @@
 """One training run: plain SGD, recording the layers' spectral norms every `record_every` steps.
 
-Read it top to bottom: seeds -> data -> model -> loop -> record. Tensors stay on the device;
-the recorded values go into one preallocated device tensor and cross to the host once, at
-the end. The only per-record host sync is the divergence check.
+Read it top to bottom: seeds -> data -> model -> loop -> record. The pieces it shares with the
+ensemble engine (streams, batches, gradient noise, the records) are in lipbench.training.
+Tensors stay on the device; the recorded values go into one preallocated device tensor and
+cross to the host once, at the end. The only per-record host sync is the divergence check.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lipbench.data import Dataset
 from lipbench.lipschitz import spectral_norms
-from lipbench.models import build_model, initialise, lipschitz_layers
+from lipbench.models import lipschitz_layers
 from lipbench.records import RunRecord
 from lipbench.regularisers import BatchTransform
+from lipbench.sde import measure_sde_terms
 from lipbench.suite import RunSpec
-
-MONITOR_SIZE = 1024  # training samples on which loss and accuracy are recorded
+from lipbench.training import (
+    MONITOR_SIZE,
+    BatchSampler,
+    GradientNoise,
+    Recorder,
+    Stream,
+    initial_model,
+    member_labels,
+    run_seed,
+    seed_global,
+    test_accuracy,
+    transform_gradients,
+)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -33,177 +43,63 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def stream_seed(*parts: int) -> int:
-    """An independent 63-bit seed for a named random stream (numpy's SeedSequence mixes the parts)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def record_steps(steps: int, record_every: int) -> list[int]:
-    marks = list(range(0, steps + 1, record_every))
-    return marks if marks[-1] == steps else [*marks, steps]
-
-
-def corrupt_labels(y: torch.Tensor, p: float, num_classes: int, generator: torch.Generator) -> torch.Tensor:
-    """Replace each label, with probability p, by a class drawn uniformly (it may redraw the true one)."""
-    if p == 0:
-        return y
-    mask = torch.rand(y.shape, generator=generator) < p
-    drawn = torch.randint(num_classes, y.shape, generator=generator)
-    return torch.where(mask.to(y.device), drawn.to(y.device), y)
-
-
-def init_sigma_theory(layers: list[torch.nn.Module], scheme: str, std: float) -> list[float]:
-    """s (sqrt(m) + sqrt(n)) per layer matrix m x n (the paper, §8.2), s the entry std of the init scheme."""
-    out = []
-    for layer in layers:
-        rows, cols = layer.weight.shape[0], layer.weight[0].numel()
-        s = std if scheme == "normal" else 1.0 / math.sqrt(3 * cols)  # U(-1/sqrt(fan_in), ..) has std 1/sqrt(3 fan_in)
-        out.append(s * (math.sqrt(rows) + math.sqrt(cols)))
-    return out
-
-
-def check_batch(sampling: str, b: int, n: int) -> None:
-    """Sampling without replacement draws b distinct samples per step: refuse b > n before training."""
-    if sampling == "without_replacement" and b > n:
-        raise ValueError(f"batch_size {b} exceeds the {n} training samples; sampling without replacement needs b <= n")
-
-
-def initial_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
-    """The run's model, built and initialised from its init seed alone, on the CPU (so every device
-    starts from the same bits)."""
-    m = spec.scenario.model
-    model = build_model(
-        m.name,
-        data.input_shape,
-        data.num_classes,
-        hidden=m.hidden,
-        width=m.width,
-        dropout=m.dropout,
-        batch_norm=m.batch_norm,
-    )
-    initialise(model, torch.Generator().manual_seed(spec.init_seed), m.init, m.init_std)
-    return model
-
-
 def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> RunRecord:
-    """Train one run of a claim and return its record; a non-finite loss stops it early."""
+    """Train one run of a claim and return its record; a non-finite sigma or loss stops it early."""
     sc, device = spec.scenario, torch.device(device)
     started = time.perf_counter()
-    # Separate streams: the init seed alone fixes the weights; sampling, labels and noise have their own.
-    label_gen = torch.Generator().manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 1))
-    batch_gen = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 2))
-    noise_gen = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 3))
-    torch.manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 4))  # dropout masks use the global RNG
+    seed_global(spec)  # dropout masks and AutoAugment; the init seed alone fixes the weights
 
     x_train = data.x_train.to(device)
-    y_train = corrupt_labels(data.y_train, sc.label_noise, data.num_classes, label_gen).to(device)
-    n = x_train.shape[0]
+    y_train = member_labels([spec], data, device)[0]
+    sampler = BatchSampler([spec], x_train.shape[0], sc, device)
     x_mon, y_mon = x_train[:MONITOR_SIZE], y_train[:MONITOR_SIZE]
 
-    m = sc.model
     model = initial_model(spec, data).to(device)
     layers = [module for _, module in lipschitz_layers(model)]
-    layer_names = [f"{name}.weight" for name, _ in lipschitz_layers(model)]
     opt = torch.optim.SGD(model.parameters(), lr=sc.optimizer.lr, momentum=0.0, weight_decay=sc.optimizer.weight_decay)
-    b, g = sc.optimizer.batch_size, sc.gradient
-    noise_amp = g.noise_std * (math.sqrt(3.0) if g.noise == "uniform" else 1.0)
+    noise = GradientNoise([spec], [p.shape for p in model.parameters()], device)
     # Regularisers (mixup, label smoothing, auto-augment, FGSM): the batch and loss the step trains on.
-    reg_seed = stream_seed(spec.sampling_seed, spec.init_seed, 5)
-    transform = BatchTransform(sc.regularisers, x_train, data.num_classes, device, reg_seed)
-    if "sde" in sc.record:
-        from lipbench.sde import measure_sde_terms
-
-        probe = functools.partial(  # the terms of the update the step applies (lipbench.sde)
+    transform = BatchTransform(sc.regularisers, x_train, data.num_classes, device, run_seed(spec, Stream.REGULARISERS))
+    probe = None
+    if "sde" in sc.record:  # the terms of the update the step applies (lipbench.sde)
+        probe = functools.partial(
             measure_sde_terms,
+            layer_names=[f"{name}.weight" for name, _ in lipschitz_layers(model)],
             lr=sc.optimizer.lr,
-            batch_stats="contributions" if m.batch_norm else "error",
+            batch_stats="contributions" if sc.model.batch_norm else "error",
             weight_decay=sc.optimizer.weight_decay,
-            gradient_scale=g.scale,
-            gradient_noise_var=g.noise_std**2 if g.noise != "none" else 0.0,
-            population=n if sc.sampling == "without_replacement" else None,
+            gradient_scale=sc.gradient.scale,
+            gradient_noise_var=sc.gradient.noise_std**2 if sc.gradient.noise != "none" else 0.0,
+            population=x_train.shape[0] if sc.sampling == "without_replacement" else None,
         )
-
-    marks = record_steps(sc.steps, sc.record_every)
-    probe_sde = "sde" in sc.record
-    names = [f"sigma_{i}" for i in range(len(layers))] + ["loss", "accuracy"]
-    buffer = torch.full((len(marks), len(names) + (64 if probe_sde else 0)), math.nan, device=device)
-    sde_keys: list[str] = []
-    check_batch(sc.sampling, b, n)
-    order = torch.randperm(n, generator=batch_gen, device=device) if sc.sampling == "without_replacement" else None
-    diverged_at, row, pos = None, 0, 0
+    recorder = Recorder(sc, model, members=1, device=device)
 
     for step in range(sc.steps + 1):
-        if order is None:
-            idx = torch.randint(n, (b,), generator=batch_gen, device=device)
-        else:
-            if pos + b > n:  # a new epoch: reshuffle; the incomplete tail is dropped
-                order, pos = torch.randperm(n, generator=batch_gen, device=device), 0
-            idx, pos = order[pos : pos + b], pos + b
-        xb, yb = x_train[idx], y_train[idx]
-        xb, yb = transform(model, xb, yb)  # unchanged without regularisers; mixup makes yb soft targets
+        idx = sampler()[0]
+        xb, yb = transform(model, x_train[idx], y_train[idx])  # mixup makes yb soft targets
 
-        if step == marks[row]:
+        if recorder.due(step):
             model.eval()
             with torch.no_grad():
-                logits = model(x_mon)
-                if not probe_sde:  # with the probe, sigma comes from the probe's own decomposition below
-                    buffer[row, : len(layers)] = spectral_norms(layers)
-                buffer[row, len(layers)] = F.cross_entropy(logits, y_mon)
-                buffer[row, len(layers) + 1] = (logits.argmax(1) == y_mon).float().mean()
+                logits = model(x_mon).unsqueeze(0) if recorder.monitored else None  # 1 x n x classes: M = 1
             model.train()  # the probe sees what the step sees: dropout masks, batch statistics
-            if probe_sde:
-                measured = probe(model, layer_names, xb, yb, transform.loss)
-                buffer[row, : len(layers)] = torch.stack([t.sigma for t in measured.layers])
-                terms = measured.as_dict()
-                sde_keys = list(terms)
-                buffer[row, len(names) : len(names) + len(terms)] = torch.stack(list(terms.values()))
-            model.train()
-            if not bool(torch.isfinite(buffer[row, : len(layers) + 1]).all()):  # host sync, once per record
-                diverged_at = step
+            if probe is None:
+                sigmas, extras = spectral_norms(layers), {}
+            else:  # sigma then comes from the probe's own decomposition
+                measured = probe(model, x=xb, y=yb, loss_fn=transform.loss)
+                sigmas, extras = torch.stack([t.sigma for t in measured.layers]), measured.as_dict()
+            alive = recorder.write(sigmas, logits, y_mon.unsqueeze(0), extras)
+            if not bool(alive[0]):  # host sync, once per record
                 break
-            row += 1
         if step == sc.steps:
             break
 
         loss = transform.loss(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for p in model.parameters():
-            if g.scale != 1.0:
-                p.grad.mul_(g.scale)
-            if g.noise == "gaussian":
-                p.grad.add_(torch.randn(p.shape, generator=noise_gen, device=device), alpha=noise_amp)
-            elif g.noise == "uniform":
-                p.grad.add_(torch.rand(p.shape, generator=noise_gen, device=device).mul_(2).sub_(1), alpha=noise_amp)
+        transform_gradients(model.parameters(), sc.gradient, noise.draw())
         opt.step()
 
-    kept = row if diverged_at is None else row + 1
-    values = buffer[:kept].double().cpu().numpy()  # the one transfer to the host
-    metrics = {name: values[:, i] for i, name in enumerate(names)}
-    metrics.update({k: values[:, len(names) + i] for i, k in enumerate(sde_keys)})
-    sigmas = values[:, : len(layers)]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        metrics["log_K"] = np.log(sigmas).sum(axis=1)
-        metrics["K"] = np.exp(metrics["log_K"])
-    if "init" in sc.record:  # the random-matrix prediction for each layer at init: a constant per run
-        for i, v in enumerate(init_sigma_theory(layers, m.init, m.init_std)):
-            metrics[f"sigma_init_theory_{i}"] = np.full(kept, v)
-    summary: dict[str, float] = {}
-    if diverged_at is None:
-        model.eval()
-        with torch.no_grad():
-            xt, yt = data.x_test[:10_000].to(device), data.y_test[:10_000].to(device)
-            summary["test_accuracy"] = float((model(xt).argmax(1) == yt).float().mean())
-    return RunRecord(
-        claim=spec.claim,
-        run_id=spec.run_id,
-        sweep_value=spec.sweep_value,
-        init_seed=spec.init_seed,
-        sampling_seed=spec.sampling_seed,
-        steps=np.asarray(marks[:kept], dtype=np.int64),
-        metrics=metrics,
-        diverged_at=diverged_at,
-        seconds=time.perf_counter() - started,
-        device=str(device),
-        summary=summary,
-    )
+    model.eval()
+    summaries = test_accuracy(lambda _, x: model(x), data, device, recorder.finished())
+    return recorder.records([spec], time.perf_counter() - started, summaries)[0]

@@ -7,74 +7,78 @@ the members' losses gives every member its own gradient (no member's loss depend
 The plain MLP (no dropout) skips autograd: `_fused_mlp_step` writes its backward pass out with
 batched matmuls and accumulates each weight gradient straight into the weights.
 
-Each member keeps what engine.train gives a run, drawn the same way, so the same seeds give the
-same trajectory within float tolerance:
-- its initial weights: its module is built and `initialise`d on the CPU from its init seed;
-- its streams: its own generators seeded as in engine.py: indices and epoch permutations from
-  the sampling stream, gradient noise from the noise stream, in engine.train's order (one small
-  draw per member per step, member by member);
-- its corrupted labels, learning rate, weight decay, gradient scale and noise std (these may
-  differ between members; everything else in the scenario is shared).
+Each member keeps what engine.train gives a run, from the same pieces (lipbench.training), so
+the same seeds give the same trajectory within float tolerance: its initial weights (built and
+`initialise`d on the CPU from its init seed), its streams (batches, epoch permutations, gradient
+noise and label corruption, each from the member's own generator in engine.train's order), the
+same recorded columns, and its own learning rate, weight decay, label noise, gradient scale and
+noise std. Dropout masks are the exception: under vmap (randomness="different") every member
+draws its own masks from the global generator, seeded from the first member's seeds, so an
+ensemble repeats itself but its masks are not engine.train's.
 
-Vectorised: the MLP and the ConvNet, both samplings, label noise, gradient scale, Gaussian and
-uniform gradient noise, weight decay, label smoothing, batch norm (the paper's
-track_running_stats=False uses batch statistics, which vmap keeps per member) and dropout (vmap
-randomness="different": every member its own masks from the global generator, seeded from the
-first member's seeds; reproducible for the same ensemble, but not engine.train's masks).
-Falls back to per-run `engine.train`: runs that record the SDE terms ("sde" in scenario.record:
-the probe needs one module's per-sample gradients); mixup, AutoAugment and FGSM (per-run batch
-transforms with their own streams); and any scenario field this module does not know (a feature
-added later is never silently ignored).
+What runs as an ensemble is decided per field and per allowed value of the scenario schema, in
+`ENSEMBLE_SUPPORT` (a test fails when the schema gains a field or a value without a decision
+there); a run the table keeps out (the SDE probe, mixup, AutoAugment, FGSM, or anything without
+a decision) trains alone with engine.train (`ensemble_obstacle` says why).
 
-Lipschitz tracking: at every record a warm-started power iteration, Krylov-accelerated
-(`lipschitz.lanczos_spectral_norms`: `lanczos_steps` Golub-Kahan-Lanczos steps, batched over
-members, the top Ritz vector kept between records), estimates each layer's sigma_max. The first
-and last records, and every `exact_every`-th, take an exact SVD instead; there the estimate's
-relative error is measured and reported as summary["sigma_rel_err"] (its maximum over checks).
-Without "loss"/"accuracy" in scenario.record the monitor forward pass is skipped.
+Lipschitz tracking (`SigmaTracker`): at every record a warm-started power iteration,
+Krylov-accelerated (`lipschitz.lanczos_spectral_norms`: `lanczos_steps` Golub-Kahan-Lanczos
+steps, batched over members, the top Ritz vector kept between records), estimates each layer's
+sigma_max. The first and last records, and every `exact_every`-th, take an exact value instead;
+there the estimate's relative error is measured and reported as summary["sigma_rel_err"] (its
+maximum over checks).
 
-Divergence: a member whose record holds a non-finite sigma or loss is marked (diverged_at, as
-in engine.train); its learning rate and noise drop to zero and its later rows are dropped; the
+Divergence (lipbench.training.Recorder): a member whose record holds a non-finite sigma or
+(recorded) loss is marked, its step factors drop to zero and its later rows are dropped; the
 other members go on. No host sync in the loop: records go into one device tensor that crosses
-to the host once per chunk; divergence marks stay on the device until then. Members are
-chunked by `max_members` (default: a memory estimate).
+to the host once per chunk. Members are chunked by `max_members` (default: a memory estimate).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import time
+import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from torch.func import functional_call, vmap
 
 from lipbench.data import Dataset
-from lipbench.engine import (
-    MONITOR_SIZE,
-    check_batch,
-    corrupt_labels,
-    init_sigma_theory,
-    initial_model,
-    record_steps,
-    stream_seed,
-    train,
-)
+from lipbench.engine import train
 from lipbench.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
 from lipbench.models import lipschitz_layers
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec, Scenario
+from lipbench.training import (
+    MONITOR_SIZE,
+    BatchSampler,
+    Factors,
+    GradientNoise,
+    Recorder,
+    initial_model,
+    member_labels,
+    seed_global,
+    step_factors,
+    test_accuracy,
+)
 
 __all__ = [
+    "ENSEMBLE_SUPPORT",
+    "Decision",
     "can_ensemble",
+    "decision_keys",
     "default_exact_every",
     "default_lanczos_steps",
     "default_max_members",
     "ensemble_key",
+    "ensemble_obstacle",
     "fuses",
     "group_specs",
     "train_ensemble",
@@ -84,35 +88,151 @@ EXACT_EVERY_STEPS = 1000  # by default an exact SVD about every this many traini
 MAX_MEMBERS = 256
 CPU_MEMORY_BUDGET = 2 * 1024**3  # bytes an ensemble may use on the CPU; on CUDA, half the free memory
 
-# Scenario fields this module implements; those under PER_MEMBER may differ within an ensemble.
-_KNOWN = {
-    "": {"model", "dataset", "optimizer", "steps", "record_every", "label_noise", "gradient", "sampling"}
-    | {"record", "device", "regularisers"},
-    "model": {"name", "hidden", "width", "dropout", "batch_norm", "init", "init_std"},
-    "dataset": {"name", "train_size", "test_size", "synthetic_shape", "synthetic_classes", "synthetic_size"},
-    "optimizer": {"name", "lr", "batch_size", "weight_decay"},
-    "gradient": {"scale", "noise", "noise_std"},
-    "regularisers": {"mixup", "label_smoothing", "auto_augment", "fgsm_epsilon"},
+
+# ---------------------------------------------------------------- what an ensemble can run
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How the ensemble treats one scenario field (key "optimizer.lr") or one allowed value of a
+    field (key "gradient.noise=uniform").
+
+    runs: for a value, whether runs with it can be ensembled; for a field, whether any value can
+    (False: only its default can; a run with another value trains alone with engine.train).
+    per_member: members of one ensemble may differ in this field (otherwise they share it).
+    """
+
+    runs: bool
+    why: str
+    per_member: bool = False
+
+
+_SHARED = Decision(True, "the members share it")
+_PER_MEMBER = Decision(True, "each member has its own", per_member=True)
+_RUNS = Decision(True, "vectorised")
+
+#: One decision per field and per allowed value of the scenario schema (see `decision_keys`).
+ENSEMBLE_SUPPORT: dict[str, Decision] = {
+    "model.name": _SHARED,
+    "model.name=mlp": Decision(True, "vectorised; without dropout trained by the hand-written `_fused_mlp_step`"),
+    "model.name=convnet": Decision(True, "vectorised through vmap and autograd"),
+    "model.hidden": _SHARED,
+    "model.width": _SHARED,
+    "model.dropout": Decision(True, "vmap draws every member its own masks (not engine.train's)"),
+    "model.batch_norm": Decision(True, "batch statistics without running ones, which vmap keeps per member"),
+    "model.init": _SHARED,
+    "model.init=default": _RUNS,
+    "model.init=normal": _RUNS,
+    "model.init_std": _SHARED,
+    "dataset.name": _SHARED,
+    **{f"dataset.name={name}": _RUNS for name in ("mnist", "fashion-mnist", "cifar10", "cifar100", "digits")},
+    "dataset.name=synthetic": _RUNS,
+    "dataset.train_size": _SHARED,
+    "dataset.test_size": _SHARED,
+    "dataset.synthetic_shape": _SHARED,
+    "dataset.synthetic_classes": _SHARED,
+    "dataset.synthetic_size": _SHARED,
+    "optimizer.name": _SHARED,
+    "optimizer.name=sgd": _RUNS,
+    "optimizer.lr": _PER_MEMBER,
+    "optimizer.batch_size": _SHARED,
+    "optimizer.weight_decay": _PER_MEMBER,
+    "steps": _SHARED,
+    "record_every": _SHARED,
+    "label_noise": _PER_MEMBER,
+    "gradient.scale": _PER_MEMBER,
+    "gradient.noise": _SHARED,
+    "gradient.noise=none": _RUNS,
+    "gradient.noise=gaussian": _RUNS,
+    "gradient.noise=uniform": _RUNS,
+    "gradient.noise_std": _PER_MEMBER,
+    "sampling": _SHARED,
+    "sampling=with_replacement": _RUNS,
+    "sampling=without_replacement": _RUNS,
+    "record": _SHARED,
+    **{f"record={name}": _RUNS for name in ("sigma", "K", "loss", "accuracy", "init")},
+    "record=sde": Decision(False, "the SDE probe needs one module's per-sample gradients"),
+    "device": _SHARED,
+    "device=any": _RUNS,
+    "device=cuda": _RUNS,
+    "regularisers.mixup": Decision(False, "mixup mixes each run's batch with draws of its own"),
+    "regularisers.label_smoothing": _SHARED,
+    "regularisers.auto_augment": _SHARED,
+    "regularisers.auto_augment=none": _RUNS,
+    **{
+        f"regularisers.auto_augment={policy}": Decision(False, "AutoAugment transforms each sample on its own")
+        for policy in ("cifar10", "imagenet", "svhn")
+    },
+    "regularisers.fgsm_epsilon": Decision(False, "FGSM takes each run's own input gradient first"),
 }
-PER_MEMBER = ("optimizer.lr", "optimizer.weight_decay", "label_noise", "gradient.scale", "gradient.noise_std")
+
+
+def _section(field: FieldInfo) -> type[BaseModel] | None:
+    for candidate in (field.annotation, *typing.get_args(field.annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...]:
+    """The values a Literal annotation allows, also inside list[...], X | None and Annotated[...]."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    return tuple(v for arg in typing.get_args(annotation) for v in _literal_values(arg))
+
+
+def schema_fields(model: type[BaseModel] = Scenario, prefix: str = "") -> dict[str, tuple[FieldInfo, tuple[Any, ...]]]:
+    """Every field of the scenario schema below its sections, by key path, with the values its
+    Literal allows (() where it takes any value of its type)."""
+    out: dict[str, tuple[FieldInfo, tuple[Any, ...]]] = {}
+    for name, field in model.model_fields.items():
+        section = _section(field)
+        if section is not None:
+            out |= schema_fields(section, f"{prefix}{name}.")
+        else:
+            out[f"{prefix}{name}"] = (field, _literal_values(field.annotation))
+    return out
+
+
+def decision_keys(model: type[BaseModel] = Scenario) -> list[str]:
+    """The keys ENSEMBLE_SUPPORT must hold for `model`: each field, and each allowed value of a Literal field."""
+    return [
+        key for path, (_, values) in schema_fields(model).items() for key in (path, *(f"{path}={v}" for v in values))
+    ]
+
+
+_fields = functools.cache(schema_fields)  # per scenario class: derived once
+
+
+def _value(scenario: Scenario, path: str) -> Any:
+    return functools.reduce(getattr, path.split("."), scenario)
+
+
+def ensemble_obstacle(scenario: Scenario) -> str | None:
+    """Why runs of this scenario train alone with engine.train instead of in an ensemble, or None."""
+    for path, (field, allowed) in _fields(type(scenario)).items():
+        value = _value(scenario, path)
+        decision = ENSEMBLE_SUPPORT.get(path)
+        if decision is None:
+            return f"scenario.{path} has no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
+        if not decision.runs and value != field.default:
+            return f"scenario.{path}: {decision.why}"
+        values = value if isinstance(value, list) else [value]
+        for v in values if allowed else ():
+            decision = ENSEMBLE_SUPPORT.get(f"{path}={v}")
+            if decision is None or not decision.runs:
+                why = decision.why if decision else "no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
+                return f"scenario.{path} = {v}: {why}"
+    return None
 
 
 def ensemble_key(spec: RunSpec) -> str | None:
     """What members of one ensemble must share (a JSON string), or None if the run must train alone."""
-    sc = spec.scenario.model_dump(mode="json")
-    reg = sc.get("regularisers", {})
-    if "sde" in sc["record"] or sc["optimizer"]["name"] != "sgd":
+    if ensemble_obstacle(spec.scenario) is not None:
         return None
-    if reg.get("mixup", 0) or reg.get("fgsm_epsilon", 0) or reg.get("auto_augment", "none") != "none":
-        return None
-    for section, known in _KNOWN.items():
-        fields = sc if section == "" else sc[section]
-        if set(fields) - known:
-            return None
-    for path in PER_MEMBER:
-        section, _, name = path.rpartition(".")
-        (sc[section] if section else sc).pop(name)
-    return json.dumps(sc, sort_keys=True)
+    fields = _fields(type(spec.scenario))
+    shared = {path: _value(spec.scenario, path) for path in fields if not ENSEMBLE_SUPPORT[path].per_member}
+    return json.dumps(shared, sort_keys=True)
 
 
 def can_ensemble(spec: RunSpec) -> bool:
@@ -219,212 +339,149 @@ def train_ensemble(
     return [out[i] for i in range(len(specs))]
 
 
-def _member_vector(specs: Sequence[RunSpec], get, device: torch.device) -> torch.Tensor:
-    return torch.tensor([float(get(s.scenario)) for s in specs], dtype=torch.float32, device=device)
-
-
 def _train_chunk(
     specs: Sequence[RunSpec], data: Dataset, device: torch.device, lanczos_steps: int, exact_every: int
 ) -> list[RunRecord]:
     started = time.perf_counter()
-    sc, M = specs[0].scenario, len(specs)
-    b, noise = sc.optimizer.batch_size, sc.gradient.noise
+    sc, M, b = specs[0].scenario, len(specs), specs[0].scenario.optimizer.batch_size
+    members = _Members([initial_model(s, data) for s in specs], device)  # each initialised as engine.train's
+    seed_global(specs[0])  # dropout masks under vmap: every member its own, from the first member's seeds
+    x_train, y_train = data.x_train.to(device), member_labels(specs, data, device)  # y_train: M x N
+    x_mon, y_mon = x_train[:MONITOR_SIZE], y_train[:, :MONITOR_SIZE]
+    sampler = BatchSampler(specs, x_train.shape[0], sc, device)
+    noise = GradientNoise(specs, [p.shape[1:] for p in members.params().values()], device)
+    # The update p <- p - lr (scale g + amplitude draw + wd p), its factors per member; they drop to
+    # zero for a diverged member, which then stops moving.
+    factors = step_factors(specs, device)
+    step = functools.partial(
+        _fused_mlp_step if fuses(sc) else _autograd_step, members, smoothing=sc.regularisers.label_smoothing
+    )
+    recorder = Recorder(sc, members.base, M, device)
+    tracker = SigmaTracker(M, len(recorder.marks), lanczos_steps, exact_every, device)
 
-    # Members' modules are built and initialised one by one on the CPU exactly as engine.train does.
-    modules = []
-    for spec in specs:
-        modules.append(initial_model(spec, data))
-    names = [name for name, _ in modules[0].named_parameters()]  # model.parameters() order: the noise order
-    # The trained leaves, each M x *shape, except linear weights: those are kept as M x in x out, so
-    # that their gradient (x^T delta, from the batched matmul) comes out contiguous and the update is
-    # a streaming subtraction; a transposed gradient made the update several times slower on a CPU.
-    leaves: dict[str, torch.Tensor] = {}
-    for name in names:
-        stacked = torch.stack([dict(m.named_parameters())[name].detach() for m in modules]).to(device)
-        leaves[name] = (stacked.mT.contiguous() if stacked.dim() == 3 else stacked).requires_grad_()
-    transposed = {name for name in names if leaves[name].dim() == 3}
-
-    def member_params() -> dict[str, torch.Tensor]:  # the parameters as the module sees them (views)
-        return {name: leaf.mT if name in transposed else leaf for name, leaf in leaves.items()}
-
-    params = member_params()
-    base = modules[0].to(device)  # the skeleton functional_call fills with a member's parameters
-    if list(base.buffers()):
-        raise ValueError("lipbench.ensemble cannot stack module buffers (batch norm must not track running stats)")
-    lip_names = [f"{name}.weight" for name, _ in lipschitz_layers(base)]
-    plist = [leaves[name] for name in names]
-    # The plain MLP takes a hand-written step (see `_fused_mlp_step`); other models go through autograd.
-    fused = [(leaves[f"{n}.weight"], leaves[f"{n}.bias"]) for n, _ in lipschitz_layers(base)] if fuses(sc) else None
-
-    def forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(base, p, (x,))
-
-    forward_batches = vmap(forward, in_dims=(0, 0), randomness="different")  # x: M x b x C x H x W
-    forward_shared = vmap(forward, in_dims=(0, None), randomness="different")  # x: N x C x H x W
-
-    # Streams: as engine.train, per member.
-    label_gens = [torch.Generator().manual_seed(stream_seed(s.sampling_seed, s.init_seed, 1)) for s in specs]
-    batch_gens = [
-        torch.Generator(device=device).manual_seed(stream_seed(s.sampling_seed, s.init_seed, 2)) for s in specs
-    ]
-    noise_gens = [
-        torch.Generator(device=device).manual_seed(stream_seed(s.sampling_seed, s.init_seed, 3)) for s in specs
-    ]
-    # Dropout masks come from the global generator under vmap: seeded from the first member, as
-    # engine.train seeds it per run (so an ensemble repeats itself, but its masks are not engine.train's).
-    torch.manual_seed(stream_seed(specs[0].sampling_seed, specs[0].init_seed, 4))
-    smoothing = sc.regularisers.label_smoothing
-    train_loss = functools.partial(F.cross_entropy, reduction="none", label_smoothing=smoothing)
-    x_train = data.x_train.to(device)
-    n = x_train.shape[0]
-    check_batch(sc.sampling, b, n)
-    y_members = torch.stack(
-        [
-            corrupt_labels(data.y_train, s.scenario.label_noise, data.num_classes, g).to(device)
-            for s, g in zip(specs, label_gens, strict=True)
-        ]
-    )  # M x N
-    x_mon, y_mon = x_train[:MONITOR_SIZE], y_members[:, :MONITOR_SIZE]
-
-    def per_member(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.view(M, *([1] * (like.dim() - 1)))  # (M,) -> M x 1 x ... to broadcast over one parameter
-
-    # The update engine.train applies, p -= lr (scale g + amp noise + wd p), with the learning rate
-    # folded in: the members' losses are weighted by lr * scale, so backward hands out lr * scale * g
-    # and the step is one subtraction. A diverged member's three weights drop to zero: it stops moving.
-    lr = _member_vector(specs, lambda s: s.optimizer.lr, device)
-    loss_weight = lr * _member_vector(specs, lambda s: s.gradient.scale, device)
-    noise_weight = lr * _member_vector(specs, lambda s: s.gradient.noise_std, device)
-    noise_weight *= math.sqrt(3.0) if noise == "uniform" else 1.0
-    decay_weight = lr * _member_vector(specs, lambda s: s.optimizer.weight_decay, device)
-    use_wd = any(s.scenario.optimizer.weight_decay != 0 for s in specs)
-    # Noise is drawn in the module's layout (engine.train's draw order), then added to the update.
-    noise_bufs = [torch.empty(params[name].shape, device=device) for name in names] if noise != "none" else []
-
-    marks = record_steps(sc.steps, sc.record_every)
-    R, L = len(marks), len(lip_names)
-    monitor = "loss" in sc.record or "accuracy" in sc.record
-    cols = L + (2 if monitor else 0)
-    buffer = torch.full((R, M, cols), math.nan, device=device)  # the records, on the device until the end
-    alive = torch.ones(M, dtype=torch.bool, device=device)
-    died_row = torch.full((M,), R, dtype=torch.long, device=device)  # R: never
-    rel_err = torch.zeros(M, device=device)
-    vectors: list[torch.Tensor] = []
-
-    idx = torch.empty((M, b), dtype=torch.long, device=device)
-    orders = None
-    if sc.sampling == "without_replacement":
-        orders = torch.stack([torch.randperm(n, generator=g, device=device) for g in batch_gens])  # M x N
-    pos, row = 0, 0
-
-    for step in range(sc.steps + 1):
-        if step == marks[row]:
+    for t in range(sc.steps + 1):
+        if recorder.due(t):
             with torch.no_grad():
-                mats = [params[name].detach().reshape(M, params[name].shape[1], -1) for name in lip_names]
-                if row == 0:
-                    sigmas, vectors = top_singular(mats)  # exact, and the tracker's warm start
-                else:
-                    sigmas, vectors = lanczos_spectral_norms(mats, vectors, lanczos_steps)
-                    if row % exact_every == 0 or row == R - 1:
-                        exact = exact_spectral_norms(mats)
-                        err = ((sigmas - exact).abs() / exact).amax(dim=1)
-                        rel_err = torch.maximum(rel_err, torch.where(alive & torch.isfinite(err), err, 0.0))
-                        sigmas = exact
-                buffer[row, :, :L] = sigmas
-                if monitor:
-                    base.eval()
-                    logits = forward_shared(params, x_mon)  # M x MONITOR_SIZE x classes
-                    base.train()
-                    buffer[row, :, L] = (
-                        F.cross_entropy(logits.flatten(0, 1), y_mon.flatten(), reduction="none").view(M, -1).mean(1)
-                    )
-                    buffer[row, :, L + 1] = (logits.argmax(-1) == y_mon).float().mean(1)
-                finite = torch.isfinite(buffer[row, :, : L + (1 if monitor else 0)]).all(dim=1)
-                died_row = torch.where(alive & ~finite, row, died_row)
-                alive &= finite
-                loss_weight, noise_weight, decay_weight = (w * alive for w in (loss_weight, noise_weight, decay_weight))
-            row += 1
-            if step == sc.steps:
+                sigmas = tracker(members.matrices(), recorder.alive)
+                logits = members.monitor(x_mon) if recorder.monitored else None  # M x MONITOR_SIZE x classes
+                alive = recorder.write(sigmas, logits, y_mon)
+                factors = {name: f * alive for name, f in factors.items()}
+            if t == sc.steps:
                 break
+        idx = sampler()  # M x b
+        xb = x_train.index_select(0, idx.flatten()).view(M, b, *x_train.shape[1:])
+        step(xb, y_train.gather(1, idx), factors)
+        members.subtract_noise(noise.draw(), factors["noise"])
 
-        # This step's draws, member by member from its own generator, in engine.train's order.
-        if orders is None:
-            for i, g in enumerate(batch_gens):
-                idx[i].random_(0, n, generator=g)
-        else:
-            if pos + b > n:  # a new epoch: reshuffle; the incomplete tail is dropped
-                for i, g in enumerate(batch_gens):
-                    orders[i] = torch.randperm(n, generator=g, device=device)
-                pos = 0
-            idx, pos = orders[:, pos : pos + b], pos + b
-        for i, g in enumerate(noise_gens):
-            for buf in noise_bufs:
-                if noise == "gaussian":
-                    buf[i].normal_(generator=g)
-                else:
-                    buf[i].uniform_(0.0, 1.0, generator=g)
+    members.base.eval()
+    summaries = test_accuracy(members.forward_one, data, device, recorder.finished())
+    for summary, err in zip(summaries, tracker.rel_err.tolist(), strict=True):
+        summary["sigma_rel_err"] = err
+    return recorder.records(specs, (time.perf_counter() - started) / M, summaries)  # the chunk's time, shared out
 
-        xb = x_train.index_select(0, idx.flatten()).view(M, b, *x_train.shape[1:])  # M x b x C x H x W
-        yb = y_members.gather(1, idx)  # M x b
-        if fused is not None:
-            with torch.no_grad():
-                _fused_mlp_step(fused, xb.flatten(2), yb, loss_weight, decay_weight if use_wd else None, smoothing)
-        else:
-            params = member_params()  # fresh views of the leaves for this step's graph
-            logits = forward_batches(params, xb)  # M x b x classes
-            losses = train_loss(logits.flatten(0, 1), yb.flatten()).view(M, b).mean(1)  # M
-            updates = torch.autograd.grad((losses * loss_weight).sum(), plist)  # lr * scale * g, per member
-            with torch.no_grad():
-                if use_wd:
-                    for p, d in zip(plist, updates, strict=True):
-                        d.add_(p * per_member(decay_weight, p))
-                torch._foreach_sub_(plist, updates)
-        with torch.no_grad():
-            for k, buf in enumerate(noise_bufs):
-                buf = buf.mul_(2).sub_(1) if noise == "uniform" else buf
-                buf.mul_(per_member(noise_weight, buf))
-                plist[k].sub_(buf.mT if names[k] in transposed else buf)
 
-    # The one transfer to the host (plus the divergence marks and the test accuracy below).
-    values = buffer.double().cpu().numpy()  # R x M x cols
-    died = died_row.cpu().numpy()
-    errors = rel_err.double().cpu().numpy()
-    accuracy = _test_accuracy(base, params, data, device, [int(d) == R for d in died])
-    seconds = (time.perf_counter() - started) / M  # the chunk's wall time, shared out
-    init_theory = init_sigma_theory([m for _, m in lipschitz_layers(base)], sc.model.init, sc.model.init_std)
+class SigmaTracker:
+    """sigma_max of every layer of M stacked members at each record, and the error of its estimate.
 
-    records = []
-    for i, spec in enumerate(specs):
-        kept = R if died[i] == R else int(died[i]) + 1
-        cols_i = values[:kept, i]
-        metrics = {f"sigma_{j}": cols_i[:, j] for j in range(L)}
-        if monitor:
-            metrics["loss"], metrics["accuracy"] = cols_i[:, L], cols_i[:, L + 1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            metrics["log_K"] = np.log(cols_i[:, :L]).sum(axis=1)
-            metrics["K"] = np.exp(metrics["log_K"])
-        if "init" in sc.record:  # the random-matrix prediction for each layer at init, as engine.train
-            for j, v in enumerate(init_theory):
-                metrics[f"sigma_init_theory_{j}"] = np.full(kept, v)
-        summary = {"sigma_rel_err": float(errors[i])}
-        if accuracy[i] is not None:
-            summary["test_accuracy"] = accuracy[i]
-        records.append(
-            RunRecord(
-                claim=spec.claim,
-                run_id=spec.run_id,
-                sweep_value=spec.sweep_value,
-                init_seed=spec.init_seed,
-                sampling_seed=spec.sampling_seed,
-                steps=np.asarray(marks[:kept], dtype=np.int64),
-                metrics=metrics,
-                diverged_at=None if died[i] == R else marks[int(died[i])],
-                seconds=seconds,
-                device=str(device),
-                summary=summary,
-            )
-        )
-    return records
+    The first record is exact (and the warm start); later ones take `lanczos_steps` Krylov steps from
+    the last top vectors. Every `exact_every`-th record and the last are exact instead, and measure
+    the estimate's relative error there: `rel_err`, its maximum per member over the checks.
+    """
+
+    def __init__(self, members: int, records: int, lanczos_steps: int, exact_every: int, device: torch.device):
+        self.records, self.lanczos_steps, self.exact_every = records, lanczos_steps, exact_every
+        self.rel_err = torch.zeros(members, device=device)
+        self.vectors: list[torch.Tensor] = []
+        self.row = 0
+
+    @torch.no_grad()
+    def __call__(self, mats: list[torch.Tensor], alive: torch.Tensor) -> torch.Tensor:
+        row, self.row = self.row, self.row + 1
+        if row == 0:
+            sigmas, self.vectors = top_singular(mats)
+            return sigmas
+        sigmas, self.vectors = lanczos_spectral_norms(mats, self.vectors, self.lanczos_steps)
+        if row % self.exact_every == 0 or row == self.records - 1:
+            exact = exact_spectral_norms(mats)
+            err = ((sigmas - exact).abs() / exact).amax(dim=1)
+            self.rel_err = torch.maximum(self.rel_err, torch.where(alive & torch.isfinite(err), err, 0.0))
+            sigmas = exact
+        return sigmas
+
+
+class _Members:
+    """The members' parameters, stacked along a leading member axis, and their vmapped forward passes.
+
+    Trained in place. Linear weights are kept as M x in x out, so that their gradient (x^T delta,
+    from the batched matmul) comes out contiguous and the update is a streaming subtraction; a
+    transposed gradient made the update several times slower on a CPU. `params()` gives the
+    parameters as the module sees them (views).
+    """
+
+    def __init__(self, modules: list[torch.nn.Module], device: torch.device) -> None:
+        self.base = modules[0].to(device)  # the skeleton functional_call fills with a member's parameters
+        if list(self.base.buffers()):
+            raise ValueError("lipbench.ensemble cannot stack module buffers (batch norm must not track running stats)")
+        self.names = [name for name, _ in self.base.named_parameters()]  # the module's order: the noise order
+        self.leaves: dict[str, torch.Tensor] = {}
+        for name in self.names:
+            stacked = torch.stack([dict(m.named_parameters())[name].detach() for m in modules]).to(device)
+            self.leaves[name] = (stacked.mT.contiguous() if stacked.dim() == 3 else stacked).requires_grad_()
+        self.transposed = {name for name in self.names if self.leaves[name].dim() == 3}
+        self.weights = [f"{name}.weight" for name, _ in lipschitz_layers(self.base)]
+        self.batches = vmap(self._forward, in_dims=(0, 0), randomness="different")  # x: M x b x ...
+        self.shared = vmap(self._forward, in_dims=(0, None), randomness="different")  # x: n x ...
+
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, params, (x,))
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {name: leaf.mT if name in self.transposed else leaf for name, leaf in self.leaves.items()}
+
+    def matrices(self) -> list[torch.Tensor]:
+        """Each layer's weight as M x out x (in * kh * kw)."""
+        params = self.params()
+        return [params[name].detach().reshape(*params[name].shape[:2], -1) for name in self.weights]
+
+    def monitor(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's logits on the same samples, in eval mode (M x n x classes)."""
+        self.base.eval()
+        logits = self.shared(self.params(), x)
+        self.base.train()
+        return logits
+
+    def forward_one(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, {k: v[i] for k, v in self.params().items()}, (x,))
+
+    @torch.no_grad()
+    def subtract_noise(self, draws: list[torch.Tensor], weight: torch.Tensor) -> None:
+        """p <- p - weight[m] draw for every parameter (draws in the module's layout, as drawn; [] for none)."""
+        if not draws:
+            return
+        for name, draw in zip(self.names, draws, strict=True):
+            draw.mul_(_per_member(weight, draw))
+            self.leaves[name].sub_(draw.mT if name in self.transposed else draw)
+
+
+def _per_member(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1)))  # (M,) -> M x 1 x ... to broadcast over one parameter
+
+
+def _autograd_step(members: _Members, x: torch.Tensor, y: torch.Tensor, factors: Factors, smoothing: float) -> None:
+    """One SGD step of the stacked members through vmap and autograd, in place.
+
+    The members' losses are weighted by lr * scale, so that backward hands out lr * scale * g and
+    the step is one subtraction (plus lr * wd * p where there is weight decay).
+    """
+    leaves = list(members.leaves.values())
+    logits = members.batches(members.params(), x)  # M x b x classes
+    losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none", label_smoothing=smoothing)
+    updates = torch.autograd.grad((losses.view(y.shape).mean(1) * factors["gradient"]).sum(), leaves)
+    with torch.no_grad():
+        if "decay" in factors:
+            for p, d in zip(leaves, updates, strict=True):
+                d.add_(p * _per_member(factors["decay"], p))
+        torch._foreach_sub_(leaves, updates)
 
 
 def fuses(scenario: Scenario) -> bool:
@@ -432,60 +489,39 @@ def fuses(scenario: Scenario) -> bool:
     return scenario.model.name == "mlp" and not scenario.model.dropout
 
 
-def _fused_mlp_step(
-    layers: list[tuple[torch.Tensor, torch.Tensor]],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    loss_weight: torch.Tensor,
-    decay_weight: torch.Tensor | None,
-    label_smoothing: float,
-) -> None:
+@torch.no_grad()
+def _fused_mlp_step(members: _Members, x: torch.Tensor, y: torch.Tensor, factors: Factors, smoothing: float) -> None:
     """One SGD step of M stacked ReLU MLPs, in place, with the backward pass written out.
 
-    layers: (weight M x in x out, bias M x out) in forward order; x: M x b x in; y: M x b labels.
-    The logits' gradient of member m's mean cross-entropy, weighted by loss_weight[m] (lr * scale),
-    is (softmax - target) * loss_weight[m] / b. Each weight gradient h^T delta goes straight into
+    x: M x b x ... samples (flattened to M x b x in); y: M x b labels.
+    The logits' gradient of member m's mean cross-entropy, weighted by factors["gradient"][m]
+    (lr * scale), is (softmax - target) * that / b. Each weight gradient h^T delta goes straight into
     the weight (baddbmm, beta = 1, alpha = -1) instead of being written out and read back by a
     separate subtraction (on a CPU that subtraction alone took about 7 % of an MLP ensemble's step). The same
     update as autograd's within float rounding (tested); weight decay, W <- W - lr wd W, is applied
     before, from the same old weights.
     """
     M, b = y.shape
-    acts = [x]
+    layers = [(members.leaves[name], members.leaves[name.removesuffix("weight") + "bias"]) for name in members.weights]
+    acts = [x.flatten(2)]
     for k, (W, bias) in enumerate(layers):
         z = torch.baddbmm(bias.unsqueeze(1), acts[-1], W)
         acts.append(z.relu_() if k < len(layers) - 1 else z)
     logits = acts.pop()
     delta = torch.softmax(logits, dim=-1)
-    if label_smoothing:
-        delta.sub_(label_smoothing / logits.shape[-1])
-    delta.scatter_add_(-1, y.unsqueeze(-1), delta.new_full((M, b, 1), label_smoothing - 1))
-    delta.mul_((loss_weight / b).view(M, 1, 1))
+    if smoothing:
+        delta.sub_(smoothing / logits.shape[-1])
+    delta.scatter_add_(-1, y.unsqueeze(-1), delta.new_full((M, b, 1), smoothing - 1))
+    delta.mul_((factors["gradient"] / b).view(M, 1, 1))
+    decay = factors.get("decay")
     for k in reversed(range(len(layers))):
         W, bias = layers[k]
         h = acts[k]
         # From the old W, through the ReLU (its own backward kernel: one pass where a mask takes two).
         below = torch.ops.aten.threshold_backward(torch.bmm(delta, W.mT), h, 0) if k > 0 else None
-        if decay_weight is not None:
-            W.mul_(1 - decay_weight.view(M, 1, 1))
-            bias.mul_(1 - decay_weight.view(M, 1))
+        if decay is not None:
+            W.mul_(1 - decay.view(M, 1, 1))
+            bias.mul_(1 - decay.view(M, 1))
         W.baddbmm_(h.mT, delta, alpha=-1)
         bias.sub_(delta.sum(dim=1))
         delta = below
-
-
-@torch.no_grad()
-def _test_accuracy(
-    base: torch.nn.Module, params: dict[str, torch.Tensor], data: Dataset, device: torch.device, ok: list[bool]
-) -> list[float | None]:
-    """engine.train's test accuracy, member by member (batch norm sees the same 10,000 samples)."""
-    xt, yt = data.x_test[:10_000].to(device), data.y_test[:10_000].to(device)
-    base.eval()
-    found = [
-        (functional_call(base, {k: v[i] for k, v in params.items()}, (xt,)).argmax(1) == yt).float().mean()
-        for i in range(len(ok))
-        if ok[i]
-    ]
-    base.train()
-    values = iter(torch.stack(found).cpu().tolist() if found else [])
-    return [next(values) if good else None for good in ok]

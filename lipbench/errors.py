@@ -20,3 +20,11 @@ class SuiteError(LipbenchError):
 
 class DatasetUnavailable(LipbenchError):
     """A dataset that is not on disk and may not be downloaded; the message says how to get it."""
+
+
+class RunDiverged(LipbenchError):
+    """A run whose loss or K stopped being finite: names the run, the step and the fix."""
+
+    def __init__(self, run_id: str, step: int, quantity: str) -> None:
+        self.run_id, self.step, self.quantity = run_id, step, quantity
+        super().__init__(f"run {run_id} diverged at step {step} ({quantity} not finite); lower scenario.optimizer.lr")

@@ -13,8 +13,17 @@ def layer_matrix(weight: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def spectral_norms(layers: list[nn.Module]) -> torch.Tensor:
-    """sigma_max of each layer's matrix, as one tensor on the layers' device (no host sync)."""
-    return torch.stack([torch.linalg.matrix_norm(layer_matrix(m.weight), ord=2) for m in layers])
+    """sigma_max of each layer's matrix, as one tensor on the layers' device (no host sync).
+
+    A non-finite matrix (a diverged run) gives NaN: LAPACK's SVD would raise on it.
+    """
+    out = []
+    for m in layers:
+        W = layer_matrix(m.weight)
+        finite = torch.isfinite(W).all()
+        sigma = torch.linalg.matrix_norm(torch.where(finite, W, 0.0), ord=2)
+        out.append(torch.where(finite, sigma, torch.nan))
+    return torch.stack(out)
 
 
 def log_bound(sigmas: torch.Tensor) -> torch.Tensor:

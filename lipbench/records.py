@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lipbench.errors import RunDiverged
+
 
 @dataclass
 class RunRecord:
@@ -36,11 +38,17 @@ class RunRecord:
         if self.error:
             return f"run {self.run_id} failed: {self.error}"
         if self.diverged_at is not None:
-            return (
-                f"run {self.run_id} diverged (non-finite loss or weights) at step {self.diverged_at}; "
-                "lower scenario.optimizer.lr"
-            )
+            return str(RunDiverged(self.run_id, self.diverged_at, self.not_finite()))
         return None
+
+    def not_finite(self) -> str:
+        """What the last record holds as non-finite: "loss", "K" or "loss and K" (why the run stopped)."""
+        found = [
+            name
+            for name in ("loss", "K")
+            if len(self.metrics.get(name, ())) and not math.isfinite(float(self.metrics[name][-1]))
+        ]
+        return " and ".join(found) or "loss or K"
 
     def frame(self) -> pd.DataFrame:
         """Long format, one row per recorded step: the table the assertions read."""

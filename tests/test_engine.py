@@ -12,14 +12,15 @@ from builders import scenario_from
 from pydantic import ValidationError
 from torch import nn
 
-from lipbench import engine
+from lipbench import training
 from lipbench.data import Dataset, load_dataset
-from lipbench.engine import corrupt_labels, record_steps, train
+from lipbench.engine import train
 from lipbench.lipschitz import layer_matrix, spectral_norms
 from lipbench.models import build_model, initialise, lipschitz_layers
 from lipbench.records import RunRecord
 from lipbench.runner import ERROR, judge
 from lipbench.suite import RunSpec, Scenario, load_claim
+from lipbench.training import corrupt_labels, record_steps
 
 SCENARIO: dict[str, Any] = {
     "model": {"name": "mlp", "hidden": [16]},
@@ -246,7 +247,7 @@ def _index_dataset(n: int) -> Dataset:
 def _training_batches(monkeypatch: pytest.MonkeyPatch, sc: Scenario, n: int) -> list[list[int]]:
     """The sample indices of every training batch of one run, seen through a forward hook."""
     batches: list[list[int]] = []
-    real_build = engine.build_model
+    real_build = training.build_model
 
     def build_with_hook(*args: Any, **kwargs: Any) -> nn.Module:
         model = real_build(*args, **kwargs)
@@ -258,7 +259,7 @@ def _training_batches(monkeypatch: pytest.MonkeyPatch, sc: Scenario, n: int) -> 
         model.register_forward_pre_hook(hook)
         return model
 
-    monkeypatch.setattr(engine, "build_model", build_with_hook)
+    monkeypatch.setattr(training, "build_model", build_with_hook)
     run(sc, data=_index_dataset(n))
     return batches
 
