@@ -10,8 +10,8 @@ Verdicts
 ``ERROR``, ``SKIPPED``, ``XFAIL`` and ``XPASS`` are the runner's and pass through unchanged.
 ``FAIL`` means the assertion failed, whatever the baseline says. A claim whose assertion
 passed is ``NEW`` without a baseline, else ``REGRESSED``, ``IMPROVED`` or ``PASS`` by the rule
-below. Exit codes for CI: 0 when every verdict is PASS, IMPROVED, NEW, XFAIL, SKIPPED or a
-non-strict XPASS; 1 on any FAIL, REGRESSED, ERROR or strict XPASS; 2 on bad input.
+below (``lipbench.outcome.decide``). What each verdict means and which of them fail a CI job is
+``lipbench.outcome.Verdict``.
 
 The tolerance rule
 ------------------
@@ -52,8 +52,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +62,11 @@ from scipy import stats
 from lipbench.assertions import Tracked
 from lipbench.assertions.base import at_record
 from lipbench.errors import LipbenchError
+from lipbench.outcome import ClaimOutcome, Comparison, StatChange, StatOutcome, Verdict, decide
 from lipbench.records import jsonable, records_frame
-from lipbench.runner import ERROR, FAIL, PASS, SKIPPED, XFAIL, XPASS, ClaimOutcome
 from lipbench.suite import ResolvedClaim, load_claim
 
 BASELINE_VERSION = 2  # 2: tracked statistics with standard errors from the assertion, and its units
-REGRESSED, IMPROVED, NEW = "REGRESSED", "IMPROVED", "NEW"
-VERDICTS = (PASS, FAIL, REGRESSED, IMPROVED, NEW, ERROR, XFAIL, XPASS, SKIPPED)
-FAILING = (FAIL, REGRESSED, ERROR)
 
 ALPHA = 0.005  # two-sided significance of a change: at most 0.5% false flags per statistic when only seeds change
 MIN_CHANGE = 0.10  # practical size: a tenth of the statistic's scale (asv's default factor 1.1)
@@ -250,13 +245,15 @@ def store(
     claim = outcome.claim
     if outcome.result is None:
         return None, f"{claim.name}: not stored: {outcome.status} has no assertion result ({outcome.sentence})"
-    if outcome.status != PASS and not force:
-        return None, f"{claim.name}: not stored: it is {outcome.status}, not PASS; pass --force to store it anyway"
+    if outcome.status != Verdict.PASS and not force:
+        return None, (
+            f"{claim.name}: not stored: it is {outcome.status}, not {Verdict.PASS}; pass --force to store it anyway"
+        )
     if hash_problem and not force:
         return None, f"{claim.name}: not stored: {hash_problem}; pass --force to store it anyway"
     path = baseline_path(root, claim.collection, claim.name, claim.profile)
-    verdict = verdict_of(outcome)
-    was = f", {verdict} against the baseline it replaces" if verdict not in (outcome.status, NEW) else ""
+    verdict = outcome.verdict
+    was = f", {verdict} against the baseline it replaces" if verdict not in (outcome.status, Verdict.NEW) else ""
     write_baseline(build_baseline(outcome, env), path)
     return path, f"{claim.name}: stored {path} ({outcome.status}{was})"
 
@@ -270,41 +267,6 @@ def _relative(path: str | Path) -> str:
 
 
 # --------------------------------------------------------------------------- comparison
-
-
-@dataclass(frozen=True)
-class StatChange:
-    """How one tracked statistic moved against the baseline; `change` > 0 is better.
-
-    ``z`` is Welch's t of the change, ``df`` its Welch-Satterthwaite degrees of freedom, ``z_critical``
-    the |t| that two-sided ``alpha`` needs at that df.
-    """
-
-    name: str
-    better: str
-    baseline: float
-    current: float
-    change: float
-    z: float | None
-    size: float | None  # |change| / scale
-    z_critical: float | None
-    min_change: float
-    # regressed | improved | within tolerance | significant but small | large but not significant | not compared
-    outcome: str
-    df: float | None = None
-    pvalue: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: jsonable(v) for k, v in asdict(self).items()}
-
-    def text(self) -> str:
-        arrow = f"{self.name} {_fmt(self.baseline)} → {_fmt(self.current)}"
-        if self.outcome == "not compared":
-            return f"{arrow} (not compared: the design gives no standard error for it)"
-        z = "undefined" if self.z is None else _fmt(self.z, 2)
-        df = "inf" if self.df is None or not math.isfinite(self.df) else _fmt(self.df, 2)
-        size = "undefined" if self.size is None else f"{_fmt(100 * self.size, 2)}%"
-        return f"{arrow} ({self.outcome}: t = {z}, df = {df}, p = {_fmt(self.pvalue, 2)}, size = {size} of its scale)"
 
 
 def welch(
@@ -337,7 +299,7 @@ def compare_tracked(base: Tracked, new: Tracked) -> StatChange:
         )
 
     if not (math.isfinite(base.value) and math.isfinite(new.value)) or base.se is None or new.se is None:
-        return result(None, None, None, "not compared")
+        return result(None, None, None, StatOutcome.NOT_COMPARED)
     # "closer" compares distances to the target; the t test is on the values themselves.
     diff = new.value - base.value
     t, df, p = welch(diff, base.se, base.df, new.se, new.df)
@@ -345,51 +307,14 @@ def compare_tracked(base: Tracked, new: Tracked) -> StatChange:
     size = abs(change) / base.scale if base.scale > 0 else (0.0 if change == 0 else math.inf)
     significant, large = p < ALPHA, size > MIN_CHANGE
     if significant and large and change != 0:
-        outcome = "improved" if change > 0 else "regressed"
+        outcome = StatOutcome.IMPROVED if change > 0 else StatOutcome.REGRESSED
     elif significant:
-        outcome = "significant but small"
+        outcome = StatOutcome.SIGNIFICANT_BUT_SMALL
     elif large:
-        outcome = "large but not significant"
+        outcome = StatOutcome.LARGE_BUT_NOT_SIGNIFICANT
     else:
-        outcome = "within tolerance"
+        outcome = StatOutcome.WITHIN_TOLERANCE
     return result(math.copysign(abs(t), change), size, crit, outcome, df, p)  # z > 0: moved the better way
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The final verdict of a claim and how its baseline comparison got there."""
-
-    verdict: str
-    status: str
-    baseline: str | None = None  # the baseline file, when there is one
-    comparable: bool | None = None  # None: nothing to compare with
-    notes: tuple[str, ...] = ()
-    changes: tuple[StatChange, ...] = ()
-    sweep_changes: tuple[dict[str, Any], ...] = ()
-    summary: dict[str, Any] = field(default_factory=dict)
-    baseline_environment: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def sentence(self) -> str:
-        head = {
-            REGRESSED: "regressed against the baseline",
-            IMPROVED: "improved on the baseline",
-        }.get(self.verdict, "")
-        parts = [p for p in (head, *(c.text() for c in self.changes), *self.notes) if p]
-        return "; ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "status": self.status,
-            "baseline": self.baseline,
-            "comparable": self.comparable,
-            "notes": list(self.notes),
-            "changes": [c.to_dict() for c in self.changes],
-            "sweep_changes": [jsonable(s) for s in self.sweep_changes],
-            "baseline_environment": jsonable(self.baseline_environment),
-            "sentence": self.sentence,
-        }
 
 
 def compare_summaries(
@@ -436,15 +361,15 @@ def judge_against(
     `file_hash` / `file_scenario` describe the suite file's claim without `--set` overrides.
     """
     status, where = outcome.status, None if path is None else _relative(path)
-    if status in (ERROR, SKIPPED) or outcome.result is None:
+    if status in (Verdict.ERROR, Verdict.SKIPPED) or outcome.result is None:
         return Comparison(status, status, where, None)
     summary = summary if summary is not None else summarise(outcome)
-    if status in (XFAIL, XPASS):  # expected to fail: its numbers are kept, but not judged
+    if status in (Verdict.XFAIL, Verdict.XPASS):  # expected to fail: its numbers are kept, but not judged
         return Comparison(status, status, where, None, summary=summary)
     if problem is not None:
         return Comparison(status, status, where, False, notes=(f"not comparable: {problem}",), summary=summary)
     if baseline is None:
-        verdict = NEW if status == PASS else status
+        verdict = Verdict.NEW if status == Verdict.PASS else status
         file, profile = _relative(outcome.claim.file), outcome.claim.profile
         hint = f"store one with `lipbench baseline update {file} --profile {profile}`"
         return Comparison(verdict, status, where, None, notes=(f"no baseline at {where}; {hint}",), summary=summary)
@@ -475,14 +400,7 @@ def judge_against(
         )
     changes, sweep_changes, more = compare_summaries(baseline.get("summary") or {}, summary)
     notes += more
-    if status == FAIL:
-        verdict = FAIL
-    elif any(c.outcome == "regressed" for c in changes):
-        verdict = REGRESSED
-    elif any(c.outcome == "improved" for c in changes):
-        verdict = IMPROVED
-    else:
-        verdict = PASS
+    verdict = Verdict.FAIL if status == Verdict.FAIL else decide(changes)
     return Comparison(verdict, status, where, True, tuple(notes), tuple(changes), tuple(sweep_changes), summary, env)
 
 
@@ -506,40 +424,3 @@ def verdict_for(outcome: ClaimOutcome, root: str | Path, device: str) -> Compari
         file_scenario=scenario_dump(original) if original else None,
         problem=problem,
     )
-
-
-# --------------------------------------------------------------------------- verdicts and exit codes
-
-
-def attach(outcome: ClaimOutcome, comparison: Comparison) -> None:
-    """Put the final verdict on the outcome: `outcome.verdict` (str) and `outcome.comparison`."""
-    outcome.verdict = comparison.verdict  # type: ignore[attr-defined]
-    outcome.comparison = comparison  # type: ignore[attr-defined]
-
-
-def verdict_of(outcome: ClaimOutcome) -> str:
-    """The final verdict: the baseline comparison's when there was one, else the runner's status."""
-    return getattr(outcome, "verdict", None) or outcome.status
-
-
-def comparison_of(outcome: ClaimOutcome) -> Comparison | None:
-    return getattr(outcome, "comparison", None)
-
-
-def is_failure(verdict: str, strict: bool = False) -> bool:
-    """Whether a verdict fails a CI job: FAIL, REGRESSED, ERROR, and XPASS of a strict claim."""
-    return verdict in FAILING or (verdict == XPASS and strict)
-
-
-def exit_code(outcomes: Iterable[ClaimOutcome], bad_input: bool = False) -> int:
-    """2 on bad input, else 1 if any verdict fails, else 0."""
-    if bad_input:
-        return 2
-    failed = any(is_failure(verdict_of(o), o.claim.claim.strict) for o in outcomes)
-    return 1 if failed else 0
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or not math.isfinite(x):
-        return "undefined" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return f"{x:.{digits}g}"

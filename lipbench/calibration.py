@@ -37,8 +37,10 @@ from lipbench.baselines import (
     default_root,
     read_baseline,
 )
+from lipbench.outcome import StatOutcome
 from lipbench.suite import ResolvedClaim
 
+MOVED = (StatOutcome.REGRESSED, StatOutcome.IMPROVED)  # a false alarm when only the seeds changed
 FALSE_ALARM_TARGET = ALPHA  # per comparison
 REPLICATES = 2000  # per scenario and noise family: a rate near 1% known to about ±0.45% (95%)
 
@@ -141,7 +143,7 @@ def false_alarm_rate(
         for base, new in zip(spec.tracked_of(a, i), spec.tracked_of(b, i), strict=True):
             if base.se is None or new.se is None:
                 return None
-            flags.setdefault(base.name, []).append(compare_tracked(base, new).outcome in ("regressed", "improved"))
+            flags.setdefault(base.name, []).append(compare_tracked(base, new).outcome in MOVED)
     return max((Rate.of(np.array(f)) for f in flags.values()), key=lambda r: r.rate, default=None)
 
 

@@ -1,8 +1,9 @@
 """`lipbench run | list | show | validate | baseline | compare | report`: a thin face over the library.
 
 Exit codes of `run` (for CI): 0 when every verdict is PASS, IMPROVED, NEW, XFAIL, SKIPPED or a
-non-strict XPASS; 1 on any FAIL, REGRESSED, ERROR or strict XPASS; 2 bad input. The verdicts
-and the baseline tolerance rule are documented in `lipbench.baselines`.
+non-strict XPASS; 1 on any FAIL, REGRESSED, ERROR or strict XPASS; 2 bad input. The verdicts are
+`lipbench.outcome.Verdict` (`lipbench run --help` lists them); the baseline tolerance rule is
+documented in `lipbench.baselines`.
 """
 
 from __future__ import annotations
@@ -19,23 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lipbench.errors import LipbenchError, SuiteError
+from lipbench.outcome import StatOutcome, Verdict, exit_code
 from lipbench.runner import ENGINES
 from lipbench.suite import ResolvedClaim, load_claim, suite_files
 
 console = Console(stderr=False, highlight=False)
 errors = Console(stderr=True, highlight=False)
-
-STYLE = {
-    "PASS": "green",
-    "FAIL": "red",
-    "ERROR": "bold red",
-    "XFAIL": "yellow",
-    "XPASS": "magenta",
-    "SKIPPED": "dim",
-    "REGRESSED": "bold red",
-    "IMPROVED": "cyan",
-    "NEW": "blue",
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="baselines folder (default LIPBENCH_BASELINES, else the baselines/ folder above the suite file)",
         )
 
-    run = sub.add_parser("run", help="train every claim's runs and judge them against their baselines")
+    run = sub.add_parser(
+        "run",
+        help="train every claim's runs and judge them against their baselines",
+        epilog=verdict_legend(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     selection(run)
     training(run)
     run.set_defaults(func=cmd_run)
@@ -153,6 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--baselines", type=Path, default=None, help="baselines folder (default: next to the suites)")
     cal.set_defaults(func=cmd_calibrate, overrides=[])
     return parser
+
+
+def verdict_legend() -> str:
+    """The verdicts of `run`, what each means and whether it fails the run (exit 1)."""
+    width = max(len(v) for v in Verdict)
+    lines = [f"  {v:<{width}}  {v.meaning}{_fails_text(v)}" for v in Verdict]
+    return "verdicts:\n" + "\n".join(lines) + "\n\nexit codes: 0 no verdict fails, 1 some verdict fails, 2 bad input"
+
+
+def _fails_text(verdict: Verdict) -> str:
+    if verdict.fails():
+        return " (fails the run)"
+    return " (fails the run when the claim is strict)" if verdict.fails(strict=True) else ""
+
+
+def styled(verdict: str) -> str:
+    """A verdict in rich markup, in its colour (uncoloured when this lipbench does not know it)."""
+    known = Verdict.named(verdict)
+    return f"[{known.style if known else ''}]{verdict}[/]"
 
 
 def default_profile(device: str = "auto") -> str:
@@ -267,8 +281,6 @@ def _device(args) -> str:
 
 
 def cmd_run(args) -> int:
-    from lipbench.baselines import exit_code
-
     device = _device(args)
     claims, problems = load_claims(args, device)
     for p in problems:
@@ -388,7 +400,7 @@ def cmd_baseline_show(args) -> int:
             table.add_row(
                 f"{data['collection']}/{data['claim']}",
                 profile,
-                f"[{STYLE.get(data['status'], '')}]{data['status']}[/]",
+                styled(data["status"]),
                 f"{a['statistic_name']} = {a['statistic']:.3g}" if a.get("statistic") is not None else "-",
                 tracked or "-",
                 f"{env.get('date', '-')}\n{env.get('device', '-')} @ {env.get('git_commit') or '-'}",
@@ -421,7 +433,6 @@ def cmd_report(args) -> int:
 
 def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
     """Run claims with progress bars; each finished claim is saved, drawn and logged at once."""
-    from lipbench.baselines import verdict_of
     from lipbench.runner import run_claims
     from lipbench.session import Session
 
@@ -440,8 +451,7 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
 
     def done(outcome) -> None:
         session.finish_claim(outcome)
-        verdict = verdict_of(outcome)
-        progress.update(tasks[outcome.claim.name], description=f"{outcome.claim.name} [{verdict}]")
+        progress.update(tasks[outcome.claim.name], description=f"{outcome.claim.name} [{outcome.verdict}]")
 
     def advance(claim, done_runs: int, total: int) -> None:
         progress.update(tasks[claim.name], completed=done_runs, total=total)
@@ -470,20 +480,18 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
 
 
 def print_table(outcomes) -> None:
-    from lipbench.baselines import comparison_of, verdict_of
-
     table = Table(title="lipbench verdicts", show_lines=False)
     for col in ("claim", "profile", "verdict", "statistic", "threshold", "p", "vs baseline", "runs", "time"):
         table.add_column(col)
     for o in outcomes:
-        r, verdict, comparison = o.result, verdict_of(o), comparison_of(o)
+        r, verdict, comparison = o.result, o.verdict, o.comparison
         stat = f"{r.statistic_name} = {r.statistic:.3g}" if r else "-"
         thr = f"{r.threshold:.3g}" if r else "-"
         p = f"{r.pvalue:.2g}" if r and r.pvalue is not None else "-"
         table.add_row(
             o.claim.name,
             o.claim.profile,
-            f"[{STYLE.get(verdict, '')}]{verdict}[/]",
+            styled(verdict),
             stat,
             thr,
             p,
@@ -493,9 +501,9 @@ def print_table(outcomes) -> None:
         )
     console.print(table)
     for o in outcomes:
-        verdict, comparison = verdict_of(o), comparison_of(o)
+        verdict, comparison = o.verdict, o.comparison
         if o.sentence:
-            console.print(f"[{STYLE.get(verdict, '')}]{verdict}[/] {o.claim.name}: ", end="")
+            console.print(f"{styled(verdict)} {o.claim.name}: ", end="")
             console.print(o.sentence, markup=False, highlight=False)
         if comparison is not None and comparison.sentence:
             console.print(f"    baseline: {comparison.sentence}", markup=False, highlight=False)
@@ -504,12 +512,12 @@ def print_table(outcomes) -> None:
 def _versus(comparison) -> str:
     """The baseline column: the largest |z| of the tracked statistics, or why there is none."""
     if comparison is None or comparison.comparable is None:
-        return "new" if comparison is not None and comparison.verdict == "NEW" else "-"
+        return "new" if comparison is not None and comparison.verdict == Verdict.NEW else "-"
     if not comparison.comparable:
         return "not comparable"
     zs = [c for c in comparison.changes if c.z is not None]
     if not zs:
-        return "not compared"
+        return StatOutcome.NOT_COMPARED
     worst = max(zs, key=lambda c: abs(c.z))
     return f"{worst.name}: t = {worst.z:.2g}"
 

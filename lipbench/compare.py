@@ -40,8 +40,15 @@ from typing import Any
 
 from lipbench.baselines import changed_keys, compare_summaries
 from lipbench.errors import LipbenchError
+from lipbench.outcome import StatOutcome, Verdict, decide
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+#: How the verdict of B against A reads in the table.
+JUDGEMENT = {
+    Verdict.REGRESSED: StatOutcome.REGRESSED,
+    Verdict.IMPROVED: StatOutcome.IMPROVED,
+    Verdict.PASS: StatOutcome.WITHIN_TOLERANCE,
+}
 
 
 @dataclass(frozen=True)
@@ -144,10 +151,7 @@ def compare_rows(a: dict[tuple[str, str, str], Side], b: dict[tuple[str, str, st
                 row["notes"].append(f"devices differ ({devices[0]} vs {devices[1]}): compared as a new draw of seeds")
             changes, _, notes = compare_summaries(left.result["summary"], right.result["summary"])
             row["changes"], row["notes"] = changes, row["notes"] + notes
-            outcomes = {c.outcome for c in changes}
-            row["judgement"] = (
-                "regressed" if "regressed" in outcomes else "improved" if "improved" in outcomes else "within tolerance"
-            )
+            row["judgement"] = JUDGEMENT[decide(changes)]
         rows.append(row)
     return rows
 

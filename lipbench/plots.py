@@ -12,8 +12,8 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
+from lipbench.outcome import ClaimOutcome
 from lipbench.records import records_frame
-from lipbench.runner import ClaimOutcome
 
 
 def claim_figure(outcome: ClaimOutcome, path: str | Path) -> Path | None:

@@ -392,13 +392,13 @@ class ClaimItem(pytest.Item):
         self.outcome: Any = None
 
     def runtest(self) -> None:
-        from lipbench.baselines import comparison_of, is_failure, verdict_of
-        from lipbench.runner import ERROR, SKIPPED, XFAIL, XPASS, run_claims
+        from lipbench.outcome import Verdict, exit_code
+        from lipbench.runner import run_claims
 
         settings = self.config.stash[SETTINGS]
         device = _device(settings)
         if device is None:
-            raise ClaimFailed(self, ERROR, str(settings.device_error))
+            raise ClaimFailed(self, Verdict.ERROR, str(settings.device_error))
         session = _session(settings, device)
         if settings.threads is not None:
             import torch
@@ -420,22 +420,21 @@ class ClaimItem(pytest.Item):
         )
         self.outcome = outcome
         folder = folders[0] if folders else None
-        verdict, strict = verdict_of(outcome), self.claim.claim.strict
-        comparison = comparison_of(outcome)
+        verdict, strict, comparison = outcome.verdict, self.claim.claim.strict, outcome.comparison
         message = "; ".join(s for s in (outcome.sentence, comparison.sentence if comparison else "") if s)
-        self.user_properties += [("lipbench_verdict", verdict), ("lipbench_sentence", message)]
+        self.user_properties += [("lipbench_verdict", str(verdict)), ("lipbench_sentence", message)]
         if folder is not None:
             self.user_properties.append(("lipbench_results", str(folder)))
-        if verdict == SKIPPED:
+        if verdict == Verdict.SKIPPED:
             pytest.skip(outcome.sentence or "skipped by lipbench")
-        if verdict == XPASS and strict:
+        if verdict == Verdict.XPASS and strict:
             message = f"expected to fail ({self.claim.claim.expect_reason}), but: {message}"
-            raise ClaimFailed(self, "XPASS(strict)", message, folder)
-        if is_failure(verdict, strict):
+            raise ClaimFailed(self, f"{Verdict.XPASS}(strict)", message, folder)
+        if exit_code([outcome]) != 0:  # the rule of `lipbench run`'s exit code
             raise ClaimFailed(self, verdict, message, folder)
         if message:  # a failure shows it in its report; a pass shows it with -rA
             self.add_report_section("call", "lipbench", f"{verdict}: {message}")
-        if verdict == XFAIL:
+        if verdict == Verdict.XFAIL:
             pytest.xfail(self.claim.claim.expect_reason)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:

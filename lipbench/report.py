@@ -3,8 +3,8 @@
 Per claim: its figure (the PNG the run saved, the same one logged as the MLflow artifact
 ``figure.png``; redrawn from ``records.json`` when missing) embedded as base64, beside it the SDE
 decomposition of claims recorded with the probe (``sde_decomposition.png``), the claim,
-the assertion sentence, the verdict and the baseline comparison. Nothing is fetched from the
-network and no file beside the HTML is needed.
+the assertion sentence, the verdict and the baseline comparison; under the tally, what each verdict
+means. Nothing is fetched from the network and no file beside the HTML is needed.
 """
 
 from __future__ import annotations
@@ -12,23 +12,15 @@ from __future__ import annotations
 import base64
 import html
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lipbench.outcome import Verdict
 from lipbench.results import find_results, load_outcome, load_result
 
-COLORS = {
-    "PASS": "#1a7f37",
-    "IMPROVED": "#0969da",
-    "NEW": "#0969da",
-    "FAIL": "#cf222e",
-    "REGRESSED": "#cf222e",
-    "ERROR": "#cf222e",
-    "XFAIL": "#9a6700",
-    "XPASS": "#8250df",
-    "SKIPPED": "#6e7781",
-}
+UNKNOWN_COLOUR = Verdict.SKIPPED.colour  # a verdict this lipbench does not know (a newer file's)
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1f2328; }
@@ -62,7 +54,7 @@ def write_report(results: str | Path | list[Path], out: str | Path | None = None
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head>"
-        f"<body><h1>{title}</h1><p>{len(folders)} claims: {tally}</p>"
+        f"<body><h1>{title}</h1><p>{len(folders)} claims: {tally}</p>{_legend(counts)}"
         f"<p class='muted'>written {now}</p>{''.join(sections)}</body></html>\n"
     )
     path = target / "report.html"
@@ -170,8 +162,24 @@ def _figure_png(folder: Path) -> bytes | None:
         return drawn.read_bytes() if drawn else None
 
 
+def _legend(verdicts: Iterable[str]) -> str:
+    """What each verdict of the page means."""
+    items = "".join(
+        f"<li>{_badge(v)} {html.escape(known.meaning)}</li>" for v in sorted(verdicts) if (known := Verdict.named(v))
+    )
+    if not items:
+        return ""
+    return f"<details><summary class='muted'>what the verdicts mean</summary><ul>{items}</ul></details>"
+
+
 def _badge(verdict: str) -> str:
-    return f"<span class='verdict' style='background:{COLORS.get(verdict, '#6e7781')}'>{html.escape(verdict)}</span>"
+    """The verdict on its colour; its meaning shows on hover."""
+    known = Verdict.named(verdict)
+    colour, meaning = (known.colour, known.meaning) if known else (UNKNOWN_COLOUR, "")
+    return (
+        f"<span class='verdict' style='background:{colour}' title='{html.escape(meaning)}'>"
+        f"{html.escape(verdict)}</span>"
+    )
 
 
 def _g(x: Any, digits: int = 3) -> str:

@@ -14,8 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lipbench.assertions import AssertionResult
+from lipbench.errors import LipbenchError
+from lipbench.outcome import ClaimOutcome, Verdict
 from lipbench.records import RunRecord
-from lipbench.runner import ClaimOutcome
+from lipbench.suite import Claim, ResolvedClaim, load_claim
 
 RESULT_VERSION = 1
 
@@ -64,7 +67,7 @@ def save_outcome(outcome: ClaimOutcome, out: Path, env: dict[str, Any]) -> Path:
         "profile": claim.profile,
         "scenario_hash": claim.scenario_hash(),
         "status": outcome.status,
-        "verdict": getattr(outcome, "verdict", None) or outcome.status,
+        "verdict": outcome.verdict,
         "error": outcome.error,
         "seconds": round(outcome.seconds, 3),
         "runs": len(outcome.records),
@@ -103,11 +106,10 @@ def find_results(root: str | Path) -> list[Path]:
 
 def load_outcome(folder: str | Path) -> ClaimOutcome:
     """Rebuild a finished claim from its folder: the claim as it was resolved, its records and result."""
-    from lipbench.assertions import AssertionResult
-    from lipbench.suite import Claim, ResolvedClaim, load_claim
-
     folder = Path(folder)
     data = load_result(folder)
+    status = _verdict(folder, data, "status")
+    verdict = _verdict(folder, data, "verdict") if data.get("verdict") else None
     if data.get("resolved"):
         claim = ResolvedClaim(
             Claim.model_validate(data["resolved"]), Path(data["file"]), data["profile"], data["collection"], ()
@@ -116,7 +118,14 @@ def load_outcome(folder: str | Path) -> ClaimOutcome:
         claim = load_claim(data["file"], None if data["profile"] == "default" else data["profile"])
     result = AssertionResult.from_dict(data["assertion"]) if data.get("assertion") else None
     records = load_records(folder) if (folder / "records.json").exists() else []
-    outcome = ClaimOutcome(claim, data["status"], records, result, data.get("error"), data.get("seconds", 0.0))
-    if data.get("verdict"):
-        outcome.verdict = data["verdict"]  # type: ignore[attr-defined]
-    return outcome
+    return ClaimOutcome(claim, status, records, result, data.get("error"), data.get("seconds", 0.0), verdict)
+
+
+def _verdict(folder: Path, data: dict[str, Any], key: str) -> Verdict:
+    verdict = Verdict.named(str(data.get(key)))
+    if verdict is None:
+        raise LipbenchError(
+            f"{folder / 'result.json'}: {key} {data.get(key)!r} is not a verdict of this lipbench "
+            f"({', '.join(Verdict)}); write it again with `lipbench run`"
+        )
+    return verdict

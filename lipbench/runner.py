@@ -13,34 +13,14 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 
-from lipbench.assertions import AssertionResult
 from lipbench.errors import LipbenchError
+from lipbench.outcome import ClaimOutcome, Verdict
 from lipbench.records import RunRecord, records_frame
 from lipbench.suite import ResolvedClaim, RunSpec
 
-PASS, FAIL, ERROR, XFAIL, XPASS, SKIPPED = "PASS", "FAIL", "ERROR", "XFAIL", "XPASS", "SKIPPED"
 MAX_ATTEMPTS = 2  # a run whose worker process dies is tried once more in a fresh pool
 ENGINES = ("auto", "per-run", "ensemble")  # auto: runs that can share an ensemble do (lipbench.ensemble)
-
-
-@dataclass
-class ClaimOutcome:
-    """A claim's runs, its assertion result and its status (before any baseline comparison)."""
-
-    claim: ResolvedClaim
-    status: str
-    records: list[RunRecord] = field(default_factory=list)
-    result: AssertionResult | None = None
-    error: str | None = None
-    seconds: float = 0.0
-
-    @property
-    def sentence(self) -> str:
-        if self.error:
-            return self.error
-        return self.result.sentence if self.result else ""
 
 
 def default_workers(device: str, runs: int) -> int:
@@ -142,23 +122,28 @@ def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) 
     problems = [r.problem for r in records if not r.ok]
     if problems:
         more = f" (and {len(problems) - 1} more runs)" if len(problems) > 1 else ""
-        return ClaimOutcome(claim, ERROR, records, error=problems[0] + more, seconds=seconds)
+        return ClaimOutcome(claim, Verdict.ERROR, records, error=problems[0] + more, seconds=seconds)
     try:
         frame = records_frame(records)
         frame.attrs["sweep_name"] = claim.sweep_name
         result = claim.claim.assertion.evaluate(frame)
     except ValueError as e:
-        return ClaimOutcome(claim, ERROR, records, error=f"assertion could not be computed: {e}", seconds=seconds)
-    status = (XPASS if result.passed else XFAIL) if claim.claim.expect == "fail" else PASS if result.passed else FAIL
+        error = f"assertion could not be computed: {e}"
+        return ClaimOutcome(claim, Verdict.ERROR, records, error=error, seconds=seconds)
+    if claim.claim.expect == "fail":
+        status = Verdict.XPASS if result.passed else Verdict.XFAIL
+    else:
+        status = Verdict.PASS if result.passed else Verdict.FAIL
     return ClaimOutcome(claim, status, records, result=result, seconds=seconds)
 
 
 def _precheck(claim: ResolvedClaim, device: str) -> ClaimOutcome | None:
     if claim.claim.scenario.device == "cuda" and not device.startswith("cuda"):
-        return ClaimOutcome(claim, SKIPPED, error="needs a CUDA device (scenario.device: cuda); none is in use")
+        return ClaimOutcome(claim, Verdict.SKIPPED, error="needs a CUDA device (scenario.device: cuda); none is in use")
     problem = claim.design_problem()
     if problem:
-        return ClaimOutcome(claim, ERROR, error=f"{claim.file}: seeds/sweep/record_every: {problem.rstrip('.')}")
+        error = f"{claim.file}: seeds/sweep/record_every: {problem.rstrip('.')}"
+        return ClaimOutcome(claim, Verdict.ERROR, error=error)
     return None
 
 

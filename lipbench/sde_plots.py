@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from lipbench.outcome import ClaimOutcome
 from lipbench.plots import save_figure
 from lipbench.records import records_frame
-from lipbench.runner import ClaimOutcome
 
 TERMS = (  # column, label, sign in d log K, colour
     ("sde_mu", "drift  μ", 1.0, "tab:blue"),

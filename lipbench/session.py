@@ -2,9 +2,8 @@
 judge it against its baseline, draw its figure, log it to MLflow. The local copy is written
 first, so nothing computed is lost when a later step fails.
 
-The final verdict (PASS, FAIL, REGRESSED, IMPROVED, NEW, ERROR, XFAIL, XPASS, SKIPPED) is put on
-the outcome by `finish_claim`: read it with `lipbench.baselines.verdict_of(outcome)` (or the
-attributes `outcome.verdict` and `outcome.comparison`, a `baselines.Comparison`).
+The final verdict (a `lipbench.outcome.Verdict`) is put on the outcome by `finish_claim`: read
+`outcome.verdict` and `outcome.comparison` (a `lipbench.outcome.Comparison`).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from lipbench.runner import ClaimOutcome
+from lipbench.outcome import ClaimOutcome, Comparison
 from lipbench.suite import ResolvedClaim
 
 Warn = Callable[[str], None]
@@ -61,7 +60,7 @@ class Session:
     def finish_claim(self, outcome: ClaimOutcome) -> Path:
         """Save, judge against its baseline, draw and log one finished claim; returns its results folder.
 
-        Sets `outcome.verdict` and `outcome.comparison` (see `lipbench.baselines.verdict_of`).
+        Sets `outcome.verdict` and `outcome.comparison`.
         """
         from lipbench.plots import claim_figure
         from lipbench.results import save_outcome
@@ -104,7 +103,7 @@ class Session:
 
     def _judge(self, outcome: ClaimOutcome, folder: Path):
         """Compare with the baseline, put the verdict on the outcome and into result.json."""
-        from lipbench.baselines import Comparison, attach, verdict_for
+        from lipbench.baselines import verdict_for
         from lipbench.results import update_result
 
         try:
@@ -113,7 +112,7 @@ class Session:
             self.warn(f"lipbench: warning: no baseline comparison for {outcome.claim.name}: {type(e).__name__}: {e}")
             note = f"baseline comparison failed: {type(e).__name__}: {e}"
             comparison = Comparison(outcome.status, outcome.status, notes=(note,))
-        attach(outcome, comparison)
+        outcome.attach(comparison)
         update_result(folder, verdict=comparison.verdict, baseline=comparison.to_dict(), summary=comparison.summary)
         return comparison
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lipbench.runner import ClaimOutcome
+from lipbench.outcome import ClaimOutcome, Verdict
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -81,7 +81,7 @@ class Tracker:
         metrics = {
             "seconds": outcome.seconds,
             "runs": float(len(outcome.records)),
-            "passed": float(outcome.status in ("PASS", "XPASS")),
+            "passed": float(outcome.status in (Verdict.PASS, Verdict.XPASS)),
             **(metrics or {}),
         }
         for key in ("statistic", "pvalue", "ci_low", "ci_high", "effect_size", "threshold", "n"):
@@ -105,7 +105,7 @@ class Tracker:
             if Path(file).exists():
                 self.client.log_artifact(pid, str(file))
         expected = {record.run_id: self._log_child(pid, record, claim.name) for record in outcome.records}
-        self.client.set_terminated(pid, "FINISHED" if outcome.status != "ERROR" else "FAILED")
+        self.client.set_terminated(pid, "FINISHED" if outcome.status != Verdict.ERROR else "FAILED")
         self.verify(pid, expected)
         return pid
 

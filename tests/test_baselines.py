@@ -16,22 +16,22 @@ from scipy import stats
 from lipbench import baselines as bl
 from lipbench.assertions import Tracked
 from lipbench.baselines import (
-    IMPROVED,
-    NEW,
-    REGRESSED,
     build_baseline,
     compare_tracked,
-    exit_code,
     judge_against,
     read_baseline,
     verdict_for,
     write_baseline,
 )
 from lipbench.cli import main
+from lipbench.outcome import STATUSES, ClaimOutcome, Comparison, Verdict, exit_code
 from lipbench.records import RunRecord
-from lipbench.runner import ERROR, FAIL, PASS, SKIPPED, XFAIL, XPASS, ClaimOutcome, judge
+from lipbench.runner import judge
 from lipbench.session import Session
 from lipbench.suite import ResolvedClaim, load_claim
+
+PASS, FAIL, ERROR, XFAIL, XPASS, SKIPPED = STATUSES
+REGRESSED, IMPROVED, NEW = Verdict.REGRESSED, Verdict.IMPROVED, Verdict.NEW
 
 SCENARIO = {
     "model": {"name": "mlp", "hidden": [32]},
@@ -270,8 +270,8 @@ def test_exit_codes(tmp_path: Path, verdicts: list[str], strict: bool, code: int
     claim = load_claim(write_claim(tmp_path, "label_noise", strict=strict), "quick")
     outcomes = []
     for v in verdicts:
-        o = ClaimOutcome(claim, v if v in (PASS, FAIL, ERROR, XFAIL, XPASS, SKIPPED) else PASS)
-        bl.attach(o, bl.Comparison(v, o.status))
+        o = ClaimOutcome(claim, v if v in STATUSES else PASS)
+        o.attach(Comparison(v, o.status))
         outcomes.append(o)
     assert exit_code(outcomes) == code
     assert exit_code(outcomes, bad_input=True) == 2
@@ -370,7 +370,7 @@ def save_run(out: Path, outcomes: list[ClaimOutcome], baselines: Path) -> Path:
 def test_finish_claim_puts_the_verdict_on_outcome_and_result(tmp_path: Path) -> None:
     outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
     folder = Session(tmp_path / "out", "cpu", mlflow=False, baselines=tmp_path / "b").finish_claim(outcome)
-    assert bl.verdict_of(outcome) == NEW and outcome.verdict == NEW and outcome.comparison.verdict == NEW
+    assert outcome.verdict == NEW and outcome.comparison.verdict == NEW
     saved = json.loads((folder / "result.json").read_text())
     assert saved["verdict"] == NEW and saved["status"] == PASS and saved["summary"]["tracked"]
     assert (folder / "figure.png").stat().st_size > 0

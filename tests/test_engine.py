@@ -17,8 +17,9 @@ from lipbench.data import Dataset, load_dataset
 from lipbench.engine import train
 from lipbench.lipschitz import layer_matrix, spectral_norms
 from lipbench.models import build_model, initialise, lipschitz_layers
+from lipbench.outcome import Verdict
 from lipbench.records import RunRecord
-from lipbench.runner import ERROR, judge
+from lipbench.runner import judge
 from lipbench.suite import RunSpec, Scenario, load_claim
 from lipbench.training import corrupt_labels, record_steps
 
@@ -178,7 +179,7 @@ def test_a_huge_learning_rate_diverges_and_the_claim_is_an_error(write_suite) ->
         assert not np.isfinite(rec.metrics["loss"][-1]) or not np.isfinite(rec.metrics["sigma_0"][-1])
         assert "test_accuracy" not in rec.summary
     outcome = judge(claim, records)
-    assert outcome.status == ERROR
+    assert outcome.status == Verdict.ERROR
     assert "diverged" in outcome.error and "lower scenario.optimizer.lr" in outcome.error
     assert outcome.result is None
 

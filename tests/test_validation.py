@@ -364,8 +364,8 @@ def test_a_test_that_reads_sde_terms_needs_sde_recorded(tmp_path):
 
 
 def test_sde_figure_draws_the_decomposition_or_returns_none(tmp_path):
+    from lipbench.outcome import ClaimOutcome, Verdict
     from lipbench.records import RunRecord
-    from lipbench.runner import PASS, ClaimOutcome
     from lipbench.sde_plots import sde_figure
 
     claim = load_claim(SUITES / "validation" / "sde_agreement.yaml", "quick")
@@ -374,7 +374,7 @@ def test_sde_figure_draws_the_decomposition_or_returns_none(tmp_path):
         RunRecord(claim.name, run, None, 0, j, g["step"].to_numpy(), {c: g[c].to_numpy(float) for c in g.columns[5:]})
         for j, (run, g) in enumerate(frame.groupby("run"))
     ]
-    path = sde_figure(ClaimOutcome(claim, PASS, records), tmp_path / "sde.png")
+    path = sde_figure(ClaimOutcome(claim, Verdict.PASS, records), tmp_path / "sde.png")
     assert path is not None and path.stat().st_size > 10_000
     plain = [RunRecord(claim.name, "r", None, 0, 0, np.arange(3), {"K": np.ones(3), "log_K": np.zeros(3)})]
-    assert sde_figure(ClaimOutcome(claim, PASS, plain), tmp_path / "none.png") is None
+    assert sde_figure(ClaimOutcome(claim, Verdict.PASS, plain), tmp_path / "none.png") is None
