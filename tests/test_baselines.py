@@ -184,8 +184,12 @@ def test_every_test_tracks_statistics_with_errors(tmp_path: Path, name: str) -> 
     for t in summary["tracked"]:
         assert t["se"] is not None and t["se"] >= 0 and math.isfinite(t["value"]), t
     assert sum(s["n"] for s in summary["per_sweep"]) == len(outcome.records)
-    # the first tracked statistic is the assertion's headline wherever there is one sweep group or none
-    if name != "batch":  # (power_law's headline is the same slope, fitted by linregress)
+    # the first tracked statistic is the assertion's headline wherever there is one sweep group or none;
+    # monotone_trend tracks its effect, not rho (a discrete rank statistic: see docs/assertions.md)
+    if outcome.result.test == "monotone_trend":
+        assert [t["name"] for t in summary["tracked"]] == [outcome.result.effect_size_name]
+        assert summary["tracked"][0]["value"] == pytest.approx(outcome.result.effect_size, rel=1e-9)
+    elif name != "batch":  # (power_law's headline is the same slope, fitted by linregress)
         assert summary["tracked"][0]["value"] == pytest.approx(outcome.result.statistic, rel=1e-9)
     else:
         assert summary["tracked"][0]["value"] == pytest.approx(outcome.result.statistic, rel=1e-6)
