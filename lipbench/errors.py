@@ -20,3 +20,7 @@ class SuiteError(LipbenchError):
 
 class DatasetUnavailable(LipbenchError):
     """A dataset that is not on disk and may not be downloaded; the message says how to get it."""
+
+
+class LipbenchWarning(UserWarning):
+    """A problem that costs no verdict (an MLflow write or a figure that failed); the results are saved."""

@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from lipbench.cli import main
+from lipbench.discovery import is_base_file, suite_files
 from lipbench.errors import SuiteError
-from lipbench.suite import is_base_file, load_claim, parse_override, suite_files
+from lipbench.suite import load_claim, parse_override
 
 #: The shipped claims, as `lipbench run suites` finds them (base files only meant to be included are not claims).
 SUITES = suite_files([Path(__file__).parent.parent / "suites"])
@@ -426,6 +427,15 @@ def test_scenario_hash_follows_the_numbers_not_the_prose(write_suite) -> None:
     assert load_claim(path, "quick", ["scenario.steps=3"]).scenario_hash() != reference
     assert load_claim(path, "quick", ["scenario.optimizer.lr=0.1"]).scenario_hash() != reference
     assert load_claim(path, "paper").scenario_hash() != reference
+
+
+def test_set_free_hash_is_computed_when_the_claim_is_loaded(write_suite) -> None:
+    path = write_suite("hashes")
+    plain = load_claim(path, "quick")
+    changed = load_claim(path, "quick", ["scenario.steps=3"])
+    assert plain.file_hash == plain.scenario_hash() and plain.file_claim == plain.claim
+    assert changed.file_hash == plain.scenario_hash() != changed.scenario_hash()
+    assert changed.file_claim == plain.claim and changed.claim.scenario.steps == 3
 
 
 def test_scenario_hash_ignores_fields_left_at_their_defaults(write_suite) -> None:
