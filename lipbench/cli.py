@@ -14,13 +14,31 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lipbench.baselines import (
+    BaselineError,
+    changed_keys,
+    comparison_of,
+    default_root,
+    exit_code,
+    read_baseline,
+    scenario_dump,
+    store,
+    verdict_of,
+)
+from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
+from lipbench.compare import compare_rows, load_side, print_compare, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
 from lipbench.options import add_to_parser, default_profile
+from lipbench.report import write_report
+from lipbench.results import environment, load_outcome, load_result
+from lipbench.runner import run_claims
+from lipbench.session import Session
 from lipbench.suite import ClaimKey, ResolvedClaim, load_claim, name_taken
 
 console = Console(stderr=False, highlight=False)
@@ -171,8 +189,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
-
     if args.replicates < 50:
         raise LipbenchError(f"--replicates must be at least 50, not {args.replicates}.")
     args.profile = args.profile or "quick"
@@ -216,8 +232,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    import yaml
-
     claim = load_claim(args.path, args.profile, args.overrides)
     data = claim.claim.model_dump(mode="json")
     header = f"# {claim.file} [profile: {claim.profile}] scenario hash {claim.scenario_hash()}"
@@ -227,7 +241,7 @@ def cmd_show(args) -> int:
 
 
 def _device(args) -> str:
-    from lipbench.engine import resolve_device
+    from lipbench.engine import resolve_device  # torch, only for a command that trains
 
     try:
         return str(resolve_device(args.device))
@@ -236,8 +250,6 @@ def _device(args) -> str:
 
 
 def cmd_run(args) -> int:
-    from lipbench.baselines import exit_code
-
     device = _device(args)
     claims, problems = load_claims(args, device)
     for p in problems:
@@ -256,9 +268,6 @@ def cmd_run(args) -> int:
 
 def cmd_baseline_update(args) -> int:
     """Run the claims (or read --from-run) and store each one that passed; exit 1 if any was refused."""
-    from lipbench.baselines import default_root, store
-    from lipbench.results import environment
-
     if args.from_run:
         return _update_from_run(args)
     device = _device(args)
@@ -283,10 +292,6 @@ def cmd_baseline_update(args) -> int:
 
 
 def _update_from_run(args) -> int:
-    from lipbench.baselines import changed_keys, default_root, scenario_dump, store
-    from lipbench.compare import load_side
-    from lipbench.results import load_outcome, load_result
-
     found = {}
     for folder in load_side(args.from_run, args.tracking_uri):
         data = load_result(folder)
@@ -320,8 +325,6 @@ def _update_from_run(args) -> int:
 
 
 def cmd_baseline_show(args) -> int:
-    from lipbench.baselines import BaselineError, default_root, read_baseline
-
     table = Table(title="stored baselines")
     for col in ("claim", "profile", "status", "statistic", "tracked (value ± se)", "taken", "scenario"):
         table.add_column(col)
@@ -370,17 +373,12 @@ def cmd_baseline_show(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from lipbench.compare import compare_rows, print_compare, sides
-
     rows = compare_rows(sides(args.a, args.tracking_uri), sides(args.b, args.tracking_uri))
     print_compare(rows, console, args.a, args.b)
     return 0
 
 
 def cmd_report(args) -> int:
-    from lipbench.compare import load_side
-    from lipbench.report import write_report
-
     folders = load_side(args.results, args.tracking_uri)
     source = Path(args.results) if Path(args.results).exists() else folders
     path = write_report(source, args.out)
@@ -390,9 +388,6 @@ def cmd_report(args) -> int:
 
 def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
     """Run claims with progress bars; each finished claim is saved, drawn and logged at once."""
-    from lipbench.baselines import verdict_of
-    from lipbench.runner import run_claims
-    from lipbench.session import Session
 
     def warn(text: str) -> None:
         errors.print(text, markup=False, soft_wrap=True)
@@ -444,8 +439,6 @@ def _label(claim: ResolvedClaim) -> str:
 
 
 def print_table(outcomes) -> None:
-    from lipbench.baselines import comparison_of, verdict_of
-
     table = Table(title="lipbench verdicts", show_lines=False)
     for col in ("claim", "profile", "verdict", "statistic", "threshold", "p", "vs baseline", "runs", "time"):
         table.add_column(col)

@@ -14,16 +14,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lipbench import __version__
+from lipbench.assertions import AssertionResult
 from lipbench.records import RunRecord
 from lipbench.runner import ClaimOutcome
+from lipbench.suite import Claim, ResolvedClaim, load_claim
 
 RESULT_VERSION = 1
 
 
 def environment(device: str) -> dict[str, Any]:
-    import torch
-
-    from lipbench import __version__
+    import torch  # for its version and the GPU's name; reading results needs no torch
 
     try:
         commit = (
@@ -103,9 +104,6 @@ def find_results(root: str | Path) -> list[Path]:
 
 def load_outcome(folder: str | Path) -> ClaimOutcome:
     """Rebuild a finished claim from its folder: the claim as it was resolved, its records and result."""
-    from lipbench.assertions import AssertionResult
-    from lipbench.suite import Claim, ResolvedClaim, load_claim
-
     folder = Path(folder)
     data = load_result(folder)
     if data.get("resolved"):

@@ -2,6 +2,8 @@
 
 The runner knows nothing of MLflow, baselines or the terminal: callers pass `on_progress`
 and `on_claim_done` and do their own logging, so the CLI and the pytest plugin share it.
+The torch modules (engine, ensemble, data) are imported inside the functions that train, so
+planning and judging claims loads no torch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from lipbench.assertions import AssertionResult
 from lipbench.errors import LipbenchError
@@ -210,8 +214,6 @@ def _crash_message(e: Exception) -> str:
 
 
 def _failed(spec: RunSpec, message: str) -> RunRecord:
-    import numpy as np
-
     return RunRecord(
         spec.claim,
         spec.run_id,

@@ -39,8 +39,6 @@ from lipbench.discovery import collection_of
 from lipbench.errors import SuiteError
 from lipbench.registry import DATASETS, MODELS
 
-SCHEMA_VERSION = 1
-
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 ModelName = Literal[MODELS]  # type: ignore[valid-type]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
