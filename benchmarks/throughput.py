@@ -213,8 +213,9 @@ def probe_cost(w: Workload, runs: int, steps: int, device: torch.device, repeats
 
 
 def time_claims(device: torch.device, overrides: list[str], data_root: str | None) -> None:
+    from lipbench.discovery import suite_files
     from lipbench.runner import run_claims
-    from lipbench.suite import load_claim, suite_files
+    from lipbench.suite import load_claim
 
     shown = "".join(f" --set {o}" for o in overrides)
     print(f"\nsuites/implications --profile paper{shown} on {device} (engine auto):")

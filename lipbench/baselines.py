@@ -64,7 +64,7 @@ from lipbench.assertions.base import at_record
 from lipbench.errors import LipbenchError
 from lipbench.outcome import ClaimOutcome, Comparison, StatChange, StatOutcome, Verdict, decide
 from lipbench.records import jsonable, records_frame
-from lipbench.suite import ResolvedClaim, load_claim
+from lipbench.suite import PROSE_KEYS, Claim, ResolvedClaim
 
 BASELINE_VERSION = 2  # 2: tracked statistics with standard errors from the assertion, and its units
 
@@ -101,17 +101,10 @@ def baseline_path(root: str | Path, collection: str, claim: str, profile: str) -
     return Path(root) / collection / f"{claim}.{profile}.json"
 
 
-def file_claim(claim: ResolvedClaim) -> ResolvedClaim | None:
-    """The claim as its suite file defines it for the same profile, without `--set`; None if unreadable."""
-    try:
-        return load_claim(claim.file, None if claim.profile == "default" else claim.profile)
-    except (LipbenchError, OSError):
-        return None
-
-
-def scenario_dump(claim: ResolvedClaim) -> dict[str, Any]:
+def scenario_dump(claim: ResolvedClaim | Claim) -> dict[str, Any]:
     """What the scenario hash covers, as a plain dict (to name the keys that differ)."""
-    return claim.claim.model_dump(mode="json", exclude={"claim", "paper", "expect_reason"})
+    resolved = claim.claim if isinstance(claim, ResolvedClaim) else claim
+    return resolved.model_dump(mode="json", exclude=set(PROSE_KEYS))
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -414,13 +407,12 @@ def verdict_for(outcome: ClaimOutcome, root: str | Path, device: str) -> Compari
             baseline = read_baseline(path)
         except BaselineError as e:
             problem = str(e)
-    original = file_claim(claim)
     return judge_against(
         outcome,
         baseline,
         device=device,
         path=path,
-        file_hash=original.scenario_hash() if original else None,
-        file_scenario=scenario_dump(original) if original else None,
+        file_hash=claim.file_hash,
+        file_scenario=scenario_dump(claim.file_claim) if claim.file_claim else None,
         problem=problem,
     )

@@ -15,14 +15,30 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lipbench.baselines import (
+    BaselineError,
+    changed_keys,
+    default_root,
+    read_baseline,
+    scenario_dump,
+    store,
+)
+from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
+from lipbench.compare import compare_rows, load_side, print_compare, sides
+from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
+from lipbench.options import add_to_parser, default_profile
 from lipbench.outcome import StatOutcome, Verdict, exit_code
-from lipbench.runner import ENGINES
-from lipbench.suite import ResolvedClaim, load_claim, suite_files
+from lipbench.report import write_report
+from lipbench.results import environment, load_outcome, load_result
+from lipbench.runner import run_claims
+from lipbench.session import Session
+from lipbench.suite import ClaimKey, ResolvedClaim, load_claim, name_taken
 
 console = Console(stderr=False, highlight=False)
 errors = Console(stderr=True, highlight=False)
@@ -47,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def selection(p: argparse.ArgumentParser) -> None:
         p.add_argument("paths", nargs="+", metavar="PATH", help="suite files or directories of them")
-        p.add_argument("--profile", help="profile of each suite to use (default: paper with a GPU, else quick)")
+        add_to_parser(p, "profile")
         p.add_argument(
             "--set",
             dest="overrides",
@@ -58,27 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def training(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-        p.add_argument("--workers", type=int, default=None, help="worker processes (default: GPUs, else cores)")
-        p.add_argument(
-            "--engine",
-            choices=ENGINES,
-            default="per-run",
-            help="per-run trains each run alone; ensemble/auto train a claim's compatible runs as one vmapped ensemble",
-        )
-        p.add_argument("--tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI or ./mlflow.db)")
-        p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results are still saved)")
-        p.add_argument("--data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
-        p.add_argument("--out", default=None, help="results folder (default lipbench-results/<time>)")
-        baselines_option(p)
-
-    def baselines_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--baselines",
-            default=None,
-            metavar="DIR",
-            help="baselines folder (default LIPBENCH_BASELINES, else the baselines/ folder above the suite file)",
-        )
+        add_to_parser(p, "device", "workers", "engine", "tracking-uri", "no-mlflow", "data-root", "out", "baselines")
 
     run = sub.add_parser(
         "run",
@@ -94,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     base_sub = base.add_subparsers(dest="baseline_command", required=True)
     update = base_sub.add_parser("update", help="run claims (or read a finished run) and store their baselines")
     update.add_argument("paths", nargs="+", metavar="PATH", help="suite files or directories of them")
-    update.add_argument("--profile", help="profile to store (default: paper with a GPU, else quick; or the run's)")
+    add_to_parser(update, "profile", help="profile to store (default: paper with a GPU, else quick; or the run's)")
     update.add_argument(
         "--from-run",
         default=None,
@@ -108,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     update.set_defaults(func=cmd_baseline_update, overrides=[])
     show_base = base_sub.add_parser("show", help="table of the stored baselines of suite files")
     show_base.add_argument("paths", nargs="+", metavar="PATH", help="suite files or directories of them")
-    show_base.add_argument("--profile", help="only this profile (default: every stored profile)")
-    baselines_option(show_base)
+    add_to_parser(show_base, "profile", help="only this profile (default: every stored profile)")
+    add_to_parser(show_base, "baselines")
     show_base.set_defaults(func=cmd_baseline_show)
 
     comp = sub.add_parser("compare", help="per-claim differences of two runs (results folders or MLflow run ids)")
@@ -169,16 +165,6 @@ def styled(verdict: str) -> str:
     return f"[{known.style if known else ''}]{verdict}[/]"
 
 
-def default_profile(device: str = "auto") -> str:
-    if device.startswith("cuda"):
-        return "paper"
-    if device == "cpu":
-        return "quick"
-    import torch
-
-    return "paper" if torch.cuda.is_available() else "quick"
-
-
 def load_claims(args, device: str = "auto") -> tuple[list[ResolvedClaim], list[SuiteError]]:
     """Every loadable claim, and one error per file that is not (so the others can still run)."""
     profile = args.profile or default_profile(device)
@@ -188,15 +174,13 @@ def load_claims(args, device: str = "auto") -> tuple[list[ResolvedClaim], list[S
             claims.append(load_claim(file, profile, args.overrides))
         except SuiteError as e:
             problems.append(e)
-    seen: dict[str, Path] = {}
+    seen: dict[ClaimKey, Path] = {}
     unique = []
-    for c in claims:  # the runner keys claims by name: a second claim of the same name is not run
-        if c.name in seen:
-            problems.append(
-                SuiteError(c.file, "name", f"{c.name!r} is also the name of {seen[c.name]}; names must differ")
-            )
+    for c in claims:
+        if c.key in seen:
+            problems.append(name_taken(c, seen[c.key]))
             continue
-        seen[c.name] = c.file
+        seen[c.key] = c.file
         unique.append(c)
     return unique, problems
 
@@ -216,8 +200,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
-
     if args.replicates < 50:
         raise LipbenchError(f"--replicates must be at least 50, not {args.replicates}.")
     args.profile = args.profile or "quick"
@@ -261,8 +243,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    import yaml
-
     claim = load_claim(args.path, args.profile, args.overrides)
     data = claim.claim.model_dump(mode="json")
     header = f"# {claim.file} [profile: {claim.profile}] scenario hash {claim.scenario_hash()}"
@@ -272,7 +252,7 @@ def cmd_show(args) -> int:
 
 
 def _device(args) -> str:
-    from lipbench.engine import resolve_device
+    from lipbench.engine import resolve_device  # torch, only for a command that trains
 
     try:
         return str(resolve_device(args.device))
@@ -299,9 +279,6 @@ def cmd_run(args) -> int:
 
 def cmd_baseline_update(args) -> int:
     """Run the claims (or read --from-run) and store each one that passed; exit 1 if any was refused."""
-    from lipbench.baselines import default_root, store
-    from lipbench.results import environment
-
     if args.from_run:
         return _update_from_run(args)
     device = _device(args)
@@ -326,10 +303,6 @@ def cmd_baseline_update(args) -> int:
 
 
 def _update_from_run(args) -> int:
-    from lipbench.baselines import changed_keys, default_root, scenario_dump, store
-    from lipbench.compare import load_side
-    from lipbench.results import load_outcome, load_result
-
     found = {}
     for folder in load_side(args.from_run, args.tracking_uri):
         data = load_result(folder)
@@ -363,8 +336,6 @@ def _update_from_run(args) -> int:
 
 
 def cmd_baseline_show(args) -> int:
-    from lipbench.baselines import BaselineError, default_root, read_baseline
-
     table = Table(title="stored baselines")
     for col in ("claim", "profile", "status", "statistic", "tracked (value ± se)", "taken", "scenario"):
         table.add_column(col)
@@ -413,17 +384,12 @@ def cmd_baseline_show(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from lipbench.compare import compare_rows, print_compare, sides
-
     rows = compare_rows(sides(args.a, args.tracking_uri), sides(args.b, args.tracking_uri))
     print_compare(rows, console, args.a, args.b)
     return 0
 
 
 def cmd_report(args) -> int:
-    from lipbench.compare import load_side
-    from lipbench.report import write_report
-
     folders = load_side(args.results, args.tracking_uri)
     source = Path(args.results) if Path(args.results).exists() else folders
     path = write_report(source, args.out)
@@ -433,8 +399,6 @@ def cmd_report(args) -> int:
 
 def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
     """Run claims with progress bars; each finished claim is saved, drawn and logged at once."""
-    from lipbench.runner import run_claims
-    from lipbench.session import Session
 
     def warn(text: str) -> None:
         errors.print(text, markup=False, soft_wrap=True)
@@ -451,10 +415,10 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
 
     def done(outcome) -> None:
         session.finish_claim(outcome)
-        progress.update(tasks[outcome.claim.name], description=f"{outcome.claim.name} [{outcome.verdict}]")
+        progress.update(tasks[outcome.claim.key], description=f"{_label(outcome.claim)} [{outcome.verdict}]")
 
     def advance(claim, done_runs: int, total: int) -> None:
-        progress.update(tasks[claim.name], completed=done_runs, total=total)
+        progress.update(tasks[claim.key], completed=done_runs, total=total)
 
     started = time.perf_counter()
     with Progress(
@@ -465,7 +429,7 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
         console=console,
         transient=not console.is_terminal,
     ) as progress:
-        tasks = {c.name: progress.add_task(c.name, total=len(c.runs())) for c in claims}
+        tasks = {c.key: progress.add_task(_label(c), total=len(c.runs())) for c in claims}
         outcomes = run_claims(
             claims,
             device=device,
@@ -477,6 +441,11 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
         )
     console.print(f"finished in {time.perf_counter() - started:.0f} s")
     return outcomes
+
+
+def _label(claim: ResolvedClaim) -> str:
+    """collection/name: two collections may hold claims of the same name."""
+    return f"{claim.collection}/{claim.name}"
 
 
 def print_table(outcomes) -> None:

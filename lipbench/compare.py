@@ -32,15 +32,19 @@ against step) and params ``sweep_value``, ``init_seed``, ``sampling_seed``.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from lipbench.baselines import changed_keys, compare_summaries
 from lipbench.errors import LipbenchError
 from lipbench.outcome import StatOutcome, Verdict, decide
+from lipbench.results import find_results, load_result
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 #: How the verdict of B against A reads in the table.
@@ -65,8 +69,6 @@ class Side:
 
 def load_side(spec: str, tracking_uri: str | None = None) -> list[Path]:
     """Claim folders of a results folder, or of one MLflow parent run id (downloaded to a temporary folder)."""
-    from lipbench.results import find_results
-
     path = Path(spec)
     if path.exists():
         folders = find_results(path)
@@ -80,9 +82,8 @@ def load_side(spec: str, tracking_uri: str | None = None) -> list[Path]:
 
 def download_run(run_id: str, tracking_uri: str | None = None) -> Path:
     """result.json and records.json of a claim's parent run, in a temporary folder."""
-    import os
-
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow (slow to import) loads only when a run id is read.
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -107,8 +108,6 @@ def download_run(run_id: str, tracking_uri: str | None = None) -> Path:
 
 
 def sides(spec: str, tracking_uri: str | None = None) -> dict[tuple[str, str, str], Side]:
-    from lipbench.results import load_result
-
     out = {}
     for folder in load_side(spec, tracking_uri):
         side = Side(folder, load_result(folder))
@@ -157,8 +156,6 @@ def compare_rows(a: dict[tuple[str, str, str], Side], b: dict[tuple[str, str, st
 
 
 def print_compare(rows: list[dict[str, Any]], console, label_a: str, label_b: str) -> None:
-    from rich.table import Table
-
     table = Table(title=f"A = {label_a}\nB = {label_b}", title_justify="left")
     for col in ("claim", "verdict A → B", "statistic A → B (Δ)", "p A → B", "CI A → B", "mean final A → B", "B vs A"):
         table.add_column(col)

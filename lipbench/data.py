@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from lipbench.errors import DatasetUnavailable
-
-DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "digits", "synthetic")
+from lipbench.registry import DATASETS
 
 #: Where the Debian package ``dataset-fashion-mnist`` puts the four gzipped IDX files.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

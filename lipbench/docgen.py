@@ -32,6 +32,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from lipbench import suite
+from lipbench.assertions import ASSERTIONS
+from lipbench.suite import Claim
+
 __all__ = ["NOTES", "REFERENCE", "main", "suite_reference"]
 
 #: Where the page lives, relative to the repository root.
@@ -362,9 +366,6 @@ def _default(field: FieldInfo, anchor: tuple[str, str] | None) -> str:
 
 def _registry() -> tuple[str, dict[str, type[BaseModel]]]:
     """The key of `Claim` that holds the assertion, and the registered assertion models by test name."""
-    from lipbench.assertions import ASSERTIONS
-    from lipbench.suite import Claim
-
     registry = {str(name): model for name, model in ASSERTIONS.items()}
     models = set(registry.values())
     key = next(
@@ -426,9 +427,6 @@ def _config_line(model: type[BaseModel]) -> str:
 
 def suite_reference() -> str:
     """The markdown of docs/suite-reference.md, built from the schema's models by introspection."""
-    import lipbench.suite as suite
-    from lipbench.suite import Claim
-
     key, registry = _registry()
     sections = _sections(Claim, key)
     headings = {model: ("Top level" if not path else _code(path)) for path, model in sections}
@@ -528,8 +526,6 @@ def suite_reference() -> str:
 
 def note_paths() -> Iterator[str]:
     """Every key path of the schema (suite sections only), as NOTES keys them."""
-    from lipbench.suite import Claim
-
     key, _ = _registry()
     for path, model in _sections(Claim, key):
         if path:

@@ -28,3 +28,7 @@ class RunDiverged(LipbenchError):
     def __init__(self, run_id: str, step: int, quantity: str) -> None:
         self.run_id, self.step, self.quantity = run_id, step, quantity
         super().__init__(f"run {run_id} diverged at step {step} ({quantity} not finite); lower scenario.optimizer.lr")
+
+
+class LipbenchWarning(UserWarning):
+    """A problem that costs no verdict (an MLflow write or a figure that failed); the results are saved."""

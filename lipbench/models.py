@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-MODELS: tuple[str, ...] = ("mlp", "convnet")
+from lipbench.registry import MODELS
+
 MLP_DROPOUT = 0.2  # the paper gives no MLP rate; the ConvNet's conv-block rate
 
 

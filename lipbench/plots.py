@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -142,8 +143,6 @@ def _quantity(outcome: ClaimOutcome) -> str:
 
 def _short(outcome: ClaimOutcome, width: int = 80, lines: int = 3) -> str:
     """The assertion sentence wrapped to fit above one panel (the full sentence is in the report)."""
-    import textwrap
-
     wrapped = textwrap.wrap(outcome.sentence, width)
     if len(wrapped) > lines:
         wrapped = [*wrapped[: lines - 1], textwrap.shorten(" ".join(wrapped[lines - 1 :]), width, placeholder=" …")]

@@ -12,21 +12,17 @@ with a reason when no CUDA device is in use); `slow` when the claim's model-step
 `steps` over its runs, as `lipbench list` shows them) exceed `lipbench_slow_steps` (ini, default
 200,000: about a minute or more of CPU time), so `pytest -m "not slow"` works.
 
-Under pytest-xdist (docs/mlflow.md says why) the controller creates the MLflow store and one
-experiment per collection in `pytest_configure`, before any worker starts, and hands the
-experiment ids, the tracking URI and the results folder to the workers through
-`node.workerinput`; workers pass ids, never names. Each worker limits torch to
-max(1, cores // workers) threads and, when the controller sees GPUs, keeps one of them visible
-(worker index modulo the GPU count) by setting CUDA_VISIBLE_DEVICES before CUDA initialises.
+Options are the CLI's (lipbench.options), written `--lipbench-NAME`. Under pytest-xdist the
+controller prepares one MLflow store and each worker pins its threads and a GPU
+(lipbench.pytest_xdist).
 
-Importing this module is cheap: torch, mlflow and the suite schema are imported inside hooks,
-and only when a suite file is collected or a claim runs.
+Importing this module is cheap: the schema, the runner, torch and mlflow are imported inside
+hooks, and only when a suite file is collected or a claim runs.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,19 +31,17 @@ from typing import Any
 
 import pytest
 
+from lipbench import pytest_xdist
+from lipbench.discovery import SUITE_SUFFIXES, is_base_file
+from lipbench.errors import LipbenchWarning, SuiteError
+from lipbench.options import SHARED_OPTIONS, add_to_pytest, default_profile
+
 SLOW_STEPS = 200_000
-SUITE_SUFFIXES = (".yaml", ".yml")  # lipbench.suite.SUITE_SUFFIXES, without importing the schema
-ENGINES = ("auto", "per-run", "ensemble")  # lipbench.runner.ENGINES, likewise
-WORKERINPUT_KEY = "lipbench"
 MARKERS = (
     "lipbench: a claim of a lipbench suite file, run as a test",
     "gpu: needs a CUDA device (scenario.device: cuda)",
     f"slow: a lipbench claim of more than lipbench_slow_steps (default {SLOW_STEPS:,}) model-steps",
 )
-
-
-class LipbenchWarning(UserWarning):
-    """A problem that costs no verdict (an MLflow write or a figure that failed); the results are saved."""
 
 
 class ClaimFailed(Exception):
@@ -109,38 +103,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="folder or file of suite YAML files to collect (repeatable; default: the lipbench_suites ini option)",
     )
-    group.addoption(
-        "--lipbench-profile",
-        default=None,
-        help="profile of each suite (default: paper when torch sees a CUDA device, else quick)",
-    )
-    group.addoption("--lipbench-device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    group.addoption(
-        "--lipbench-no-mlflow", action="store_true", help="do not log claims to MLflow (results are still saved)"
-    )
-    group.addoption(
-        "--lipbench-tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI or MLflow's default)"
-    )
-    group.addoption("--lipbench-out", default=None, help="results folder (default lipbench-results/pytest-<time>)")
-    group.addoption(
-        "--lipbench-workers",
-        type=int,
-        default=None,
-        help="training processes per claim (default: 1 inside an xdist worker, else the runner's default)",
-    )
-    group.addoption(
-        "--lipbench-baselines",
-        default=None,
-        metavar="DIR",
-        help="baselines folder (default LIPBENCH_BASELINES, else the baselines/ folder above the suite file)",
-    )
-    group.addoption(
-        "--lipbench-engine",
-        choices=ENGINES,
-        default="per-run",
-        help="per-run (default) trains each run alone; ensemble/auto vectorise a claim's compatible runs",
-    )
-    group.addoption("--lipbench-data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
+    add_to_pytest(group)
     parser.addini(
         "lipbench_suites", "folders or files of suite YAML files, relative to the rootdir", "args", ["suites"]
     )
@@ -155,7 +118,7 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
     `pytest_configure`, hence here and not there.
     """
     if manager.hasplugin("xdist") and not manager.hasplugin("lipbench-xdist"):
-        manager.register(XdistHooks(), "lipbench-xdist")
+        manager.register(pytest_xdist.XdistHooks(SETTINGS), "lipbench-xdist")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -165,20 +128,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = settings
     if config.args_source == pytest.Config.ArgsSource.TESTPATHS:
         _add_suite_args(config, settings.suite_paths)
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        _configure_worker(settings, workerinput)
-    elif _distributing(config) and settings.mlflow and not config.option.collectonly:
-        # The controller: store and experiments before any worker starts (docs/mlflow.md).
-        collections = sorted({_collection(f) for f in _suite_files_to_collect(config, settings)})
-        if collections:
-            _prepare_store(settings, collections)
+    pytest_xdist.configure(config, settings)
 
 
 def _settings(config: pytest.Config) -> Settings:
-    given = config.getoption("lipbench_suites")
-    if given:
-        candidates = [Path(p) if Path(p).is_absolute() else config.invocation_params.dir / p for p in given]
+    named = config.getoption("lipbench_suites")
+    if named:
+        candidates = [Path(p) if Path(p).is_absolute() else config.invocation_params.dir / p for p in named]
     else:
         candidates = [config.rootpath / p for p in config.getini("lipbench_suites")]
     raw_slow = config.getini("lipbench_slow_steps")
@@ -186,21 +142,22 @@ def _settings(config: pytest.Config) -> Settings:
         slow = int(str(raw_slow).replace("_", "")) if raw_slow else SLOW_STEPS
     except ValueError:
         raise pytest.UsageError(f"lipbench_slow_steps must be an integer, got {raw_slow!r}") from None
-    out = config.getoption("lipbench_out")
+    out = config.getoption("lipbench_out")  # its default differs from the CLI's: a pytest-<time> folder
     out_path = Path(out) if out else Path("lipbench-results") / datetime.now().strftime("pytest-%Y%m%d-%H%M%S")
     if not out_path.is_absolute():
         out_path = config.invocation_params.dir / out_path
+    given = {o.dest: config.getoption(o.pytest_dest) for o in SHARED_OPTIONS}
     return Settings(
         suite_paths=[p.resolve() for p in candidates if p.exists()],
-        device_option=config.getoption("lipbench_device"),
-        profile_option=config.getoption("lipbench_profile"),
-        mlflow=not config.getoption("lipbench_no_mlflow"),
-        tracking_uri=config.getoption("lipbench_tracking_uri"),
+        device_option=given["device"],
+        profile_option=given["profile"],
+        mlflow=not given["no_mlflow"],
+        tracking_uri=given["tracking_uri"],
         out=out_path,
-        workers=config.getoption("lipbench_workers"),
-        data_root=config.getoption("lipbench_data_root"),
-        engine=config.getoption("lipbench_engine"),
-        baselines=config.getoption("lipbench_baselines"),
+        workers=given["workers"],
+        data_root=given["data_root"],
+        engine=given["engine"],
+        baselines=given["baselines"],
         slow_steps=slow,
     )
 
@@ -212,108 +169,6 @@ def _add_suite_args(config: pytest.Config, suite_paths: list[Path]) -> None:
     for path in suite_paths:
         if not any(path == c or c in path.parents for c in covered):
             config.args.append(os.path.relpath(path, base) if base in path.parents else str(path))
-
-
-def _distributing(config: pytest.Config) -> bool:
-    return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
-
-
-def _suite_files_to_collect(config: pytest.Config, settings: Settings) -> list[Path]:
-    """The suite files this session will collect, found by name only (nothing is parsed)."""
-    base = config.invocation_params.dir
-    roots = [(base / a.split("::")[0]).resolve() for a in config.args]
-    files: set[Path] = set()
-    for path in settings.suite_paths:
-        found = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
-        for f in found:
-            if f.suffix in SUITE_SUFFIXES and any(f == r or r in f.parents for r in roots):
-                files.add(f)
-    return sorted(files)
-
-
-def _collection(path: Path) -> str:
-    return path.parent.name or "suites"  # as lipbench.suite.load_claim names it
-
-
-def _prepare_store(settings: Settings, collections: list[str]) -> None:
-    """Create the store and one experiment per collection; remember the URI and ids for the workers."""
-    from lipbench.session import Session
-    from lipbench.tracking import Tracker
-
-    for name in collections:
-        tracker = Tracker(Session.experiment_name(name), settings.tracking_uri)
-        settings.tracking_uri = _absolute_uri(tracker.uri)
-        settings.experiment_ids[name] = tracker.experiment_id
-
-
-def _absolute_uri(uri: str) -> str:
-    """A relative sqlite path would resolve against each process's cwd; pin it to this one's."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
-
-
-def _configure_worker(settings: Settings, workerinput: dict[str, Any]) -> None:
-    """An xdist worker: take the controller's store, experiment ids and results folder; pin threads and a GPU."""
-    given = workerinput.get(WORKERINPUT_KEY) or {}
-    if given:
-        settings.tracking_uri = given["tracking_uri"]
-        settings.experiment_ids = dict(given["experiment_ids"])
-        settings.out = Path(given["out"])
-    count = int(workerinput.get("workercount") or os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
-    settings.threads = max(1, (os.cpu_count() or 1) // count)
-    os.environ.setdefault("OMP_NUM_THREADS", str(settings.threads))
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(settings.threads)
-    gpus = given.get("gpus") or []
-    if gpus:
-        worker = str(workerinput.get("workerid", "gw0"))
-        index = int(worker[2:]) if worker[2:].isdigit() else 0
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_initialized():
-            warnings.warn(
-                f"lipbench: CUDA was initialised before worker {worker} could pin a GPU; it sees all of them",
-                LipbenchWarning,
-                stacklevel=1,
-            )
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-
-
-def _visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries; torch is imported only if a driver is there."""
-    if not (Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia[0-9]*"))):
-        return []
-    import torch
-
-    count = torch.cuda.device_count()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [v.strip() for v in visible.split(",") if v.strip()][:count]
-    return [str(i) for i in range(count)]
-
-
-class XdistHooks:
-    """Hooks that exist only with pytest-xdist; registered by `pytest_plugin_registered`."""
-
-    @pytest.hookimpl
-    def pytest_xdist_auto_num_workers(self, config: pytest.Config) -> int | None:
-        """`-n auto`: one worker per GPU when there are GPUs, else xdist's default (None)."""
-        if config.getoption("lipbench_device", "auto") not in ("auto", "cuda"):
-            return None
-        return len(_visible_gpus()) or None
-
-    @pytest.hookimpl
-    def pytest_configure_node(self, node: Any) -> None:
-        settings = node.config.stash[SETTINGS]
-        if settings.gpus is None:  # `--lipbench-device cuda:N` names a GPU itself: no pinning then
-            settings.gpus = _visible_gpus() if settings.device_option in ("auto", "cuda") else []
-        node.workerinput[WORKERINPUT_KEY] = {
-            "tracking_uri": settings.tracking_uri,
-            "experiment_ids": settings.experiment_ids,
-            "out": str(settings.out),
-            "gpus": settings.gpus,
-        }
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -335,17 +190,17 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> SuiteFile 
     if settings is None or not settings.suite_paths or file_path.suffix not in SUITE_SUFFIXES:
         return None
     resolved = file_path.resolve()
-    if not any(resolved == p or p in resolved.parents for p in settings.suite_paths):
-        return None
-    return SuiteFile.from_parent(parent, path=file_path)
+    for root in settings.suite_paths:
+        if resolved == root or (root in resolved.parents and not is_base_file(resolved, root)):
+            return SuiteFile.from_parent(parent, path=file_path)
+    return None  # outside the suite paths, or a base file only meant to be included
 
 
 class SuiteFile(pytest.File):
     """One suite file: one claim, resolved for the session's profile."""
 
     def collect(self):
-        from lipbench.errors import SuiteError
-        from lipbench.suite import load_claim
+        from lipbench.suite import load_claim, name_taken  # the schema loads only once a suite file is collected
 
         settings = self.config.stash[SETTINGS]
         try:
@@ -355,9 +210,7 @@ class SuiteFile(pytest.File):
         key = (claim.collection, claim.name)
         other = settings.names.setdefault(key, self.path)
         if other != self.path:
-            raise self.CollectError(
-                str(SuiteError(claim.file, "name", f"{claim.name!r} is also the name of {other}; names must differ"))
-            )
+            raise self.CollectError(str(name_taken(claim, other)))
         item = ClaimItem.from_parent(self, name=claim.name, claim=claim)
         item.add_marker("lipbench")
         if claim.claim.scenario.device == "cuda":
@@ -374,8 +227,6 @@ class SuiteFile(pytest.File):
 
 def _profile(settings: Settings) -> str:
     if settings.profile is None:
-        from lipbench.cli import default_profile
-
         settings.profile = settings.profile_option or default_profile(settings.device_option)
     return settings.profile
 
@@ -392,6 +243,7 @@ class ClaimItem(pytest.Item):
         self.outcome: Any = None
 
     def runtest(self) -> None:
+        # The runner and the baselines (pandas, scipy) load only once a claim runs.
         from lipbench.outcome import Verdict, exit_code
         from lipbench.runner import run_claims
 
@@ -401,7 +253,7 @@ class ClaimItem(pytest.Item):
             raise ClaimFailed(self, Verdict.ERROR, str(settings.device_error))
         session = _session(settings, device)
         if settings.threads is not None:
-            import torch
+            import torch  # a claim is about to train: torch is needed now
 
             torch.set_num_threads(settings.threads)
         folders: list[Path] = []
@@ -448,7 +300,7 @@ class ClaimItem(pytest.Item):
 
 def _device(settings: Settings) -> str | None:
     if settings.device is None and settings.device_error is None:
-        from lipbench.engine import resolve_device
+        from lipbench.engine import resolve_device  # torch, only once a claim runs
 
         try:
             settings.device = str(resolve_device(settings.device_option))
@@ -459,7 +311,7 @@ def _device(settings: Settings) -> str | None:
 
 def _session(settings: Settings, device: str) -> Any:
     if settings.session is None:
-        from lipbench.session import Session
+        from lipbench.session import Session  # the runner's modules, only once a claim runs
 
         settings.session = Session(
             settings.out,
@@ -486,7 +338,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     collections = sorted({item.claim.collection for item in session.items if isinstance(item, ClaimItem)})
     if collections:
-        _prepare_store(settings, collections)
+        pytest_xdist.prepare_store(settings, collections)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from lipbench.errors import RunDiverged
 
@@ -52,6 +54,8 @@ class RunRecord:
 
     def frame(self) -> pd.DataFrame:
         """Long format, one row per recorded step: the table the assertions read."""
+        import pandas as pd  # imported here, not above, so that the suite schema loads without pandas
+
         df = pd.DataFrame({"step": self.steps, **self.metrics})
         df.insert(0, "sampling_seed", self.sampling_seed)
         df.insert(0, "init_seed", self.init_seed)
@@ -85,6 +89,8 @@ class RunRecord:
 
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
     """All runs' rows in one long table (only runs that finished cleanly)."""
+    import pandas as pd  # imported here, not above, so that the suite schema loads without pandas
+
     frames = [r.frame() for r in records if r.ok]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lipbench.errors import LipbenchError
 from lipbench.outcome import Verdict
 from lipbench.results import find_results, load_outcome, load_result
 
@@ -38,8 +39,6 @@ def write_report(results: str | Path | list[Path], out: str | Path | None = None
     """Write `report.html` for the claims under `results` (a folder, or a list of claim folders); returns its path."""
     folders = results if isinstance(results, list) else find_results(results)
     if not folders:
-        from lipbench.errors import LipbenchError
-
         raise LipbenchError(f"{results}: holds no result.json; name a folder written by `lipbench run --out`")
     target = Path(out) if out is not None else (Path(results) if not isinstance(results, list) else Path("."))
     target.mkdir(parents=True, exist_ok=True)
@@ -155,7 +154,7 @@ def _figure_png(folder: Path) -> bytes | None:
         return saved
     if not (folder / "records.json").exists():
         return None
-    from lipbench.plots import claim_figure
+    from lipbench.plots import claim_figure  # matplotlib loads only when a figure must be drawn again
 
     with tempfile.TemporaryDirectory() as tmp:
         drawn = claim_figure(load_outcome(folder), Path(tmp) / "figure.png")

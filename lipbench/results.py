@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lipbench import __version__
 from lipbench.assertions import AssertionResult
 from lipbench.errors import LipbenchError
 from lipbench.outcome import ClaimOutcome, Verdict
@@ -24,9 +25,7 @@ RESULT_VERSION = 1
 
 
 def environment(device: str) -> dict[str, Any]:
-    import torch
-
-    from lipbench import __version__
+    import torch  # for its version and the GPU's name; reading results needs no torch
 
     try:
         commit = (

@@ -2,6 +2,8 @@
 
 The runner knows nothing of MLflow, baselines or the terminal: callers pass `on_progress`
 and `on_claim_done` and do their own logging, so the CLI and the pytest plugin share it.
+The torch modules (engine, ensemble, data) are imported inside the functions that train, so
+planning and judging claims loads no torch.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+import numpy as np
+
 from lipbench.errors import LipbenchError
 from lipbench.outcome import ClaimOutcome, Verdict
 from lipbench.records import RunRecord, records_frame
-from lipbench.suite import ResolvedClaim, RunSpec
+from lipbench.registry import ENGINES
+from lipbench.suite import ClaimKey, ResolvedClaim, RunSpec
 
 MAX_ATTEMPTS = 2  # a run whose worker process dies is tried once more in a fresh pool
-ENGINES = ("auto", "per-run", "ensemble")  # auto: runs that can share an ensemble do (lipbench.ensemble)
 
 
 def default_workers(device: str, runs: int) -> int:
@@ -53,37 +57,38 @@ def run_claims(
         raise ValueError(f"`engine` must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}.")
 
     device = str(resolve_device(device)) if device == "auto" else device
-    outcomes: dict[str, ClaimOutcome] = {}
-    pending: dict[str, list[RunSpec]] = {}
-    started: dict[str, float] = {}
+    outcomes: dict[ClaimKey, ClaimOutcome] = {}
+    pending: dict[ClaimKey, list[RunSpec]] = {}
+    started: dict[ClaimKey, float] = {}
     for claim in claims:
         problem = _precheck(claim, device)
         if problem is not None:
-            outcomes[claim.name] = problem
+            outcomes[claim.key] = problem
         else:
-            pending[claim.name] = claim.runs()
-            started[claim.name] = time.perf_counter()
-    by_name = {c.name: c for c in claims}
-    done_records: dict[str, list[RunRecord]] = {name: [] for name in pending}
+            pending[claim.key] = claim.runs()
+            started[claim.key] = time.perf_counter()
+    by_key = {c.key: c for c in claims}
+    done_records: dict[ClaimKey, list[RunRecord]] = {key: [] for key in pending}
 
-    def finish(name: str) -> None:
-        claim = by_name[name]
-        outcome = judge(claim, done_records[name], time.perf_counter() - started[name])
-        outcomes[name] = outcome
+    def finish(key: ClaimKey) -> None:
+        outcome = judge(by_key[key], done_records[key], time.perf_counter() - started[key])
+        outcomes[key] = outcome
         if on_claim_done:
             on_claim_done(outcome)
 
-    for _name, outcome in list(outcomes.items()):
+    for outcome in list(outcomes.values()):
         if on_claim_done:
             on_claim_done(outcome)
 
-    def collect(record: RunRecord) -> None:
-        name = record.claim
-        done_records[name].append(record)
-        if on_progress:
-            on_progress(by_name[name], len(done_records[name]), len(pending[name]))
-        if len(done_records[name]) == len(pending[name]):
-            finish(name)
+    def collect(unit: list[RunSpec], records: list[RunRecord]) -> None:
+        """The records of one unit of work; a unit holds runs of one claim."""
+        key = unit[0].key
+        for record in records:
+            done_records[key].append(record)
+            if on_progress:
+                on_progress(by_key[key], len(done_records[key]), len(pending[key]))
+            if len(done_records[key]) == len(pending[key]):
+                finish(key)
 
     # Longest runs first, so that no long run starts last and leaves the other workers idle.
     specs = sorted((s for name in pending for s in pending[name]), key=_cost, reverse=True)
@@ -91,11 +96,10 @@ def run_claims(
     units = _units(specs, engine, n_workers)
     if n_workers <= 1 or len(units) <= 1:
         for unit in units:
-            for record in execute_group(unit, device, data_root, engine):
-                collect(record)
+            collect(unit, execute_group(unit, device, data_root, engine))
     else:
         _run_in_pool(units, n_workers, device, data_root, collect, engine)
-    return [outcomes[c.name] for c in claims]
+    return [outcomes[c.key] for c in claims]
 
 
 def _units(specs: list[RunSpec], engine: str, n_workers: int) -> list[list[RunSpec]]:
@@ -105,8 +109,8 @@ def _units(specs: list[RunSpec], engine: str, n_workers: int) -> list[list[RunSp
         return [[s] for s in specs]
     from lipbench.ensemble import group_specs
 
-    claims = dict.fromkeys(s.claim for s in specs)
-    groups = [g for claim in claims for g in group_specs([s for s in specs if s.claim == claim])]
+    claims = dict.fromkeys(s.key for s in specs)
+    groups = [g for claim in claims for g in group_specs([s for s in specs if s.key == claim])]
     parts = max(1, -(-n_workers // len(groups))) if groups else 1
     units = [g[i::parts] for g in groups for i in range(min(parts, len(g)))]
     return sorted(units, key=lambda u: sum(map(_cost, u)), reverse=True)
@@ -195,8 +199,6 @@ def _crash_message(e: Exception) -> str:
 
 
 def _failed(spec: RunSpec, message: str) -> RunRecord:
-    import numpy as np
-
     return RunRecord(
         spec.claim,
         spec.run_id,
@@ -251,10 +253,9 @@ def _run_in_pool(
                     except BrokenProcessPool:
                         attempts[unit[0].run_id] += 1
                         if attempts[unit[0].run_id] >= MAX_ATTEMPTS:
-                            for spec in unit:
-                                collect(_failed(spec, "its worker process died twice (out of memory, or killed?)"))
+                            died = "its worker process died twice (out of memory, or killed?)"
+                            collect(unit, [_failed(spec, died) for spec in unit])
                         else:
                             queue.append(unit)
                         continue
-                    for record in records:
-                        collect(record)
+                    collect(unit, records)

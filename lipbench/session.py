@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from lipbench import tracking
+from lipbench.baselines import default_root, verdict_for
 from lipbench.outcome import ClaimOutcome, Comparison
+from lipbench.results import environment, save_outcome, update_result
 from lipbench.suite import ResolvedClaim
 
 Warn = Callable[[str], None]
@@ -31,8 +34,6 @@ class Session:
         warn: Warn = print,
         baselines: str | Path | None = None,
     ):
-        from lipbench.results import environment
-
         self.out, self.device, self.warn = Path(out), device, warn
         self.env = environment(device)
         self.tracking_uri, self.mlflow = tracking_uri, mlflow
@@ -48,11 +49,9 @@ class Session:
         """Create the store and one experiment per collection before any worker starts (docs/mlflow.md)."""
         if not self.mlflow:
             return {}
-        from lipbench.tracking import Tracker
-
         for collection in sorted({c.collection for c in claims}):
             if collection not in self.trackers:
-                self.trackers[collection] = Tracker(
+                self.trackers[collection] = tracking.Tracker(
                     self.experiment_name(collection), self.tracking_uri, self.experiment_ids.get(collection)
                 )
         return {name: t.experiment_id for name, t in self.trackers.items()}
@@ -62,8 +61,7 @@ class Session:
 
         Sets `outcome.verdict` and `outcome.comparison`.
         """
-        from lipbench.plots import claim_figure
-        from lipbench.results import save_outcome
+        from lipbench.plots import claim_figure  # matplotlib loads only when a figure is drawn
 
         folder = save_outcome(outcome, self.out, self.env)
         comparison = self._judge(outcome, folder)
@@ -71,7 +69,7 @@ class Session:
         try:
             figure = claim_figure(outcome, folder / "figure.png")
             if "sde" in outcome.claim.claim.scenario.record:
-                from lipbench.sde_plots import sde_figure
+                from lipbench.sde_plots import sde_figure  # as claim_figure
 
                 sde = sde_figure(outcome, folder / "sde_decomposition.png")
         except Exception as e:  # a figure must never cost a result
@@ -97,15 +95,10 @@ class Session:
         return folder
 
     def baselines_root(self, claim: ResolvedClaim) -> Path:
-        from lipbench.baselines import default_root
-
         return self.baselines if self.baselines is not None else default_root(claim.file)
 
     def _judge(self, outcome: ClaimOutcome, folder: Path):
         """Compare with the baseline, put the verdict on the outcome and into result.json."""
-        from lipbench.baselines import verdict_for
-        from lipbench.results import update_result
-
         try:
             comparison = verdict_for(outcome, self.baselines_root(outcome.claim), self.env["device"])
         except Exception as e:  # a broken comparison must never cost a result: say so, keep the status

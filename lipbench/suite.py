@@ -14,8 +14,8 @@ refused when the file is loaded, before any training.
 included mappings under the file's own keys: the file's keys win, mappings are merged deeply,
 lists are replaced, and of several includes a later one wins over an earlier one. Included files
 may include others; a cycle is refused. Base files meant only to be included are named `_*.yaml`
-or kept in a folder whose name starts with `_` (e.g. `suites/_base/`): `suite_files` skips them
-when it searches a folder, so they are never collected as claims.
+or kept in a folder whose name starts with `_` (e.g. `suites/_base/`); a folder search
+(lipbench.discovery) skips them, so they are never collected as claims.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import json
 import math
 import os
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,12 +35,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from lipbench.assertions import ASSERTIONS, AssertionSpec
-from lipbench.data import DATASETS
+from lipbench.discovery import collection_of
 from lipbench.errors import SuiteError
-from lipbench.models import MODELS
-
-SCHEMA_VERSION = 1
-SUITE_SUFFIXES = (".yaml", ".yml")
+from lipbench.registry import DATASETS, MODELS
 
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 ModelName = Literal[MODELS]  # type: ignore[valid-type]
@@ -185,6 +182,10 @@ class Claim(Strict):
         return value
 
 
+#: A claim's identity in a run: two collections may hold claims of the same name, and a claim runs per profile.
+ClaimKey = tuple[str, str, str]  # (collection, name, profile)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run of a claim: the scenario with its sweep value applied, and its seeds."""
@@ -195,21 +196,45 @@ class RunSpec:
     sweep_value: float | None
     init_seed: int
     sampling_seed: int
+    key: ClaimKey | None = None  # the claim's (collection, name, profile): the runner judges its records together
+
+
+#: The prose of a claim: it does not decide the numbers, so the scenario hash leaves it out.
+PROSE_KEYS = frozenset({"claim", "paper", "expect_reason"})
 
 
 @dataclass(frozen=True)
 class ResolvedClaim:
-    """A claim resolved for one profile, ready to plan runs from."""
+    """A claim resolved for one profile, ready to plan runs from.
+
+    `file_claim` is the claim as its suite file defines it for this profile, before any `--set`
+    (None when unknown, e.g. rebuilt from a results folder). Both scenario hashes are computed once,
+    here: `scenario_hash()` of the claim as it runs, `file_hash` of `file_claim`.
+    """
 
     claim: Claim
     file: Path
     profile: str
     collection: str
     profiles: tuple[str, ...]
+    file_claim: Claim | None = field(default=None, compare=False, repr=False)
+    file_hash: str | None = field(init=False, compare=False, repr=False)
+    _hash: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        run_hash = _scenario_hash(self.claim)
+        unset = self.file_claim
+        file_hash = None if unset is None else run_hash if unset == self.claim else _scenario_hash(unset)
+        object.__setattr__(self, "_hash", run_hash)  # a frozen dataclass: set once, here
+        object.__setattr__(self, "file_hash", file_hash)
 
     @property
     def name(self) -> str:
         return self.claim.name
+
+    @property
+    def key(self) -> ClaimKey:
+        return (self.collection, self.name, self.profile)
 
     @property
     def sweep_name(self) -> str | None:
@@ -226,22 +251,12 @@ class ResolvedClaim:
                     init_seed, sampling_seed = c.seeds.base + i, c.seeds.base + j
                     tag = "" if value is None else f"{self.sweep_name}={value:g}-"
                     run_id = f"{c.name}-{tag}init{init_seed}-samp{sampling_seed}"
-                    runs.append(RunSpec(c.name, run_id, scenario, value, init_seed, sampling_seed))
+                    runs.append(RunSpec(c.name, run_id, scenario, value, init_seed, sampling_seed, self.key))
         return runs
 
     def scenario_hash(self) -> str:
-        """A hash of everything that decides the numbers (not the prose): baselines compare only equal hashes.
-
-        Fields left at their defaults do not enter it, so a field added to the schema later, with a
-        default that keeps the old behaviour, leaves stored baselines comparable. (Changing what a
-        default means is a schema change that needs new baselines.) The assertion's test name is
-        kept even though it is its own default.
-        """
-        exclude = {"claim", "paper", "expect_reason"}
-        payload = self.claim.model_dump(mode="json", exclude=exclude, exclude_defaults=True)
-        payload.setdefault("assertion", {})["test"] = self.claim.assertion.test
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """A hash of everything that decides the numbers (not the prose): baselines compare only equal hashes."""
+        return self._hash
 
     def model_steps(self) -> int:
         return sum(r.scenario.steps for r in self.runs())
@@ -257,6 +272,24 @@ class ResolvedClaim:
             records_per_run=records,
             steps=c.scenario.steps,
         )
+
+
+def name_taken(claim: ResolvedClaim, other: str | Path) -> SuiteError:
+    """A second claim of the same name in one collection: results and baselines are kept per collection and name."""
+    message = f"{claim.name!r} is also the name of {other} in collection {claim.collection!r}; names must differ"
+    return SuiteError(claim.file, "name", message + " within a collection")
+
+
+def _scenario_hash(claim: Claim) -> str:
+    """Fields left at their defaults do not enter the hash, so a field added to the schema later, with a
+    default that keeps the old behaviour, leaves stored baselines comparable. (Changing what a default
+    means is a schema change that needs new baselines.) The assertion's test name is kept even though
+    it is its own default.
+    """
+    payload = claim.model_dump(mode="json", exclude=set(PROSE_KEYS), exclude_defaults=True)
+    payload.setdefault("assertion", {})["test"] = claim.assertion.test
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _sweep_scenario(claim: Claim, value: float) -> Scenario:
@@ -296,9 +329,10 @@ def load_claim(
         raise SuiteError(path, f"--set {e.key}", e.message) from None
     # The file itself first, so a broken file reports its own key, not one a profile happens to touch
     # (or "no profile"). No overrides are applied yet, so no error is blamed on a --set.
-    _validate(path, raw, "", {}, [], layers)
+    file_claim = _validate(path, raw, "", {}, [], layers)
+    unset = {"": file_claim}
     for name, body in profiles.items():
-        _validate(path, _merge(raw, body), f"profiles.{name}", body, [], layers)
+        unset[name] = _validate(path, _merge(raw, body), f"profiles.{name}", body, [], layers)
     if profile is None:
         data, origin, body = raw, "", {}
     elif profile in profiles:
@@ -307,36 +341,13 @@ def load_claim(
         hint = _did_you_mean(profile, profiles)
         available = ", ".join(profiles) or "none"
         raise SuiteError(path, "profiles", f"no profile {profile!r}{hint}; this file has: {available}")
-    for key, value in sets:
-        data = _apply_set(path, data, key, value)
-    claim = _validate(path, data, origin, body, sets, layers)
-    collection = path.parent.name or "suites"
-    return ResolvedClaim(claim, path, profile or "default", collection, tuple(profiles))
-
-
-def suite_files(paths: list[str | Path]) -> list[Path]:
-    """Suite files named by `paths`: files as given, directories searched recursively, sorted.
-
-    A directory search skips base files (see `is_base_file`); a file named explicitly is loaded as given.
-    """
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = (f for f in p.rglob("*") if f.suffix in SUITE_SUFFIXES and f.is_file())
-            files += sorted(f for f in found if not is_base_file(f, p))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise SuiteError(p, "", "no such file or directory")
-    if not files:
-        raise SuiteError(", ".join(map(str, paths)), "", "holds no suite files (*.yaml, *.yml)")
-    return files
-
-
-def is_base_file(path: str | Path, root: str | Path) -> bool:
-    """A file only to be included, not a claim: its name, or a folder's below `root`, starts with `_`."""
-    parts = Path(path).relative_to(root).parts
-    return any(part.startswith("_") for part in parts)
+    if not sets:
+        claim = unset[profile or ""]
+    else:
+        for key, value in sets:
+            data = _apply_set(path, data, key, value)
+        claim = _validate(path, data, origin, body, sets, layers)
+    return ResolvedClaim(claim, path, profile or "default", collection_of(path), tuple(profiles), unset[profile or ""])
 
 
 class _DuplicateKey(yaml.YAMLError):

@@ -244,6 +244,18 @@ def test_set_override_is_compared_and_named(tmp_path: Path) -> None:
     assert "scenario changed by --set (scenario.optimizer.lr: 0.1 → 0.05)" in result.sentence
 
 
+def test_set_free_hash_is_the_one_taken_when_the_claim_was_loaded(tmp_path: Path) -> None:
+    folder = tmp_path / "coll"
+    base = baseline_of(synthetic_outcome(folder, "label_noise"))
+    path = folder / "label_noise.yaml"
+    changed = load_claim(path, "quick", ["scenario.optimizer.lr=0.05"])
+    path.unlink()  # judging does not read the suite file again
+    root = tmp_path / "baselines"
+    write_baseline(base, bl.baseline_path(root, "coll", "label_noise", "quick"))
+    result = verdict_for(judge(changed, synthetic_records(changed, strength=0.5)), root, "cpu")
+    assert result.comparable and "scenario changed by --set (scenario.optimizer.lr: 0.1 → 0.05)" in result.sentence
+
+
 def test_other_device_is_compared_and_said(tmp_path: Path) -> None:
     outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
     result = judge_against(outcome, baseline_of(outcome, device="NVIDIA H100 80GB HBM3"), device="cpu")

@@ -81,6 +81,17 @@ def test_run_exits_0_for_an_expected_failure(write_suite, tmp_path: Path) -> Non
     assert _result(out, "suites", "known-false")["status"] == "XFAIL"
 
 
+def test_two_collections_may_hold_claims_of_the_same_name(write_suite, tmp_path: Path) -> None:
+    """The runner keys a claim by (collection, name, profile): each collection's claim is run and judged."""
+    rising = write_suite("same", folder=tmp_path / "rising")
+    falling = write_suite("same", {"assertion": {"direction": "decreasing"}}, folder=tmp_path / "falling")
+    out = tmp_path / "out"
+    assert main(["run", str(rising), str(falling), *RUN, "--no-mlflow", "--out", str(out)]) == 1
+    assert _result(out, "rising", "same")["status"] == "PASS"
+    assert _result(out, "falling", "same")["status"] == "FAIL"
+    assert _result(out, "falling", "same")["runs"] == 6  # its own runs only, not the other claim's
+
+
 def test_missing_dataset_is_an_error_that_says_how_to_get_it(
     write_suite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

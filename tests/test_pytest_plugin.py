@@ -86,6 +86,16 @@ def test_collect_only_lists_one_item_per_claim(pytester: pytest.Pytester) -> Non
     assert not (pytester.path / "lipbench-results").exists()
 
 
+def test_base_files_are_not_collected_as_claims(pytester: pytest.Pytester) -> None:
+    """A `_`-prefixed file (or folder) only meant to be included is no claim: collecting it would fail."""
+    base = "\n".join(line for line in suite("unused").splitlines() if not line.startswith(("name:", "claim:")))
+    write(pytester, _base=base, a="include: _base.yaml\nname: a\nclaim: K grows early in training.\n")
+    write(pytester, "suites/tiny/_shared", common="scenario: {steps: 40}\n")
+    result = pytester.runpytest_subprocess("--collect-only", "-q", *NO_MLFLOW)
+    result.stdout.fnmatch_lines(["suites/tiny/a.yaml::a", "1 test collected*"])
+    assert "_base" not in result.stdout.str() and "_shared" not in result.stdout.str()
+
+
 def test_passing_claim_passes(pytester: pytest.Pytester) -> None:
     write(pytester, grows=suite("grows"))
     result = pytester.runpytest_subprocess("-rA", *NO_MLFLOW, "--lipbench-out", "out")
@@ -315,6 +325,7 @@ def test_worker_takes_the_controllers_store_pins_a_gpu_and_limits_threads(monkey
     import torch
 
     from lipbench import pytest_plugin as plugin
+    from lipbench import pytest_xdist
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # restored after the test
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -323,7 +334,8 @@ def test_worker_takes_the_controllers_store_pins_a_gpu_and_limits_threads(monkey
     given = {"tracking_uri": "sqlite:////s.db", "experiment_ids": {"tiny": "3"}, "out": "/r", "gpus": ["2", "3", "7"]}
     settings = plugin.Settings()
     try:
-        plugin._configure_worker(settings, {"workerid": "gw5", "workercount": 4, plugin.WORKERINPUT_KEY: given})
+        workerinput = {"workerid": "gw5", "workercount": 4, pytest_xdist.WORKERINPUT_KEY: given}
+        pytest_xdist.configure_worker(settings, workerinput)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
@@ -333,12 +345,45 @@ def test_worker_takes_the_controllers_store_pins_a_gpu_and_limits_threads(monkey
     assert settings.out == Path("/r") and settings.threads == 2
 
 
-def test_plugin_constants_match_the_library() -> None:
-    from lipbench import pytest_plugin as plugin
-    from lipbench.runner import ENGINES
-    from lipbench.suite import SUITE_SUFFIXES
+def test_a_relative_sqlite_store_is_pinned_to_the_controllers_folder() -> None:
+    from lipbench.pytest_xdist import _absolute_uri
 
-    assert plugin.SUITE_SUFFIXES == SUITE_SUFFIXES
-    assert plugin.ENGINES == ENGINES
-    assert plugin._absolute_uri("sqlite:///rel/m.db") == f"sqlite:///{Path('rel/m.db').resolve()}"
-    assert plugin._absolute_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert _absolute_uri("sqlite:///rel/m.db") == f"sqlite:///{Path('rel/m.db').resolve()}"
+    assert _absolute_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+
+
+class _OptionGroup:
+    """Stands in for pytest's option group: records what the plugin adds."""
+
+    def __init__(self) -> None:
+        self.options: dict[str, dict] = {}
+
+    def getgroup(self, *args: object) -> _OptionGroup:
+        return self
+
+    def addoption(self, flag: str, **kwargs: object) -> None:
+        self.options[flag] = kwargs
+
+    def addini(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def test_plugin_and_cli_share_their_options_with_the_same_defaults() -> None:
+    """Every option of `lipbench run` but the suite selection is a `--lipbench-` option of pytest, alike."""
+    import argparse
+
+    from lipbench import pytest_plugin as plugin
+    from lipbench.cli import build_parser
+
+    group = _OptionGroup()
+    plugin.pytest_addoption(group)  # type: ignore[arg-type]
+    run = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    cli = {a.option_strings[0]: a for a in run._actions if a.option_strings and a.dest not in ("help", "overrides")}
+    assert {f"--lipbench-{flag[2:]}" for flag in cli} == set(group.options) - {"--lipbench-suites"}
+    for flag, action in cli.items():
+        given = group.options[f"--lipbench-{flag[2:]}"]
+        assert given.get("default") == action.default, flag
+        assert given.get("type") == action.type, flag
+        assert tuple(given.get("choices") or ()) == tuple(action.choices or ()), flag
+        assert given.get("help") == action.help, flag
+        assert (given.get("action") == "store_true") == isinstance(action, argparse._StoreTrueAction), flag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ import pytest
 import yaml
 
 from lipbench.cli import main
+from lipbench.discovery import is_base_file, suite_files
 from lipbench.errors import SuiteError
-from lipbench.suite import is_base_file, load_claim, parse_override, suite_files
+from lipbench.suite import load_claim, parse_override
 
 #: The shipped claims, as `lipbench run suites` finds them (base files only meant to be included are not claims).
 SUITES = suite_files([Path(__file__).parent.parent / "suites"])
@@ -72,6 +74,34 @@ def test_paper_profile_uses_the_papers_dataset(path: Path) -> None:
 
 def test_shipped_suites_exist() -> None:
     assert len(SUITES) >= 4
+
+
+#: The scenario hashes of every shipped claim, per profile, recorded before the families were built
+#: from shared base files: stored baselines stay comparable only while these do not move.
+SHIPPED_HASHES: dict[str, dict[str, str]] = json.loads(
+    (Path(__file__).parent / "fixtures/scenario_hashes.json").read_text()
+)
+ROOT = Path(__file__).parent.parent
+
+
+def test_shipped_suites_are_the_recorded_ones() -> None:
+    assert sorted(p.relative_to(ROOT).as_posix() for p in SUITES) == sorted(SHIPPED_HASHES)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_HASHES), ids=[Path(n).stem for n in sorted(SHIPPED_HASHES)])
+def test_shipped_suite_keeps_its_scenario_hashes(name: str) -> None:
+    found = {p or "default": load_claim(ROOT / name, p).scenario_hash() for p in (None, "quick", "paper")}
+    assert found == SHIPPED_HASHES[name]
+
+
+@pytest.mark.parametrize(
+    ("family", "base"), [("decomposition_*", "_decomposition"), ("noisy_gradient*", "_noisy_gradient")]
+)
+def test_suite_families_include_their_base(family: str, base: str) -> None:
+    members = [p for p in SUITES if p.match(f"{family}.yaml")]
+    assert len(members) >= 3
+    for path in members:
+        assert yaml.safe_load(path.read_text())["include"] == f"{base}.yaml", path
 
 
 # ---------------------------------------------------------------- --set
@@ -397,6 +427,15 @@ def test_scenario_hash_follows_the_numbers_not_the_prose(write_suite) -> None:
     assert load_claim(path, "quick", ["scenario.steps=3"]).scenario_hash() != reference
     assert load_claim(path, "quick", ["scenario.optimizer.lr=0.1"]).scenario_hash() != reference
     assert load_claim(path, "paper").scenario_hash() != reference
+
+
+def test_set_free_hash_is_computed_when_the_claim_is_loaded(write_suite) -> None:
+    path = write_suite("hashes")
+    plain = load_claim(path, "quick")
+    changed = load_claim(path, "quick", ["scenario.steps=3"])
+    assert plain.file_hash == plain.scenario_hash() and plain.file_claim == plain.claim
+    assert changed.file_hash == plain.scenario_hash() != changed.scenario_hash()
+    assert changed.file_claim == plain.claim and changed.claim.scenario.steps == 3
 
 
 def test_scenario_hash_ignores_fields_left_at_their_defaults(write_suite) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 from scipy import stats
 
@@ -22,6 +21,9 @@ from lipbench.assertions.base import (
     noise,
     verdict_word,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class InitScaling(Assertion):
@@ -63,6 +65,8 @@ class InitScaling(Assertion):
         check_frame(records, self.test, "sigma_0", ["run", "step", "init_seed", *(f"sigma_{i}" for i in layers)])
         first = records[records["step"] == records.groupby("run")["step"].transform("min")].drop_duplicates("run")
         ratios = {}
+        import pandas as pd  # imported here, not above, so that the suite schema loads without pandas
+
         for i in layers:
             r = (first[f"sigma_{i}"] / first[f"sigma_init_theory_{i}"]).to_numpy(dtype=float)
             if not np.isfinite(r).all():

@@ -5,10 +5,9 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 from scipy import stats
 
@@ -30,6 +29,9 @@ from lipbench.assertions.base import (
     unit_grid,
     verdict_word,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXACT_UP_TO = 8  # sweep values up to which the permutation null is enumerated exactly (8! orders)
 MONTE_CARLO_NULL = 200_000  # draws of the permutation null beyond that

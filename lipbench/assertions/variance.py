@@ -8,10 +8,9 @@ Both rest on the within-init variance over sampling seeds, whose sampling distri
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 from scipy import stats
 
@@ -36,6 +35,9 @@ from lipbench.assertions.base import (
     unit_grid,
     verdict_word,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _zero_spread(var: np.ndarray, x: np.ndarray | None, quantity: str, test: str) -> None:

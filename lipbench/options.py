@@ -1,0 +1,97 @@
+"""The options `lipbench run` and the pytest plugin share: one table, two faces.
+
+Each option is written `--NAME` on the command line and `--lipbench-NAME` under pytest, with the
+same type, default, choices and help, so the two faces cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from lipbench.registry import ENGINES
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # as on the command line, without dashes: "data-root"
+    help: str
+    default: Any = None
+    type: type | None = None  # None: a string; bool: a flag that is off by default
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def pytest_dest(self) -> str:
+        return f"lipbench_{self.dest}"
+
+    def kwargs(self) -> dict[str, Any]:
+        """What `argparse.ArgumentParser.add_argument` and pytest's `addoption` both take."""
+        if self.type is bool:
+            return {"action": "store_true", "default": self.default, "help": self.help}
+        out: dict[str, Any] = {"default": self.default, "help": self.help}
+        if self.type is not None:
+            out["type"] = self.type
+        if self.choices is not None:
+            out["choices"] = self.choices
+        if self.metavar is not None:
+            out["metavar"] = self.metavar
+        return out
+
+
+SHARED_OPTIONS: tuple[Option, ...] = (
+    Option("profile", "profile of each suite file (default: paper when torch sees a CUDA device, else quick)"),
+    Option("device", "auto | cpu | cuda | cuda:N (default auto)", default="auto"),
+    Option(
+        "workers",
+        "training processes (default: one per GPU, else per core; one inside a pytest-xdist worker)",
+        type=int,
+    ),
+    Option(
+        "engine",
+        "per-run (default) trains each run alone; ensemble/auto train a claim's compatible runs as one vmapped model",
+        default="per-run",
+        choices=ENGINES,
+    ),
+    Option("tracking-uri", "MLflow store (default MLFLOW_TRACKING_URI or MLflow's default)"),
+    Option("no-mlflow", "do not log to MLflow (results are still saved)", default=False, type=bool),
+    Option("data-root", "dataset folder (default LIPBENCH_DATA or a user cache)"),
+    Option("out", "results folder (default lipbench-results/<time>)"),
+    Option(
+        "baselines",
+        "baselines folder (default LIPBENCH_BASELINES, else the baselines/ folder above the suite file)",
+        metavar="DIR",
+    ),
+)
+OPTIONS = {o.name: o for o in SHARED_OPTIONS}
+
+
+def add_to_parser(parser: argparse.ArgumentParser, *names: str, help: str | None = None) -> None:
+    """Add the named shared options to an argparse (sub)parser; `help` replaces the table's (one option only)."""
+    for name in names:
+        kwargs = OPTIONS[name].kwargs()
+        if help is not None:
+            kwargs["help"] = help
+        parser.add_argument(f"--{name}", **kwargs)
+
+
+def add_to_pytest(group: Any) -> None:
+    """Add every shared option to a pytest option group, as `--lipbench-NAME`."""
+    for option in SHARED_OPTIONS:
+        group.addoption(f"--lipbench-{option.name}", dest=option.pytest_dest, **option.kwargs())
+
+
+def default_profile(device: str = "auto") -> str:
+    """The profile when none is named: paper on a GPU, quick on a CPU."""
+    if device.startswith("cuda"):
+        return "paper"
+    if device == "cpu":
+        return "quick"
+    import torch  # only to ask for a GPU: the faces and the schema load without torch
+
+    return "paper" if torch.cuda.is_available() else "quick"

@@ -1,0 +1,18 @@
+"""The names a suite file may give a dataset or a model, without the torch code behind them.
+
+The schema (lipbench.suite) validates against these; lipbench.data and lipbench.models build
+what they name. Keeping them here lets the schema, the CLI's parser and the pytest plugin load
+without torch.
+"""
+
+from __future__ import annotations
+
+#: Datasets lipbench.data can load: the paper's image sets, plus two that need neither disk nor network.
+DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "digits", "synthetic")
+
+#: Networks lipbench.models can build: the paper's MLP and its five-layer ConvNet.
+MODELS: tuple[str, ...] = ("mlp", "convnet")
+
+#: How the runner trains a claim's runs: each alone (per-run), as one vectorised ensemble, or
+#: ensembles where two or more runs can share one (auto); see lipbench.ensemble.
+ENGINES: tuple[str, ...] = ("auto", "per-run", "ensemble")
