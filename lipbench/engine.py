@@ -10,14 +10,17 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lipbench import factories
 from lipbench.data import Dataset
 from lipbench.lipschitz import spectral_norms
-from lipbench.models import build_model, initialise, lipschitz_layers
+from lipbench.models import MODELS, build_model, initialise, lipschitz_layers
+from lipbench.optim import build as build_optimizer
 from lipbench.records import RunRecord
 from lipbench.regularisers import BatchTransform
 from lipbench.suite import RunSpec
@@ -36,6 +39,16 @@ def resolve_device(device: str = "auto") -> torch.device:
 def stream_seed(*parts: int) -> int:
     """An independent 63-bit seed for a named random stream (numpy's SeedSequence mixes the parts)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def run_streams(spec: RunSpec, device: torch.device) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
+    """The run's random streams (labels on the CPU; sampling and gradient noise on the device); seeds
+    the global generator for what draws from it (dropout masks). The init seed alone fixes the weights."""
+    labels = torch.Generator().manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 1))
+    sampling = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 2))
+    noise = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 3))
+    torch.manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 4))  # dropout masks use the global RNG
+    return labels, sampling, noise
 
 
 def record_steps(steps: int, record_every: int) -> list[int]:
@@ -68,10 +81,28 @@ def check_batch(sampling: str, b: int, n: int) -> None:
         raise ValueError(f"batch_size {b} exceeds the {n} training samples; sampling without replacement needs b <= n")
 
 
+def index_batches(
+    n: int, b: int, sampling: str, generator: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Mini-batch indices, endlessly, from the sampling stream alone: b draws with replacement per
+    step, or the steps of shuffled epochs without replacement (an incomplete tail is dropped)."""
+    check_batch(sampling, b, n)
+    if sampling == "with_replacement":
+        while True:
+            yield torch.randint(n, (b,), generator=generator, device=device)
+    while True:
+        order = torch.randperm(n, generator=generator, device=device)
+        for pos in range(0, n - b + 1, b):
+            yield order[pos : pos + b]
+
+
 def initial_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
     """The run's model, built and initialised from its init seed alone, on the CPU (so every device
     starts from the same bits)."""
     m = spec.scenario.model
+    reference = factories.reference_for("model", m.name, MODELS)
+    if reference is not None:  # the user's own model (a factory or a plugin), built under the init seed
+        return factories.build_model(reference, m.kwargs, data, spec.init_seed)
     model = build_model(
         m.name,
         data.input_shape,
@@ -88,12 +119,13 @@ def initial_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
 def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> RunRecord:
     """Train one run of a claim and return its record; a non-finite loss stops it early."""
     sc, device = spec.scenario, torch.device(device)
+    if sc.run is not None:  # the user's own loop, with lipbench's run context and recorder
+        from lipbench.run_context import train_with_run_function
+
+        return train_with_run_function(spec, data, device)
     started = time.perf_counter()
     # Separate streams: the init seed alone fixes the weights; sampling, labels and noise have their own.
-    label_gen = torch.Generator().manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 1))
-    batch_gen = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 2))
-    noise_gen = torch.Generator(device=device).manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 3))
-    torch.manual_seed(stream_seed(spec.sampling_seed, spec.init_seed, 4))  # dropout masks use the global RNG
+    label_gen, batch_gen, noise_gen = run_streams(spec, device)
 
     x_train = data.x_train.to(device)
     y_train = corrupt_labels(data.y_train, sc.label_noise, data.num_classes, label_gen).to(device)
@@ -104,7 +136,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     model = initial_model(spec, data).to(device)
     layers = [module for _, module in lipschitz_layers(model)]
     layer_names = [f"{name}.weight" for name, _ in lipschitz_layers(model)]
-    opt = torch.optim.SGD(model.parameters(), lr=sc.optimizer.lr, momentum=0.0, weight_decay=sc.optimizer.weight_decay)
+    opt, schedule = build_optimizer(sc.optimizer, model.parameters(), sc.steps)  # torch.optim (lipbench.optim)
     b, g = sc.optimizer.batch_size, sc.gradient
     noise_amp = g.noise_std * (math.sqrt(3.0) if g.noise == "uniform" else 1.0)
     # Regularisers (mixup, label smoothing, auto-augment, FGSM): the batch and loss the step trains on.
@@ -128,17 +160,11 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     names = [f"sigma_{i}" for i in range(len(layers))] + ["loss", "accuracy"]
     buffer = torch.full((len(marks), len(names) + (64 if probe_sde else 0)), math.nan, device=device)
     sde_keys: list[str] = []
-    check_batch(sc.sampling, b, n)
-    order = torch.randperm(n, generator=batch_gen, device=device) if sc.sampling == "without_replacement" else None
-    diverged_at, row, pos = None, 0, 0
+    batches = index_batches(n, b, sc.sampling, batch_gen, device)
+    diverged_at, row = None, 0
 
     for step in range(sc.steps + 1):
-        if order is None:
-            idx = torch.randint(n, (b,), generator=batch_gen, device=device)
-        else:
-            if pos + b > n:  # a new epoch: reshuffle; the incomplete tail is dropped
-                order, pos = torch.randperm(n, generator=batch_gen, device=device), 0
-            idx, pos = order[pos : pos + b], pos + b
+        idx = next(batches)
         xb, yb = x_train[idx], y_train[idx]
         xb, yb = transform(model, xb, yb)  # unchanged without regularisers; mixup makes yb soft targets
 
@@ -176,6 +202,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
             elif g.noise == "uniform":
                 p.grad.add_(torch.rand(p.shape, generator=noise_gen, device=device).mul_(2).sub_(1), alpha=noise_amp)
         opt.step()
+        schedule.step()
 
     kept = row if diverged_at is None else row + 1
     values = buffer[:kept].double().cpu().numpy()  # the one transfer to the host

@@ -65,7 +65,7 @@ from lipbench.engine import (
     train,
 )
 from lipbench.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
-from lipbench.models import lipschitz_layers
+from lipbench.models import MODELS, lipschitz_layers
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec, Scenario
 
@@ -78,37 +78,66 @@ __all__ = [
     "fuses",
     "group_specs",
     "train_ensemble",
+    "unsupported",
 ]
 
 EXACT_EVERY_STEPS = 1000  # by default an exact SVD about every this many training steps
 MAX_MEMBERS = 256
 CPU_MEMORY_BUDGET = 2 * 1024**3  # bytes an ensemble may use on the CPU; on CUDA, half the free memory
 
-# Scenario fields this module implements; those under PER_MEMBER may differ within an ensemble.
+# Scenario fields this module implements (some only at their defaults: see `unsupported`); those
+# under PER_MEMBER may differ within an ensemble.
 _KNOWN = {
     "": {"model", "dataset", "optimizer", "steps", "record_every", "label_noise", "gradient", "sampling"}
-    | {"record", "device", "regularisers"},
-    "model": {"name", "hidden", "width", "dropout", "batch_norm", "init", "init_std"},
-    "dataset": {"name", "train_size", "test_size", "synthetic_shape", "synthetic_classes", "synthetic_size"},
-    "optimizer": {"name", "lr", "batch_size", "weight_decay"},
+    | {"record", "device", "regularisers", "run"},
+    "model": {"name", "kwargs", "hidden", "width", "dropout", "batch_norm", "init", "init_std"},
+    "dataset": {"name", "kwargs", "train_size", "test_size", "synthetic_shape", "synthetic_classes", "synthetic_size"},
+    "optimizer": {"name", "kwargs", "lr", "batch_size", "weight_decay", "momentum", "nesterov", "betas", "eps"}
+    | {"schedule"},
     "gradient": {"scale", "noise", "noise_std"},
     "regularisers": {"mixup", "label_smoothing", "auto_augment", "fgsm_epsilon"},
 }
 PER_MEMBER = ("optimizer.lr", "optimizer.weight_decay", "label_noise", "gradient.scale", "gradient.noise_std")
 
 
+def unsupported(spec: RunSpec) -> list[str]:
+    """What of the run's scenario this module does not implement, one reason each; such a run trains
+    alone with engine.train (the `ensemble` engine falls back to it, so every scenario still runs)."""
+    sc = spec.scenario
+    if sc.run is not None:
+        return [f"a run function ({sc.run.name}): its own loop trains one run at a time"]
+    reasons = []
+    if sc.model.name not in MODELS:
+        reasons.append(f"model {sc.model.name}: only the built-in networks are stacked into one vmapped module")
+    opt = sc.optimizer
+    if opt.name != "sgd":
+        reasons.append(f"optimizer {opt.name}: the ensemble's update is plain SGD")
+    if opt.momentum:
+        reasons.append("optimizer.momentum: the ensemble keeps no momentum buffers")
+    if not opt.schedule.constant:
+        reasons.append(f"optimizer.schedule {opt.schedule.name}: the ensemble's learning rate is constant")
+    if "sde" in sc.record:
+        reasons.append("scenario.record: sde (the probe needs one module's per-sample gradients)")
+    reg = sc.regularisers
+    for key, on in (
+        ("mixup", reg.mixup),
+        ("fgsm_epsilon", reg.fgsm_epsilon),
+        ("auto_augment", reg.auto_augment != "none"),
+    ):
+        if on:
+            reasons.append(f"regularisers.{key}: a per-run batch transform with its own stream")
+    dumped = sc.model_dump(mode="json")
+    for section, known in _KNOWN.items():
+        extra = set(dumped if section == "" else dumped[section]) - known
+        reasons += [f"scenario.{section + '.' if section else ''}{key}: not implemented here" for key in sorted(extra)]
+    return reasons
+
+
 def ensemble_key(spec: RunSpec) -> str | None:
     """What members of one ensemble must share (a JSON string), or None if the run must train alone."""
+    if unsupported(spec):
+        return None
     sc = spec.scenario.model_dump(mode="json")
-    reg = sc.get("regularisers", {})
-    if "sde" in sc["record"] or sc["optimizer"]["name"] != "sgd":
-        return None
-    if reg.get("mixup", 0) or reg.get("fgsm_epsilon", 0) or reg.get("auto_augment", "none") != "none":
-        return None
-    for section, known in _KNOWN.items():
-        fields = sc if section == "" else sc[section]
-        if set(fields) - known:
-            return None
     for path in PER_MEMBER:
         section, _, name = path.rpartition(".")
         (sc[section] if section else sc).pop(name)

@@ -133,7 +133,8 @@ def _units(specs: list[RunSpec], engine: str, n_workers: int) -> list[list[RunSp
 
 
 def _cost(spec: RunSpec) -> float:
-    return spec.scenario.steps * (spec.scenario.optimizer.batch_size + 64)  # + a per-step overhead
+    batch = spec.scenario.optimizer.batch_size if spec.scenario.optimizer else 64  # a run function: unknown
+    return spec.scenario.steps * (batch + 64)  # + a per-step overhead
 
 
 def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) -> ClaimOutcome:
@@ -177,9 +178,14 @@ def execute_group(specs: list[RunSpec], device: str, data_root: str | None, engi
 
 
 def _dataset(spec: RunSpec, data_root: str | None):
-    from lipbench.data import load_dataset
+    from lipbench import factories
+    from lipbench.data import DATASETS, default_data_root, load_dataset
 
     d = spec.scenario.dataset
+    reference = factories.reference_for("dataset", d.name, DATASETS)
+    if reference is not None:  # the user's own data (a factory or a plugin)
+        root = data_root or default_data_root()
+        return factories.build_dataset(reference, d.kwargs, root, d.train_size, d.test_size)
     return load_dataset(
         d.name,
         root=data_root,
