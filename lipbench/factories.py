@@ -150,10 +150,11 @@ def reference_for(kind: str, name: str, builtins: tuple[str, ...]) -> str | None
     if target is None:
         allowed = [*builtins, *plugins.names(kind)]
         quoted = [repr(a) for a in allowed]
-        listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        listed = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+        should = f"{listed}, another installed plugin's {kind}" if quoted else f"an installed plugin's {kind}"
         raise FactoryError(
-            f"{name!r} is not allowed{_did_you_mean(name, allowed)}; should be {listed}, "
-            f"an installed plugin's {kind} name, or 'package.module:callable'"
+            f"{name!r} is not allowed{_did_you_mean(name, allowed)}; should be {should} name, "
+            "or 'package.module:callable'"
         )
     return target
 

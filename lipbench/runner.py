@@ -6,6 +6,7 @@ and `on_claim_done` and do their own logging, so the CLI and the pytest plugin s
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from lipbench.assertions import AssertionResult
 from lipbench.errors import LipbenchError
 from lipbench.records import RunRecord, records_frame
-from lipbench.suite import ResolvedClaim, RunSpec
+from lipbench.suite import ResolvedClaim, RunSpec, empirical_note
 
 PASS, FAIL, ERROR, XFAIL, XPASS, SKIPPED = "PASS", "FAIL", "ERROR", "XFAIL", "XPASS", "SKIPPED"
 MAX_ATTEMPTS = 2  # a run whose worker process dies is tried once more in a fresh pool
@@ -148,6 +149,8 @@ def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) 
         frame = records_frame(records)
         frame.attrs["sweep_name"] = claim.sweep_name
         result = claim.claim.assertion.evaluate(frame)
+        if claim.claim.expect == "empirical":
+            result = dataclasses.replace(result, sentence=f"{empirical_note(claim.claim)} {result.sentence}")
     except ValueError as e:
         return ClaimOutcome(claim, ERROR, records, error=f"assertion could not be computed: {e}", seconds=seconds)
     status = (XPASS if result.passed else XFAIL) if claim.claim.expect == "fail" else PASS if result.passed else FAIL

@@ -92,7 +92,9 @@ class ModelSpec(Strict):
             "(it gets `input_shape` and `num_classes` when it takes them, and is built under the init seed)."
         )
     )
-    kwargs: Kwargs = Field(default_factory=dict, description="Keyword arguments of a factory or plugin model.")
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin model."
+    )
     hidden: list[Annotated[int, Field(gt=0)]] = [512, 256]
     width: Annotated[int, Field(gt=0)] = 32
     dropout: bool = False
@@ -131,7 +133,9 @@ class DatasetSpec(Strict):
             "`(x_train, y_train, x_test, y_test)` (it gets `root`, the data folder, when it takes it)."
         )
     )
-    kwargs: Kwargs = Field(default_factory=dict, description="Keyword arguments of a factory or plugin dataset.")
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin dataset."
+    )
     train_size: Annotated[int, Field(gt=0)] | None = None
     test_size: Annotated[int, Field(gt=0)] | None = None
     synthetic_shape: tuple[int, int, int] = (1, 8, 8)
@@ -166,7 +170,9 @@ class ScheduleSpec(Strict):
             "`LRScheduler`."
         ),
     )
-    kwargs: Kwargs = Field(default_factory=dict, description="Keyword arguments of a factory or plugin schedule.")
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin schedule."
+    )
     warmup_steps: Annotated[int, Field(ge=0)] = 0  # linear warmup from lr / (warmup_steps + 1) to lr, then the schedule
     step_size: Annotated[int, Field(gt=0)] | None = Field(None, validate_default=True)  # `step` only (required there)
     gamma: Annotated[float, Field(gt=0, le=1)] | None = Field(None, validate_default=True)  # `step`, `exponential`
@@ -208,7 +214,9 @@ class OptimizerSpec(Strict):
             "`weight_decay` when it takes them), e.g. `torch.optim:RMSprop`."
         ),
     )
-    kwargs: Kwargs = Field(default_factory=dict, description="Keyword arguments of a factory or plugin optimiser.")
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin optimiser."
+    )
     lr: Annotated[float, Field(gt=0)]  # the base learning rate (see schedule)
     batch_size: Annotated[int, Field(gt=0)]  # mini-batch size b
     weight_decay: Annotated[float, Field(ge=0)] = 0.0  # sgd, adam: + weight_decay * W to the gradient; adamw: decoupled
@@ -277,7 +285,9 @@ class RunFunctionSpec(Strict):
             "`package.module:callable` (or an installed plugin's run name) called as `fn(context, recorder, **kwargs)`."
         )
     )
-    kwargs: Kwargs = Field(default_factory=dict, description="Options handed to the function (`context.options`).")
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Options handed to the function (`context.options`)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -430,6 +440,13 @@ def sgd_theory_problem(scenario: Scenario) -> tuple[tuple[str, ...], str] | None
     )
 
 
+def empirical_note(claim: Claim) -> str:
+    """The words an `expect: empirical` verdict starts with: which assumption the run leaves."""
+    theory = sgd_theory_problem(claim.scenario)
+    why = f"{theory[1]}; " if theory else ""
+    return f"Empirical question ({why}measured here, not predicted by the theory):"
+
+
 EMPIRICAL_HOW = "use plain sgd (no momentum, constant schedule), or mark the claim `expect: empirical` to measure it"
 
 
@@ -534,6 +551,29 @@ def load_claim(
     """Load and validate one suite file; every profile is validated, `profile` is resolved."""
     path = Path(path)
     raw, layers = _read_suite(path)
+    return resolve_claim(path, raw, layers, profile, overrides)
+
+
+def claim_from_mapping(
+    data: dict[str, Any],
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    collection: str = "python",
+) -> ResolvedClaim:
+    """A claim written in Python, as the mapping a suite file would hold, validated exactly like one.
+
+    Errors name `<collection>/<name>.yaml` (no such file is written) and the key path.
+    """
+    data = copy.deepcopy(dict(data))
+    path = Path(collection) / f"{data.get('name', 'claim')}.yaml"
+    return resolve_claim(path, data, [(path, data)], profile, overrides)
+
+
+def resolve_claim(
+    path: Path, raw: dict[str, Any], layers: list[Layer], profile: str | None, overrides: list[str] | tuple[str, ...]
+) -> ResolvedClaim:
+    """Validate a suite's mapping (every profile) and resolve `profile` and `overrides`; `path` names it."""
+    raw = dict(raw)
     profiles = raw.pop("profiles", None) or {}
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise SuiteError(path, "profiles", "must map profile names to mappings of overrides")
@@ -706,7 +746,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
     for key in keys[:-1]:
-        data = data.setdefault(key, {})
+        if data.get(key) is None:  # a missing or unset (null) section: the schema then says what it needs
+            data[key] = {}
+        data = data[key]
     data[keys[-1]] = value
 
 
