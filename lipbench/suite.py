@@ -224,7 +224,7 @@ class OptimizerSpec(Strict):
     nesterov: bool = False  # `sgd` with momentum only
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] | None = None  # adam(w)
     eps: Annotated[float, Field(gt=0)] | None = None  # `adam` and `adamw` (torch's default 1e-8)
-    schedule: ScheduleSpec = ScheduleSpec()
+    schedule: ScheduleSpec = ScheduleSpec()  # the learning rate over training
 
     @field_validator("name")
     @classmethod
@@ -278,7 +278,7 @@ RecordName = Literal["sigma", "K", "loss", "accuracy", "sde", "init"]
 
 
 class RunFunctionSpec(Strict):
-    """Your own training loop: lipbench calls it with the run context and a recorder (docs/extending.md)."""
+    """Your own training loop, called with the run context and a recorder ([guide](docs/extending.md))."""
 
     name: str = Field(
         description=(
@@ -301,7 +301,7 @@ class RunFunctionSpec(Strict):
 
 
 class Scenario(Strict):
-    run: RunFunctionSpec | None = None  # your own training function instead of lipbench's loop (docs/extending.md)
+    run: RunFunctionSpec | None = None  # your own training loop instead of lipbench's ([guide](docs/extending.md))
     model: ModelSpec | None = Field(None, validate_default=True)  # required unless `run` names your own loop
     dataset: DatasetSpec
     optimizer: OptimizerSpec | None = Field(None, validate_default=True)  # required unless `run` names your own loop
