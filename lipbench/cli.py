@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def selection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("paths", nargs="+", metavar="PATH", help="suite files or directories of them")
+    def selection(p: argparse.ArgumentParser, nargs: str = "+") -> None:
+        p.add_argument("paths", nargs=nargs, metavar="PATH", help="suite files or directories of them")
         add_to_parser(p, "profile")
         p.add_argument(
             "--set",
@@ -120,8 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tracking-uri", default=None, help="MLflow store of a run id (default MLFLOW_TRACKING_URI)")
     rep.set_defaults(func=cmd_report)
 
-    lst = sub.add_parser("list", help="claims, profiles, runs and model-steps of suites")
-    selection(lst)
+    lst = sub.add_parser("list", help="claims, profiles, runs and model-steps of suites; installed plugins")
+    selection(lst, nargs="*")
+    lst.add_argument(
+        "--plugins", action="store_true", help="list the models, datasets, ... that installed packages register"
+    )
     lst.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="print the resolved claim of one suite file")
@@ -221,6 +224,12 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_list(args) -> int:
+    if args.plugins:
+        list_plugins()
+        if not args.paths:
+            return 0
+    elif not args.paths:
+        raise LipbenchError("lipbench list needs suite files or folders (PATH ...), or --plugins")
     claims, problems = load_claims(args, "cpu")
     table = Table(title=f"profile: {args.profile or default_profile('cpu')}")
     for col in ("collection", "claim", "profiles", "test", "sweep", "runs", "model-steps"):
@@ -240,6 +249,28 @@ def cmd_list(args) -> int:
     for p in problems:
         errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
     return 2 if problems else 0
+
+
+def list_plugins() -> None:
+    """The names installed packages register (entry-point group lipbench.plugins), each checked by importing it."""
+    from lipbench import factories, plugins
+
+    found = plugins.installed()
+    table = Table(title=f"plugins (entry-point group {plugins.GROUP})")
+    for col in ("kind", "name", "callable", "from", "status"):
+        table.add_column(col)
+    for plugin in found:
+        status = plugin.problem
+        if status is None:
+            try:
+                factories.resolve(plugin.target)
+                status = "ok"
+            except factories.FactoryError as e:
+                status = str(e)
+        table.add_row(plugin.kind, plugin.name, plugin.target, plugin.distribution, status)
+    console.print(table)
+    if not found:
+        console.print(f"no plugins installed; a package registers them under the entry-point group {plugins.GROUP}")
 
 
 def cmd_show(args) -> int:

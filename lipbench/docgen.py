@@ -58,13 +58,14 @@ NOTES: dict[str, str] = {
     "assertion": "The statistical test that judges the claim; its `test` key selects it.",
     "expect": (
         "`fail` marks a claim known not to reproduce: reported XFAIL while it fails and XPASS when it holds "
-        "(both exit 0)."
+        "(both exit 0). `empirical` asks a claim whose theory assumes plain SGD (the SDE terms, the variance "
+        "prediction) of another optimiser or schedule: it runs, is judged as usual, and its verdict says so."
     ),
     "expect_reason": "One sentence on why the claim does not reproduce; required with `expect: fail`.",
     "strict": "With `expect: fail`, an XPASS fails the run (exit 1).",
     "scenario.model": "The network.",
     "scenario.dataset": "The data.",
-    "scenario.optimizer": "The optimiser.",
+    "scenario.optimizer": "The optimiser (torch.optim) and its learning-rate schedule.",
     "scenario.steps": "SGD steps of each run.",
     "scenario.record_every": (
         "Steps between records; step 0 and the last step are always recorded. May not exceed `steps`."
@@ -90,7 +91,6 @@ NOTES: dict[str, str] = {
         "`cuda`: the claim needs a GPU and is SKIPPED without one; `any`: it runs wherever lipbench runs."
     ),
     "scenario.regularisers": "Training-time regularisers, each off by default.",
-    "scenario.model.name": "`mlp` or `convnet`; [the networks](docs/science.md#networks) describes both.",
     "scenario.model.hidden": "The MLP's hidden widths (the paper: 512, 256). Ignored by the ConvNet.",
     "scenario.model.width": (
         "Output channels of the ConvNet's first convolution; the second and third have 2x and 4x, the hidden "
@@ -115,8 +115,7 @@ NOTES: dict[str, str] = {
     "scenario.dataset.synthetic_shape": "`synthetic` only: image shape (channels, height, width).",
     "scenario.dataset.synthetic_classes": "`synthetic` only: number of classes.",
     "scenario.dataset.synthetic_size": "`synthetic` only: training samples (the test split holds a quarter as many).",
-    "scenario.optimizer.name": "Plain SGD without momentum.",
-    "scenario.optimizer.lr": "Constant learning rate.",
+    "scenario.optimizer.lr": "Learning rate (the schedule's base).",
     "scenario.optimizer.batch_size": "Mini-batch size b.",
     "scenario.optimizer.weight_decay": "Adds `weight_decay * W` to each gradient (its drift enters mu).",
     "scenario.gradient.scale": "alpha: the applied gradient is `scale * g_hat + noise`.",

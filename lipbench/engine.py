@@ -16,8 +16,10 @@ import torch
 from lipbench.data import Dataset
 from lipbench.lipschitz import spectral_norms
 from lipbench.models import lipschitz_layers
+from lipbench.optim import build as build_optimizer
 from lipbench.records import RunRecord
 from lipbench.regularisers import BatchTransform
+from lipbench.run_context import train_with_run_function
 from lipbench.sde import measure_sde_terms
 from lipbench.suite import RunSpec
 from lipbench.training import (
@@ -46,6 +48,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> RunRecord:
     """Train one run of a claim and return its record; a non-finite sigma or loss stops it early."""
     sc, device = spec.scenario, torch.device(device)
+    if sc.run is not None:  # the user's own loop, with lipbench's run context and recorder
+        return train_with_run_function(spec, data, device)
     started = time.perf_counter()
     seed_global(spec)  # dropout masks and AutoAugment; the init seed alone fixes the weights
 
@@ -56,7 +60,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
 
     model = initial_model(spec, data).to(device)
     layers = [module for _, module in lipschitz_layers(model)]
-    opt = torch.optim.SGD(model.parameters(), lr=sc.optimizer.lr, momentum=0.0, weight_decay=sc.optimizer.weight_decay)
+    opt, schedule = build_optimizer(sc.optimizer, model.parameters(), sc.steps)  # torch.optim (lipbench.optim)
     noise = GradientNoise([spec], [p.shape for p in model.parameters()], device)
     # Regularisers (mixup, label smoothing, auto-augment, FGSM): the batch and loss the step trains on.
     transform = BatchTransform(sc.regularisers, x_train, data.num_classes, device, run_seed(spec, Stream.REGULARISERS))
@@ -99,6 +103,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
         loss.backward()
         transform_gradients(model.parameters(), sc.gradient, noise.draw())
         opt.step()
+        schedule.step()
 
     model.eval()
     summaries = test_accuracy(lambda _, x: model(x), data, device, recorder.finished())

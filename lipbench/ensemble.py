@@ -55,6 +55,7 @@ from lipbench.engine import train
 from lipbench.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
 from lipbench.models import lipschitz_layers
 from lipbench.records import RunRecord
+from lipbench.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULES
 from lipbench.suite import RunSpec, Scenario
 from lipbench.training import (
     MONITOR_SIZE,
@@ -82,6 +83,7 @@ __all__ = [
     "fuses",
     "group_specs",
     "train_ensemble",
+    "unsupported",
 ]
 
 EXACT_EVERY_STEPS = 1000  # by default an exact SVD about every this many training steps
@@ -134,6 +136,28 @@ ENSEMBLE_SUPPORT: dict[str, Decision] = {
     "dataset.synthetic_size": _SHARED,
     "optimizer.name": _SHARED,
     "optimizer.name=sgd": _RUNS,
+    "optimizer.name=adam": Decision(False, "the ensemble's update is plain SGD"),
+    "optimizer.name=adamw": Decision(False, "the ensemble's update is plain SGD"),
+    "optimizer.momentum": Decision(False, "the ensemble keeps no momentum buffers"),
+    "optimizer.nesterov": Decision(False, "the ensemble keeps no momentum buffers"),
+    "optimizer.betas": _SHARED,  # Adam's; Adam is not vectorised
+    "optimizer.eps": _SHARED,
+    "optimizer.schedule.name": _SHARED,
+    "optimizer.schedule.name=constant": _RUNS,
+    **{
+        f"optimizer.schedule.name={name}": Decision(False, "the ensemble's learning rate is constant")
+        for name in ("step", "exponential", "cosine", "linear")
+    },
+    "optimizer.schedule.warmup_steps": Decision(False, "the ensemble's learning rate is constant"),
+    "optimizer.schedule.step_size": _SHARED,  # used by non-constant schedules only
+    "optimizer.schedule.gamma": _SHARED,
+    "optimizer.schedule.min_lr": _SHARED,
+    "optimizer.schedule.kwargs": _SHARED,
+    "optimizer.kwargs": _SHARED,  # a factory's: factory names have no decision, so they train alone
+    "model.kwargs": _SHARED,
+    "dataset.kwargs": _SHARED,
+    "run.name": Decision(False, "a run function's own loop trains one run at a time"),
+    "run.kwargs": _SHARED,
     "optimizer.lr": _PER_MEMBER,
     "optimizer.batch_size": _SHARED,
     "optimizer.weight_decay": _PER_MEMBER,
@@ -181,16 +205,27 @@ def _literal_values(annotation: Any) -> tuple[Any, ...]:
     return tuple(v for arg in typing.get_args(annotation) for v in _literal_values(arg))
 
 
+#: Name fields that take a built-in name or a factory: their built-in names are their allowed values here
+#: (a factory or plugin name has no decision, so its runs train alone).
+NAMED: dict[str, tuple[str, ...]] = {
+    "model.name": MODELS,
+    "dataset.name": DATASETS,
+    "optimizer.name": OPTIMIZERS,
+    "optimizer.schedule.name": SCHEDULES,
+}
+
+
 def schema_fields(model: type[BaseModel] = Scenario, prefix: str = "") -> dict[str, tuple[FieldInfo, tuple[Any, ...]]]:
     """Every field of the scenario schema below its sections, by key path, with the values its
-    Literal allows (() where it takes any value of its type)."""
+    Literal allows, or the built-in names of a name field (() where it takes any value of its type)."""
     out: dict[str, tuple[FieldInfo, tuple[Any, ...]]] = {}
     for name, field in model.model_fields.items():
         section = _section(field)
+        path = f"{prefix}{name}"
         if section is not None:
-            out |= schema_fields(section, f"{prefix}{name}.")
+            out |= schema_fields(section, f"{path}.")
         else:
-            out[f"{prefix}{name}"] = (field, _literal_values(field.annotation))
+            out[path] = (field, NAMED.get(path) or _literal_values(field.annotation))
     return out
 
 
@@ -204,14 +239,21 @@ def decision_keys(model: type[BaseModel] = Scenario) -> list[str]:
 _fields = functools.cache(schema_fields)  # per scenario class: derived once
 
 
+_ABSENT = object()  # below a section that is not given (scenario.run: None)
+
+
 def _value(scenario: Scenario, path: str) -> Any:
-    return functools.reduce(getattr, path.split("."), scenario)
+    return functools.reduce(
+        lambda node, key: _ABSENT if node in (None, _ABSENT) else getattr(node, key), path.split("."), scenario
+    )
 
 
 def ensemble_obstacle(scenario: Scenario) -> str | None:
     """Why runs of this scenario train alone with engine.train instead of in an ensemble, or None."""
     for path, (field, allowed) in _fields(type(scenario)).items():
         value = _value(scenario, path)
+        if value is _ABSENT:
+            continue
         decision = ENSEMBLE_SUPPORT.get(path)
         if decision is None:
             return f"scenario.{path} has no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
@@ -226,9 +268,24 @@ def ensemble_obstacle(scenario: Scenario) -> str | None:
     return None
 
 
+def unsupported(spec: RunSpec) -> list[str]:
+    """What of the run's scenario this module does not implement, one reason each; such a run trains
+    alone with engine.train (the `ensemble` engine falls back to it, so every scenario still runs)."""
+    sc = spec.scenario
+    if sc.run is not None:
+        return [f"a run function ({sc.run.name}): its own loop trains one run at a time"]
+    reasons = []
+    if sc.model.name not in MODELS:
+        reasons.append(f"model {sc.model.name}: only the built-in networks are stacked into one vmapped module")
+    obstacle = ensemble_obstacle(sc)
+    if obstacle is not None:
+        reasons.append(obstacle)
+    return reasons
+
+
 def ensemble_key(spec: RunSpec) -> str | None:
     """What members of one ensemble must share (a JSON string), or None if the run must train alone."""
-    if ensemble_obstacle(spec.scenario) is not None:
+    if unsupported(spec):
         return None
     fields = _fields(type(spec.scenario))
     shared = {path: _value(spec.scenario, path) for path in fields if not ENSEMBLE_SUPPORT[path].per_member}

@@ -16,3 +16,6 @@ MODELS: tuple[str, ...] = ("mlp", "convnet")
 #: How the runner trains a claim's runs: each alone (per-run), as one vectorised ensemble, or
 #: ensembles where two or more runs can share one (auto); see lipbench.ensemble.
 ENGINES: tuple[str, ...] = ("auto", "per-run", "ensemble")
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")  # built through torch.optim (lipbench.optim)
+SCHEDULES: tuple[str, ...] = ("constant", "step", "exponential", "cosine", "linear")  # torch.optim.lr_scheduler

@@ -8,6 +8,7 @@ planning and judging claims loads no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import time
@@ -22,7 +23,7 @@ from lipbench.errors import LipbenchError
 from lipbench.outcome import ClaimOutcome, Verdict
 from lipbench.records import RunRecord, records_frame
 from lipbench.registry import ENGINES
-from lipbench.suite import ClaimKey, ResolvedClaim, RunSpec
+from lipbench.suite import ClaimKey, ResolvedClaim, RunSpec, empirical_note
 
 MAX_ATTEMPTS = 2  # a run whose worker process dies is tried once more in a fresh pool
 
@@ -117,7 +118,8 @@ def _units(specs: list[RunSpec], engine: str, n_workers: int) -> list[list[RunSp
 
 
 def _cost(spec: RunSpec) -> float:
-    return spec.scenario.steps * (spec.scenario.optimizer.batch_size + 64)  # + a per-step overhead
+    batch = spec.scenario.optimizer.batch_size if spec.scenario.optimizer else 64  # a run function: unknown
+    return spec.scenario.steps * (batch + 64)  # + a per-step overhead
 
 
 def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) -> ClaimOutcome:
@@ -131,6 +133,8 @@ def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) 
         frame = records_frame(records)
         frame.attrs["sweep_name"] = claim.sweep_name
         result = claim.claim.assertion.evaluate(frame)
+        if claim.claim.expect == "empirical":
+            result = dataclasses.replace(result, sentence=f"{empirical_note(claim.claim)} {result.sentence}")
     except ValueError as e:
         error = f"assertion could not be computed: {e}"
         return ClaimOutcome(claim, Verdict.ERROR, records, error=error, seconds=seconds)
@@ -166,9 +170,14 @@ def execute_group(specs: list[RunSpec], device: str, data_root: str | None, engi
 
 
 def _dataset(spec: RunSpec, data_root: str | None):
-    from lipbench.data import load_dataset
+    from lipbench import factories
+    from lipbench.data import DATASETS, default_data_root, load_dataset
 
     d = spec.scenario.dataset
+    reference = factories.reference_for("dataset", d.name, DATASETS)
+    if reference is not None:  # the user's own data (a factory or a plugin)
+        root = data_root or default_data_root()
+        return factories.build_dataset(reference, d.kwargs, root, d.train_size, d.test_size)
     return load_dataset(
         d.name,
         root=data_root,

@@ -33,15 +33,16 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
+from lipbench import factories
 from lipbench.assertions import ASSERTIONS, AssertionSpec
 from lipbench.discovery import collection_of
 from lipbench.errors import SuiteError
-from lipbench.registry import DATASETS, MODELS
+from lipbench.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULES
 
-DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
-ModelName = Literal[MODELS]  # type: ignore[valid-type]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Kwargs = dict[str, Any]
 
 
 class Strict(BaseModel):
@@ -49,14 +50,67 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _callable_name(kind: str, builtins: tuple[str, ...], value: str) -> str:
+    """A built-in name, a plugin's name, or an importable "package.module:callable" (imported here)."""
+    try:
+        reference = factories.reference_for(kind, value, builtins)
+        if reference is not None:
+            factories.resolve(reference)
+    except factories.FactoryError as e:
+        raise PydanticCustomError("factory", "{problem}", {"problem": str(e)}) from None
+    return value
+
+
+def _callable_kwargs(kind: str, builtins: tuple[str, ...], value: Kwargs, info: ValidationInfo) -> Kwargs:
+    name = info.data.get("name")
+    if name is not None:  # else the name itself was refused, and that is the error reported
+        try:
+            factories.validate(kind, name, value, builtins)
+        except factories.FactoryError as e:
+            raise PydanticCustomError("factory", "{problem}", {"problem": str(e)}) from None
+    return value
+
+
+def _builtin_only(model: type[BaseModel], builtins: tuple[str, ...], value: Any, info: ValidationInfo) -> Any:
+    """A key of the built-in implementation, set away from its default for a factory: refused."""
+    name = info.data.get("name")
+    if name is not None and name not in builtins and value != model.model_fields[info.field_name].default:
+        raise ValueError(f"{info.field_name} applies to the built-in names; give a factory its arguments in kwargs")
+    return value
+
+
 class ModelSpec(Strict):
-    name: ModelName
+    name: str = Field(
+        description=(
+            f"A built-in network ({', '.join(f'`{m}`' for m in MODELS)}; [the networks](docs/science.md#networks) "
+            "describes them), an installed plugin's model, or `package.module:callable` returning an `nn.Module` "
+            "(it gets `input_shape` and `num_classes` when it takes them, and is built under the init seed)."
+        )
+    )
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin model."
+    )
     hidden: list[Annotated[int, Field(gt=0)]] = [512, 256]
     width: Annotated[int, Field(gt=0)] = 32
     dropout: bool = False
     batch_norm: bool = False
     init: Literal["default", "normal"] = "default"
     init_std: Annotated[float, Field(gt=0)] = 0.01
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return _callable_name("model", MODELS, value)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _model_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
+        return _callable_kwargs("model", MODELS, value, info)
+
+    @field_validator("hidden", "width", "dropout", "batch_norm", "init", "init_std")
+    @classmethod
+    def _builtin_model_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        return _builtin_only(cls, MODELS, value, info)
 
     @field_validator("batch_norm")
     @classmethod
@@ -67,19 +121,132 @@ class ModelSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    name: DatasetName
+    name: str = Field(
+        description=(
+            f"A built-in dataset ({', '.join(f'`{d}`' for d in DATASETS)}), an installed plugin's dataset, or "
+            "`package.module:callable` returning a `lipbench.data.Dataset` or the tuple "
+            "`(x_train, y_train, x_test, y_test)` (it gets `root`, the data folder, when it takes it)."
+        )
+    )
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin dataset."
+    )
     train_size: Annotated[int, Field(gt=0)] | None = None
     test_size: Annotated[int, Field(gt=0)] | None = None
     synthetic_shape: tuple[int, int, int] = (1, 8, 8)
     synthetic_classes: Annotated[int, Field(ge=2)] = 10
     synthetic_size: Annotated[int, Field(gt=0)] = 2048
 
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _callable_name("dataset", DATASETS, value)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _dataset_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
+        return _callable_kwargs("dataset", DATASETS, value, info)
+
+    @field_validator("synthetic_shape", "synthetic_classes", "synthetic_size")
+    @classmethod
+    def _builtin_dataset_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        return _builtin_only(cls, DATASETS, value, info)
+
+
+class ScheduleSpec(Strict):
+    """The learning rate over training, stepped once per training step (torch.optim.lr_scheduler)."""
+
+    name: str = Field(
+        "constant",
+        description=(
+            "`constant`, `step` (times `gamma` every `step_size` steps), `exponential` (times `gamma` every step), "
+            "`cosine` (to `min_lr` at the last step) or `linear` (to `min_lr`); an installed plugin's schedule, or "
+            "`package.module:callable` taking the optimiser (and `total_steps` when it takes it) and returning an "
+            "`LRScheduler`."
+        ),
+    )
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin schedule."
+    )
+    warmup_steps: Annotated[int, Field(ge=0)] = 0  # linear warmup from lr / (warmup_steps + 1) to lr, then the schedule
+    step_size: Annotated[int, Field(gt=0)] | None = Field(None, validate_default=True)  # `step` only (required there)
+    gamma: Annotated[float, Field(gt=0, le=1)] | None = Field(None, validate_default=True)  # `step`, `exponential`
+    min_lr: Annotated[float, Field(ge=0)] = 0.0  # `cosine` and `linear`: the learning rate at the last step
+
+    @field_validator("name")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        return _callable_name("schedule", SCHEDULES, value)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _schedule_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
+        return _callable_kwargs("schedule", SCHEDULES, value, info)
+
+    @field_validator("step_size", "gamma", "min_lr")
+    @classmethod
+    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
+        users = {"step_size": ("step",), "gamma": ("step", "exponential"), "min_lr": ("cosine", "linear")}
+        name, allowed = info.data.get("name"), users[info.field_name]
+        if name is not None and value not in (None, 0.0) and name not in allowed:
+            raise ValueError(f"{info.field_name} applies to schedule {' and '.join(allowed)}, not {name!r}")
+        needed = {"step_size": "step", "gamma": "exponential"}.get(info.field_name)
+        if value is None and name == needed:
+            raise ValueError(f"schedule {name} needs {info.field_name}")
+        return value
+
+    @property
+    def constant(self) -> bool:
+        return self.name == "constant" and self.warmup_steps == 0
+
 
 class OptimizerSpec(Strict):
-    name: Literal["sgd"] = "sgd"
-    lr: Annotated[float, Field(gt=0)]
-    batch_size: Annotated[int, Field(gt=0)]
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    name: str = Field(
+        "sgd",
+        description=(
+            "`sgd` (with `momentum` and `nesterov`), `adam` or `adamw` (with `betas` and `eps`), built by torch.optim; "
+            "an installed plugin's optimizer, or `package.module:callable` taking the parameters (and `lr`, "
+            "`weight_decay` when it takes them), e.g. `torch.optim:RMSprop`."
+        ),
+    )
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin optimiser."
+    )
+    lr: Annotated[float, Field(gt=0)]  # the base learning rate (see schedule)
+    batch_size: Annotated[int, Field(gt=0)]  # mini-batch size b
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0  # sgd, adam: + weight_decay * W to the gradient; adamw: decoupled
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0  # `sgd` only
+    nesterov: bool = False  # `sgd` with momentum only
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] | None = None  # adam(w)
+    eps: Annotated[float, Field(gt=0)] | None = None  # `adam` and `adamw` (torch's default 1e-8)
+    schedule: ScheduleSpec = ScheduleSpec()  # the learning rate over training
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        return _callable_name("optimizer", OPTIMIZERS, value)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _optimizer_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
+        return _callable_kwargs("optimizer", OPTIMIZERS, value, info)
+
+    @field_validator("momentum", "nesterov", "betas", "eps")
+    @classmethod
+    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
+        users = {"momentum": "sgd", "nesterov": "sgd", "betas": ("adam", "adamw"), "eps": ("adam", "adamw")}
+        name, allowed = info.data.get("name"), users[info.field_name]
+        if name is not None and value not in (None, 0.0, False) and name not in allowed:
+            which = allowed if isinstance(allowed, str) else " and ".join(allowed)
+            raise ValueError(f"{info.field_name} applies to optimizer {which}, not {name!r}")
+        if info.field_name == "nesterov" and value and not info.data.get("momentum"):
+            raise ValueError("nesterov needs momentum above 0 (torch.optim.SGD refuses it without)")
+        return value
+
+    @property
+    def plain_sgd(self) -> bool:
+        """Plain SGD at a constant learning rate: the update the SDE theory (the paper, §7) describes."""
+        return self.name == "sgd" and self.momentum == 0 and self.schedule.constant
 
 
 class GradientSpec(Strict):
@@ -105,10 +272,34 @@ class RegularisersSpec(Strict):
 RecordName = Literal["sigma", "K", "loss", "accuracy", "sde", "init"]
 
 
+class RunFunctionSpec(Strict):
+    """Your own training loop, called with the run context and a recorder ([guide](docs/extending.md))."""
+
+    name: str = Field(
+        description=(
+            "`package.module:callable` (or an installed plugin's run name) called as `fn(context, recorder, **kwargs)`."
+        )
+    )
+    kwargs: Kwargs = Field(
+        default_factory=dict, validate_default=True, description="Options handed to the function (`context.options`)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_run(cls, value: str) -> str:
+        return _callable_name("run", (), value)
+
+    @field_validator("kwargs")
+    @classmethod
+    def _run_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
+        return _callable_kwargs("run", (), value, info)
+
+
 class Scenario(Strict):
-    model: ModelSpec
+    run: RunFunctionSpec | None = None  # your own training loop instead of lipbench's ([guide](docs/extending.md))
+    model: ModelSpec | None = Field(None, validate_default=True)  # required unless `run` names your own loop
     dataset: DatasetSpec
-    optimizer: OptimizerSpec
+    optimizer: OptimizerSpec | None = Field(None, validate_default=True)  # required unless `run` names your own loop
     steps: Annotated[int, Field(gt=0)]
     record_every: Annotated[int, Field(gt=0)]
     label_noise: Probability = 0.0
@@ -117,6 +308,46 @@ class Scenario(Strict):
     record: list[RecordName] = ["sigma", "K", "loss", "accuracy"]
     device: Literal["any", "cuda"] = "any"
     regularisers: RegularisersSpec = RegularisersSpec()
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _run_as_text(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value  # `run: pkg.mod:train` is short for {name: ...}
+
+    @field_validator("model", "optimizer")
+    @classmethod
+    def _loop_needs(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.data.get("run") is None and "run" in info.data:
+            raise ValueError(
+                f"required key is missing: lipbench's own loop needs scenario.{info.field_name} "
+                "(or name your own training function in scenario.run)"
+            )
+        return value
+
+    @field_validator("gradient", "regularisers")
+    @classmethod
+    def _own_loop_only(cls, value: BaseModel, info: ValidationInfo) -> BaseModel:
+        """What lipbench's own loop applies cannot be applied inside someone else's loop: refused, not ignored."""
+        if info.data.get("run") is not None and value != type(value)():
+            raise ValueError(f"{info.field_name} is applied by lipbench's own loop; with run, your function owns it")
+        return value
+
+    @field_validator("record")
+    @classmethod
+    def _recorder_records(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        probes = [r for r in value if r in ("sde", "init")]
+        if info.data.get("run") is not None and probes:
+            raise ValueError(
+                f"{probes[0]} is measured inside lipbench's own loop; the recorder of a run function stores sigma, "
+                "K, loss and your own metrics"
+            )
+        model = info.data.get("model")
+        if "init" in value and model is not None and model.name not in MODELS:
+            raise ValueError(
+                "init predicts sigma at lipbench's own initialisation of a built-in model; a factory model "
+                "initialises itself"
+            )
+        return value
 
     @field_validator("record_every")
     @classmethod
@@ -159,7 +390,7 @@ class Claim(Strict):
     sweep: Sweep | None = None
     seeds: Seeds = Seeds()
     assertion: AssertionSpec
-    expect: Literal["pass", "fail"] = "pass"
+    expect: Literal["pass", "fail", "empirical"] = "pass"
     expect_reason: str = Field("", validate_default=True)
     strict: bool = False
 
@@ -184,6 +415,38 @@ class Claim(Strict):
 
 #: A claim's identity in a run: two collections may hold claims of the same name, and a claim runs per profile.
 ClaimKey = tuple[str, str, str]  # (collection, name, profile)
+
+
+def sgd_theory_problem(scenario: Scenario) -> tuple[tuple[str, ...], str] | None:
+    """(key path, why) when the scenario records the SDE terms but does not train with plain SGD.
+
+    The SDE terms (and the variance prediction built on them) describe the update -lr * gradient at a
+    constant learning rate (the paper, §7); the probe measures that update. With momentum, Adam(W), a
+    schedule or a factory optimiser the step is another one, so the terms are not the dynamics'.
+    """
+    opt = scenario.optimizer
+    if "sde" not in scenario.record or opt is None or opt.plain_sgd:
+        return None
+    if opt.name != "sgd":
+        key, what = "name", f"optimizer {opt.name}"
+    elif opt.momentum:
+        key, what = "momentum", f"momentum {opt.momentum:g}"
+    else:
+        key, what = "schedule", f"schedule {opt.schedule.name}" + (" with warmup" if opt.schedule.warmup_steps else "")
+    return ("scenario", "optimizer", key), (
+        f"the SDE terms (scenario.record: sde) and the variance prediction assume plain SGD at a constant "
+        f"learning rate (the step -lr * gradient), but this scenario uses {what}"
+    )
+
+
+def empirical_note(claim: Claim) -> str:
+    """The words an `expect: empirical` verdict starts with: which assumption the run leaves."""
+    theory = sgd_theory_problem(claim.scenario)
+    why = f"{theory[1]}; " if theory else ""
+    return f"Empirical question ({why}measured here, not predicted by the theory):"
+
+
+EMPIRICAL_HOW = "use plain sgd (no momentum, constant schedule), or mark the claim `expect: empirical` to measure it"
 
 
 @dataclass(frozen=True)
@@ -319,6 +582,29 @@ def load_claim(
     """Load and validate one suite file; every profile is validated, `profile` is resolved."""
     path = Path(path)
     raw, layers = _read_suite(path)
+    return resolve_claim(path, raw, layers, profile, overrides)
+
+
+def claim_from_mapping(
+    data: dict[str, Any],
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    collection: str = "python",
+) -> ResolvedClaim:
+    """A claim written in Python, as the mapping a suite file would hold, validated exactly like one.
+
+    Errors name `<collection>/<name>.yaml` (no such file is written) and the key path.
+    """
+    data = copy.deepcopy(dict(data))
+    path = Path(collection) / f"{data.get('name', 'claim')}.yaml"
+    return resolve_claim(path, data, [(path, data)], profile, overrides)
+
+
+def resolve_claim(
+    path: Path, raw: dict[str, Any], layers: list[Layer], profile: str | None, overrides: list[str] | tuple[str, ...]
+) -> ResolvedClaim:
+    """Validate a suite's mapping (every profile) and resolve `profile` and `overrides`; `path` names it."""
+    raw = dict(raw)
     profiles = raw.pop("profiles", None) or {}
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise SuiteError(path, "profiles", "must map profile names to mappings of overrides")
@@ -469,7 +755,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
     for key in keys[:-1]:
-        data = data.setdefault(key, {})
+        if data.get(key) is None:  # a missing or unset (null) section: the schema then says what it needs
+            data[key] = {}
+        data = data[key]
     data[keys[-1]] = value
 
 
@@ -517,13 +805,14 @@ def _validate(
         if len(loc) > 1 and loc[0] == "assertion" and loc[1] in ASSERTIONS:
             del loc[1]  # pydantic's discriminator tag is not a key the user wrote
         raise fail(tuple(loc), _explain(err, data, tuple(loc))) from None
+    scenarios = [claim.scenario]
     if claim.sweep is not None:
         problem = _axis_problem(claim.sweep.axis)
         if problem:
             raise fail(("sweep", "axis"), problem)
         for i, value in enumerate(claim.sweep.values):
             try:
-                _sweep_scenario(claim, value)
+                scenarios.append(_sweep_scenario(claim, value))
             except ValidationError as e:
                 err = e.errors()[0]
                 loc = ".".join(str(p) for p in err["loc"])
@@ -531,6 +820,10 @@ def _validate(
                     ("sweep", "values", str(i)),
                     f"{value!r} is not allowed for {claim.sweep.axis} ({loc}: {err['msg']})",
                 ) from None
+    theory = next(filter(None, map(sgd_theory_problem, scenarios)), None)
+    if theory is not None and claim.expect != "empirical":
+        loc, why = theory
+        raise fail(loc, f"{why}; {EMPIRICAL_HOW}")
     return claim
 
 
@@ -604,6 +897,8 @@ def _explain(err: dict[str, Any], data: dict[str, Any], loc: tuple[str, ...]) ->
     kind, msg = err["type"], err["msg"]
     if kind in _NUMBER_KINDS and _not_finite(err["input"]):
         return _finite_message(err["input"])  # nan also fails every bound, with a less helpful message
+    if kind == "factory":  # already names the callable and the problem (lipbench.factories)
+        return msg
     if kind == "extra_forbidden":
         allowed = _allowed_keys(data, loc[:-1])
         hint = _did_you_mean(loc[-1], allowed)
@@ -632,7 +927,7 @@ def _explain(err: dict[str, Any], data: dict[str, Any], loc: tuple[str, ...]) ->
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     got = err["input"]
-    return msg if got == "" or isinstance(got, dict) else f"{msg} (got {got!r})"
+    return msg if got == "" or got is None or isinstance(got, dict) else f"{msg} (got {got!r})"
 
 
 def _section_model(data: dict[str, Any], loc: tuple[str, ...]) -> type[BaseModel] | None:

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lipbench import factories
 from lipbench.data import Dataset
-from lipbench.models import build_model, initialise, lipschitz_layers
+from lipbench.models import MODELS, build_model, initialise, lipschitz_layers
 from lipbench.records import RunRecord
 from lipbench.suite import GradientSpec, RunSpec, Scenario
 
@@ -73,6 +74,9 @@ def initial_model(spec: RunSpec, data: Dataset) -> torch.nn.Module:
     """The run's model, built and initialised from its init seed alone, on the CPU (so every device
     starts from the same bits)."""
     m = spec.scenario.model
+    reference = factories.reference_for("model", m.name, MODELS)
+    if reference is not None:  # the user's own model (a factory or a plugin), built under the init seed
+        return factories.build_model(reference, m.kwargs, data, spec.init_seed)
     model = build_model(
         m.name,
         data.input_shape,
@@ -128,13 +132,24 @@ class BatchSampler:
     reshuffled. The returned tensor is reused by the next call.
     """
 
-    def __init__(self, specs: Sequence[RunSpec], n: int, scenario: Scenario, device: torch.device) -> None:
-        b = scenario.optimizer.batch_size
+    def __init__(
+        self,
+        specs: Sequence[RunSpec],
+        n: int,
+        scenario: Scenario,
+        device: torch.device,
+        *,
+        batch_size: int | None = None,
+        gens: list[torch.Generator] | None = None,
+    ) -> None:
+        """`batch_size` defaults to the scenario's optimizer's; `gens` to each run's batch stream."""
+        b = batch_size if batch_size is not None else scenario.optimizer.batch_size
         if scenario.sampling == "without_replacement" and b > n:
             raise ValueError(
                 f"batch_size {b} exceeds the {n} training samples; sampling without replacement needs b <= n"
             )
-        self.gens, self.n, self.b, self.device = generators(specs, Stream.BATCHES, device), n, b, device
+        self.gens = gens if gens is not None else generators(specs, Stream.BATCHES, device)
+        self.n, self.b, self.device = n, b, device
         self.idx = torch.empty((len(specs), b), dtype=torch.long, device=device)
         self.orders = self._shuffled() if scenario.sampling == "without_replacement" else None
         self.pos = 0

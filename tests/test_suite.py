@@ -472,7 +472,15 @@ def test_show_prints_the_resolved_claim(write_suite, wide_console, capsys) -> No
     assert load_claim(path, "quick", ["scenario.steps=9"]).scenario_hash() in first
     shown = yaml.safe_load(body)
     assert shown["scenario"]["steps"] == 9
-    assert shown["scenario"]["optimizer"] == {"name": "sgd", "lr": 0.2, "batch_size": 8, "weight_decay": 0.0}
+    optimizer = shown["scenario"]["optimizer"]
+    assert {k: optimizer[k] for k in ("name", "lr", "batch_size", "weight_decay", "momentum")} == {
+        "name": "sgd",
+        "lr": 0.2,
+        "batch_size": 8,
+        "weight_decay": 0.0,
+        "momentum": 0.0,
+    }
+    assert optimizer["schedule"]["name"] == "constant"
     assert shown["scenario"]["sampling"] == "with_replacement"  # defaults are shown too
     assert shown["assertion"]["test"] == "monotone_trend"
 
