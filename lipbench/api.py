@@ -22,13 +22,15 @@ from typing import Any
 
 import pandas as pd
 
+from lipbench.discovery import suite_files
 from lipbench.errors import SuiteError
+from lipbench.outcome import ClaimOutcome, Verdict, exit_code
 from lipbench.records import records_frame
-from lipbench.runner import ClaimOutcome, run_claims
-from lipbench.suite import ResolvedClaim, claim_from_mapping, load_claim, suite_files
+from lipbench.runner import run_claims
+from lipbench.session import Session
+from lipbench.suite import ResolvedClaim, claim_from_mapping, load_claim
 
 ClaimSource = str | Path | Mapping[str, Any] | ResolvedClaim
-FAILING = {"FAIL", "ERROR", "REGRESSED"}
 
 
 @dataclass
@@ -39,17 +41,13 @@ class RunResult:
     out: Path
 
     @property
-    def verdicts(self) -> dict[str, str]:
-        """Claim name -> final verdict (PASS, FAIL, REGRESSED, IMPROVED, NEW, ERROR, XFAIL, XPASS, SKIPPED)."""
-        from lipbench.baselines import verdict_of
-
-        return {o.claim.name: verdict_of(o) for o in self.outcomes}
+    def verdicts(self) -> dict[str, Verdict]:
+        """Claim name -> final verdict (a `lipbench.outcome.Verdict`, equal to its name as a string)."""
+        return {o.claim.name: o.verdict for o in self.outcomes}
 
     @property
     def passed(self) -> bool:
         """True when no verdict is FAIL, ERROR or REGRESSED (and no strict claim passed unexpectedly)."""
-        from lipbench.baselines import exit_code
-
         return exit_code(self.outcomes, bad_input=False) == 0
 
     @property
@@ -105,8 +103,7 @@ def run(
     are saved under `out` (default lipbench-results/api-<time>); baselines default to the folder
     above each suite file (a claim given as a mapping has none unless `baselines` names one).
     """
-    from lipbench.engine import resolve_device
-    from lipbench.session import Session
+    from lipbench.engine import resolve_device  # torch, only when claims train
 
     resolved = load(*claims, profile=profile, overrides=overrides)
     device = str(resolve_device(device))

@@ -288,7 +288,8 @@ def ensemble_key(spec: RunSpec) -> str | None:
     if unsupported(spec):
         return None
     fields = _fields(type(spec.scenario))
-    shared = {path: _value(spec.scenario, path) for path in fields if not ENSEMBLE_SUPPORT[path].per_member}
+    values = {path: _value(spec.scenario, path) for path in fields if not ENSEMBLE_SUPPORT[path].per_member}
+    shared = {path: v for path, v in values.items() if v is not _ABSENT}
     return json.dumps(shared, sort_keys=True)
 
 

@@ -138,10 +138,10 @@ def test_the_ensemble_lists_what_it_does_not_support_and_such_runs_train_alone()
     specs = [spec_of(0, 0, optimizer={"name": "adamw", "lr": 0.01}), spec_of(1, 0, optimizer={"momentum": 0.5})]
     reasons = [unsupported(s) for s in specs]
     assert reasons == [
-        ["optimizer adamw: the ensemble's update is plain SGD"],
-        ["optimizer.momentum: the ensemble keeps no momentum buffers"],
+        ["scenario.optimizer.name = adamw: the ensemble's update is plain SGD"],
+        ["scenario.optimizer.momentum: the ensemble keeps no momentum buffers"],
     ]
-    assert "schedule cosine" in unsupported(spec_of(optimizer={"schedule": {"name": "cosine"}}))[0]
+    assert "schedule.name = cosine" in unsupported(spec_of(optimizer={"schedule": {"name": "cosine"}}))[0]
     factory = {"name": "torch.nn:Linear", "hidden": [512, 256], "kwargs": {"in_features": 64, "out_features": 10}}
     assert unsupported(spec_of(model=factory))[0].startswith("model torch.nn:Linear: only the built-in networks")
     run = {"run": {"name": f"{__name__}:loop"}}

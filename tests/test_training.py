@@ -16,8 +16,10 @@ from torch import nn
 from lipbench.cli import main
 from lipbench.ensemble import ENSEMBLE_SUPPORT, decision_keys, ensemble_key, ensemble_obstacle
 from lipbench.lipschitz import spectral_norms
+from lipbench.outcome import Verdict
 from lipbench.records import RunRecord
-from lipbench.runner import ENGINES, ERROR, run_claims
+from lipbench.registry import ENGINES
+from lipbench.runner import run_claims
 from lipbench.suite import GradientSpec, RunSpec, Scenario, load_claim
 from lipbench.training import BatchSampler, GradientNoise, Recorder
 
@@ -66,7 +68,7 @@ def test_a_diverging_run_is_reported_as_divergence_with_its_step_under_every_eng
     reports = {}
     for engine in ENGINES:
         [outcome] = run_claims([claim], device="cpu", workers=1, engine=engine)
-        assert outcome.status == ERROR and outcome.result is None, engine
+        assert outcome.status == Verdict.ERROR and outcome.result is None, engine
         assert "Error" not in outcome.error and "at lipschitz.py" not in outcome.error, outcome.error
         match = DIVERGED.search(outcome.error)
         assert match, outcome.error
