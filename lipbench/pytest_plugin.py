@@ -29,7 +29,6 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +186,12 @@ def _settings(config: pytest.Config) -> Settings:
     except ValueError:
         raise pytest.UsageError(f"lipbench_slow_steps must be an integer, got {raw_slow!r}") from None
     out = config.getoption("lipbench_out")
-    out_path = Path(out) if out else Path("lipbench-results") / datetime.now().strftime("pytest-%Y%m%d-%H%M%S")
+    if out:
+        out_path = Path(out)
+    else:
+        from lipbench.results import RESULTS_ROOT, unique_name
+
+        out_path = RESULTS_ROOT / unique_name("pytest-")
     if not out_path.is_absolute():
         out_path = config.invocation_params.dir / out_path
     return Settings(
@@ -237,11 +241,20 @@ def _collection(path: Path) -> str:
 
 def _prepare_store(settings: Settings, collections: list[str]) -> None:
     """Create the store and one experiment per collection; remember the URI and ids for the workers."""
+    from lipbench.errors import StoreError
     from lipbench.session import Session
     from lipbench.tracking import Tracker
 
     for name in collections:
-        tracker = Tracker(Session.experiment_name(name), settings.tracking_uri)
+        try:
+            tracker = Tracker(Session.experiment_name(name), settings.tracking_uri)
+        except StoreError as e:  # before any claim runs: one line, as from the CLI, with this face's options
+            message = (
+                str(e)
+                .replace("--tracking-uri", "--lipbench-tracking-uri")
+                .replace("--no-mlflow", "--lipbench-no-mlflow")
+            )
+            raise pytest.UsageError(message) from None
         settings.tracking_uri = _absolute_uri(tracker.uri)
         settings.experiment_ids[name] = tracker.experiment_id
 

@@ -9,15 +9,47 @@ from __future__ import annotations
 
 import json
 import platform
+import secrets
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lipbench.records import RunRecord
-from lipbench.runner import ClaimOutcome
+from lipbench.errors import LipbenchError
+
+if TYPE_CHECKING:  # imported where used, so that naming a results folder (the pytest plugin) stays cheap
+    from lipbench.records import RunRecord
+    from lipbench.runner import ClaimOutcome
 
 RESULT_VERSION = 1
+RESULTS_ROOT = Path("lipbench-results")
+
+
+def unique_name(prefix: str = "") -> str:
+    """`<prefix><date>-<time>-<6 random hex digits>`: sorts by time, and two invocations started in
+    the same second (a script launching jobs, on one machine or several) get different names."""
+    return f"{prefix}{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def new_results_folder(out: str | Path | None = None, root: str | Path = RESULTS_ROOT, prefix: str = "") -> Path:
+    """Make the results folder of one invocation and return it.
+
+    `out` is used as given (an existing folder gains the claims). Without it the folder is
+    `<root>/<unique_name(prefix)>`, created with exist_ok=False, so that no two invocations ever
+    share one.
+    """
+    while True:
+        path = Path(out) if out is not None else Path(root) / unique_name(prefix)
+        try:
+            path.mkdir(parents=True, exist_ok=out is not None)
+            return path
+        except FileExistsError:
+            if out is not None:  # a file of that name
+                raise LipbenchError(f"--out {path} is a file, not a folder; pass --out with a folder name") from None
+        except OSError as e:
+            raise LipbenchError(
+                f"cannot create the results folder {path} ({e.strerror or e}); pass --out with a folder you can write"
+            ) from None
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -78,6 +110,8 @@ def save_outcome(outcome: ClaimOutcome, out: Path, env: dict[str, Any]) -> Path:
 
 
 def load_records(folder: Path) -> list[RunRecord]:
+    from lipbench.records import RunRecord
+
     return [RunRecord.from_dict(d) for d in json.loads((Path(folder) / "records.json").read_text())]
 
 
@@ -104,6 +138,7 @@ def find_results(root: str | Path) -> list[Path]:
 def load_outcome(folder: str | Path) -> ClaimOutcome:
     """Rebuild a finished claim from its folder: the claim as it was resolved, its records and result."""
     from lipbench.assertions import AssertionResult
+    from lipbench.runner import ClaimOutcome
     from lipbench.suite import Claim, ResolvedClaim, load_claim
 
     folder = Path(folder)
