@@ -276,7 +276,8 @@ def cmd_run(args) -> int:
     session = open_session(claims, args, device)
     console.print(
         f"lipbench: {len(claims)} claims, {sum(len(c.runs()) for c in claims)} runs, "
-        f"profile {claims[0].profile}, device {device}; results in {session.out}"
+        f"profile {claims[0].profile}, device {device}; results in {session.out}",
+        soft_wrap=True,  # a CI log must get the folder's name whole
     )
     outcomes = execute(claims, args, device, session)
     print_table(outcomes)
@@ -297,7 +298,9 @@ def cmd_baseline_update(args) -> int:
     if problems or not claims:
         return 2
     session = open_session(claims, args, device)
-    console.print(f"lipbench: running {len(claims)} claims to store their baselines; results in {session.out}")
+    console.print(
+        f"lipbench: running {len(claims)} claims to store their baselines; results in {session.out}", soft_wrap=True
+    )
     outcomes = execute(claims, args, device, session)
     print_table(outcomes)
     env = environment(device)

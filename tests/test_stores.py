@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
+from builders import free_port
 
 from lipbench.cli import main
 from lipbench.errors import StoreError
 from lipbench.results import new_results_folder
 
 RUN = ["--workers", "1", "--profile", "quick", "--device", "cpu"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _unwritable_folder(tmp_path: Path) -> Path:
@@ -146,8 +140,8 @@ def test_a_store_that_breaks_mid_run_costs_no_result(
     assert "Traceback" not in err
     broken = logged[1]
     assert (
-        f"lipbench: warning: MLflow logging of {broken} failed (MlflowException: (sqlite3.DatabaseError) file is not a database); "
-        in err
+        f"lipbench: warning: MLflow logging of {broken} failed "
+        "(MlflowException: (sqlite3.DatabaseError) file is not a database); " in err
     )
     assert "[SQL:" not in err
     assert f"its results are in {out / 'suites' / broken}" in err
