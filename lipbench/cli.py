@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI or ./mlflow.db)")
         p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results are still saved)")
         p.add_argument("--data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
-        p.add_argument("--out", default=None, help="results folder (default lipbench-results/<time>)")
+        p.add_argument(
+            "--out", default=None, help="results folder (default: a new lipbench-results/<date>-<time>-<random>)"
+        )
         baselines_option(p)
 
     def baselines_option(p: argparse.ArgumentParser) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,30 @@ class _FrozenClock:
         from datetime import datetime
 
         return datetime(2025, 1, 1, 12, 0, 0)
+
+
+def test_under_pytest_a_bad_store_is_a_usage_error_with_the_plugins_options(write_suite, tmp_path: Path) -> None:
+    folder = write_suite("tiny").parent
+    uri = f"http://127.0.0.1:{free_port()}"
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", str(folder), "--lipbench-suites", str(folder), "-p", "no:cacheprovider"),
+            *("--lipbench-tracking-uri", uri, "--lipbench-device", "cpu", "--lipbench-profile", "quick", "-q"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
+    error = [line for line in done.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert error == [
+        f"ERROR: MLflow store {uri}: no server answers (ConnectionError); pass --lipbench-tracking-uri "
+        "sqlite:///PATH/mlflow.db with a folder you can write, or the http://HOST:PORT of a running "
+        "`mlflow server`, or --lipbench-no-mlflow"
+    ]
+    assert "Traceback" not in done.stderr and not (tmp_path / "lipbench-results").exists()
