@@ -53,7 +53,10 @@ class Tracker:
         self.uri = resolve_uri(tracking_uri)
         with store_lock(self.uri):
             self.client = open_store(self.uri)
-            self.experiment_id = experiment_id or self._experiment(experiment)
+            try:
+                self.experiment_id = experiment_id or self._experiment(experiment)
+            except Exception as e:  # a read-only database, a server that refuses writes, ...
+                raise StoreError(self.uri, f"experiment {experiment!r} cannot be made ({one_line(e)})") from None
 
     def _experiment(self, name: str) -> str:
         """The id of experiment `name`, created (as a model-training experiment) if need be.
@@ -258,7 +261,9 @@ def _probe_server(uri: str) -> None:
 
     try:
         requests.get(uri, timeout=PROBE_SECONDS)
-    except requests.RequestException as e:
+    except requests.exceptions.SSLError:
+        return  # it answers; whether its certificate is trusted is MLflow's TLS settings' call
+    except (requests.ConnectionError, requests.Timeout) as e:
         raise StoreError(uri, f"no server answers ({type(e).__name__})") from None
 
 

@@ -212,3 +212,25 @@ def test_under_pytest_a_bad_store_is_a_usage_error_with_the_plugins_options(writ
         "`mlflow server`, or --lipbench-no-mlflow"
     ]
     assert "Traceback" not in done.stderr and not (tmp_path / "lipbench-results").exists()
+
+
+def test_an_experiment_the_store_refuses_to_make_is_a_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that opens but refuses writes (a server's permissions, a read-only database)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from lipbench.tracking import Tracker
+
+    def refuse(self, name, **kwargs):
+        raise MlflowException(f"Permission denied for experiment {name}\non this server")
+
+    monkeypatch.setattr(MlflowClient, "create_experiment", refuse)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(StoreError) as raised:
+        Tracker("lipbench/refused", uri)
+    assert str(raised.value).startswith(
+        f"MLflow store {uri}: experiment 'lipbench/refused' cannot be made "
+        "(MlflowException: Permission denied for experiment lipbench/refused on this server); pass --tracking-uri"
+    )
