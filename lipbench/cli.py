@@ -12,12 +12,10 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lipbench.baselines import (
@@ -34,8 +32,9 @@ from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
 from lipbench.options import add_to_parser, default_profile
 from lipbench.outcome import StatOutcome, Verdict, exit_code
+from lipbench.progress import progress_for
 from lipbench.report import write_report
-from lipbench.results import environment, load_outcome, load_result
+from lipbench.results import environment, load_outcome, load_result, new_results_folder
 from lipbench.runner import run_claims
 from lipbench.session import Session
 from lipbench.suite import ClaimKey, ResolvedClaim, load_claim, name_taken
@@ -298,12 +297,13 @@ def cmd_run(args) -> int:
         errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
     if not claims:
         return 2
-    out = Path(args.out or Path("lipbench-results") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    session = open_session(claims, args, device)
     console.print(
         f"lipbench: {len(claims)} claims, {sum(len(c.runs()) for c in claims)} runs, "
-        f"profile {claims[0].profile}, device {device}; results in {out}"
+        f"profile {claims[0].profile}, device {device}; results in {session.out}",
+        soft_wrap=True,  # a CI log must get the folder's name whole
     )
-    outcomes = execute(claims, args, device, out)
+    outcomes = execute(claims, args, device, session)
     print_table(outcomes)
     return exit_code(outcomes, bad_input=bool(problems))
 
@@ -318,9 +318,11 @@ def cmd_baseline_update(args) -> int:
         errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
     if problems or not claims:
         return 2
-    out = Path(args.out or Path("lipbench-results") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    console.print(f"lipbench: running {len(claims)} claims to store their baselines; results in {out}")
-    outcomes = execute(claims, args, device, out)
+    session = open_session(claims, args, device)
+    console.print(
+        f"lipbench: running {len(claims)} claims to store their baselines; results in {session.out}", soft_wrap=True
+    )
+    outcomes = execute(claims, args, device, session)
     print_table(outcomes)
     env = environment(device)
     refused = 0
@@ -428,14 +430,15 @@ def cmd_report(args) -> int:
     return 0
 
 
-def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
-    """Run claims with progress bars; each finished claim is saved, drawn and logged at once."""
+def open_session(claims: list[ResolvedClaim], args, device: str) -> Session:
+    """The store and experiments first (a store that cannot be used is refused here, before anything
+    is trained or written), then this invocation's own results folder."""
 
     def warn(text: str) -> None:
         errors.print(text, markup=False, soft_wrap=True)
 
     session = Session(
-        out,
+        None,
         device,
         tracking_uri=args.tracking_uri,
         mlflow=not args.no_mlflow,
@@ -443,40 +446,35 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
         baselines=getattr(args, "baselines", None),
     )
     session.prepare(claims)
+    session.out = new_results_folder(args.out)
+    return session
+
+
+def execute(claims: list[ResolvedClaim], args, device: str, session: Session):
+    """Run claims showing their progress; each finished claim is saved, drawn and logged at once."""
 
     def done(outcome) -> None:
         session.finish_claim(outcome)
-        progress.update(tasks[outcome.claim.key], description=f"{_label(outcome.claim)} [{outcome.verdict}]")
-
-    def advance(claim, done_runs: int, total: int) -> None:
-        progress.update(tasks[claim.key], completed=done_runs, total=total)
+        progress.claim_done(outcome, outcome.verdict)
 
     started = time.perf_counter()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=not console.is_terminal,
-    ) as progress:
-        tasks = {c.key: progress.add_task(_label(c), total=len(c.runs())) for c in claims}
+    with progress_for(console, claims) as progress:
         outcomes = run_claims(
             claims,
             device=device,
             workers=args.workers,
             data_root=args.data_root,
             engine=getattr(args, "engine", "per-run"),
-            on_progress=advance,
+            on_progress=progress.advance,
             on_claim_done=done,
         )
     console.print(f"finished in {time.perf_counter() - started:.0f} s")
+    if session.unlogged:
+        session.warn(
+            f"lipbench: warning: {len(session.unlogged)} of {len(outcomes)} claims are not in the MLflow store "
+            f"{session.store_uri} ({', '.join(session.unlogged[:5])}); every result is in {session.out}"
+        )
     return outcomes
-
-
-def _label(claim: ResolvedClaim) -> str:
-    """collection/name: two collections may hold claims of the same name."""
-    return f"{claim.collection}/{claim.name}"
 
 
 def print_table(outcomes) -> None:

@@ -32,3 +32,16 @@ class RunDiverged(LipbenchError):
 
 class LipbenchWarning(UserWarning):
     """A problem that costs no verdict (an MLflow write or a figure that failed); the results are saved."""
+
+
+class StoreError(LipbenchError):
+    """An MLflow store that cannot be created, opened or reached; said before anything is trained."""
+
+    FIX = (
+        "pass --tracking-uri sqlite:///PATH/mlflow.db with a folder you can write, or the http://HOST:PORT "
+        "of a running `mlflow server`, or --no-mlflow"
+    )
+
+    def __init__(self, uri: str, problem: str) -> None:
+        self.uri, self.problem = uri, problem
+        super().__init__(f"MLflow store {uri}: {problem}; {self.FIX}")

@@ -61,7 +61,7 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     Option("tracking-uri", "MLflow store (default MLFLOW_TRACKING_URI or MLflow's default)"),
     Option("no-mlflow", "do not log to MLflow (results are still saved)", default=False, type=bool),
     Option("data-root", "dataset folder (default LIPBENCH_DATA or a user cache)"),
-    Option("out", "results folder (default lipbench-results/<time>)"),
+    Option("out", "results folder (default: a new lipbench-results/<date>-<time>-<random>)"),
     Option(
         "baselines",
         "baselines folder (default LIPBENCH_BASELINES, else the baselines/ folder above the suite file)",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +141,13 @@ def _settings(config: pytest.Config) -> Settings:
         slow = int(str(raw_slow).replace("_", "")) if raw_slow else SLOW_STEPS
     except ValueError:
         raise pytest.UsageError(f"lipbench_slow_steps must be an integer, got {raw_slow!r}") from None
-    out = config.getoption("lipbench_out")  # its default differs from the CLI's: a pytest-<time> folder
-    out_path = Path(out) if out else Path("lipbench-results") / datetime.now().strftime("pytest-%Y%m%d-%H%M%S")
+    out = config.getoption("lipbench_out")
+    if out:
+        out_path = Path(out)
+    else:
+        from lipbench.results import RESULTS_ROOT, unique_name
+
+        out_path = RESULTS_ROOT / unique_name("pytest-")
     if not out_path.is_absolute():
         out_path = config.invocation_params.dir / out_path
     given = {o.dest: config.getoption(o.pytest_dest) for o in SHARED_OPTIONS}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from lipbench.discovery import collection_of, suite_files
-from lipbench.errors import LipbenchWarning, SuiteError
+from lipbench.errors import LipbenchWarning, StoreError, SuiteError
 
 if TYPE_CHECKING:
     from lipbench.pytest_plugin import Settings
@@ -61,7 +61,15 @@ def prepare_store(settings: Settings, collections: list[str]) -> None:
     from lipbench.tracking import Tracker
 
     for name in collections:
-        tracker = Tracker(Session.experiment_name(name), settings.tracking_uri)
+        try:
+            tracker = Tracker(Session.experiment_name(name), settings.tracking_uri)
+        except StoreError as e:  # before any claim runs: one line, as from the CLI, with this face's options
+            message = (
+                str(e)
+                .replace("--tracking-uri", "--lipbench-tracking-uri")
+                .replace("--no-mlflow", "--lipbench-no-mlflow")
+            )
+            raise pytest.UsageError(message) from None
         settings.tracking_uri = _absolute_uri(tracker.uri)
         settings.experiment_ids[name] = tracker.experiment_id
 

@@ -21,11 +21,15 @@ Warn = Callable[[str], None]
 
 
 class Session:
-    """The sinks of one invocation: a results folder and, unless disabled, one MLflow store."""
+    """The sinks of one invocation: a results folder and, unless disabled, one MLflow store.
+
+    `out` may be None until the store is open (`lipbench.cli.open_session` makes the folder only
+    once the store is known to work); `unlogged` names the claims whose MLflow logging failed.
+    """
 
     def __init__(
         self,
-        out: str | Path,
+        out: str | Path | None,
         device: str,
         *,
         tracking_uri: str | None = None,
@@ -34,16 +38,22 @@ class Session:
         warn: Warn = print,
         baselines: str | Path | None = None,
     ):
-        self.out, self.device, self.warn = Path(out), device, warn
+        self.out, self.device, self.warn = (Path(out) if out is not None else None), device, warn
         self.env = environment(device)
         self.tracking_uri, self.mlflow = tracking_uri, mlflow
         self.experiment_ids = dict(experiment_ids or {})
         self.trackers: dict = {}
+        self.unlogged: list[str] = []
         self.baselines = Path(baselines) if baselines is not None else None  # None: baselines.default_root
 
     @staticmethod
     def experiment_name(collection: str) -> str:
         return f"lipbench/{collection}"
+
+    @property
+    def store_uri(self) -> str:
+        """The tracking URI this session writes to, after MLFLOW_TRACKING_URI and MLflow's default."""
+        return next(iter(self.trackers.values())).uri if self.trackers else tracking.resolve_uri(self.tracking_uri)
 
     def prepare(self, claims: list[ResolvedClaim]) -> dict[str, str]:
         """Create the store and one experiment per collection before any worker starts (docs/mlflow.md)."""
@@ -88,8 +98,11 @@ class Session:
                 )
                 (folder / "mlflow_run_id").write_text(run_id + "\n")
             except Exception as e:
+                from lipbench.tracking import one_line
+
+                self.unlogged.append(outcome.claim.name)
                 self.warn(
-                    f"lipbench: warning: MLflow logging of {outcome.claim.name} failed ({e}); "
+                    f"lipbench: warning: MLflow logging of {outcome.claim.name} failed ({one_line(e)}); "
                     f"its results are in {folder}"
                 )
         return folder

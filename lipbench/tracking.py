@@ -3,6 +3,11 @@ run per claim and a child run per training run, each written in batches once it 
 
 Workers never import mlflow. After a claim is logged, the store is read back and the number
 of child runs and metric points is checked against what was produced.
+
+The store is opened before anything is trained (`open_store`): a store that cannot be created or
+reached is a `StoreError`. A sqlite store is created, and its experiments are created, under a
+file lock beside the database, so invocations started together never run MLflow's schema
+migration at the same time (docs/mlflow.md measures what happens when they do).
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lipbench.errors import StoreError
 from lipbench.outcome import ClaimOutcome, Verdict
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -21,6 +29,11 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 PARENT_TAG = "mlflow.parentRunId"
+# Marks an experiment as model training, so that `mlflow ui` opens it on its runs table (not on
+# the GenAI traces overview it shows for an experiment of no kind).
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+LOCK_SECONDS = 300  # the longest wait for another invocation to create the store (a migration takes seconds)
+PROBE_SECONDS = 10  # how long a tracking server has to answer the first request
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -37,19 +50,35 @@ class Tracker:
     """Writes claims to one MLflow experiment; `tracking_uri=None` means MLFLOW_TRACKING_URI or MLflow's default."""
 
     def __init__(self, experiment: str, tracking_uri: str | None = None, experiment_id: str | None = None):
-        import mlflow
-        from mlflow import MlflowClient
+        self.uri = resolve_uri(tracking_uri)
+        with store_lock(self.uri):
+            self.client = open_store(self.uri)
+            try:
+                self.experiment_id = experiment_id or self._experiment(experiment)
+            except Exception as e:  # a read-only database, a server that refuses writes, ...
+                raise StoreError(self.uri, f"experiment {experiment!r} cannot be made ({one_line(e)})") from None
 
-        self.uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-        self.client = MlflowClient(self.uri)
-        if experiment_id is None:
-            found = self.client.get_experiment_by_name(experiment)
-            experiment_id = (
-                found.experiment_id
-                if found
-                else self.client.create_experiment(experiment, artifact_location=_artifact_location(self.uri))
-            )
-        self.experiment_id = experiment_id
+    def _experiment(self, name: str) -> str:
+        """The id of experiment `name`, created (as a model-training experiment) if need be.
+
+        A tracking server has no lock of ours: when another invocation creates the experiment
+        first, its creation fails here and the experiment is read again.
+        """
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return self.client.create_experiment(
+                    name, artifact_location=_artifact_location(self.uri), tags={KIND_TAG: KIND}
+                )
+            except MlflowException:
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        if KIND_TAG not in found.tags:  # made by an older lipbench: `mlflow ui` would open it on traces
+            self.client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
+        return found.experiment_id
 
     def log_claim(
         self,
@@ -157,6 +186,91 @@ class Tracker:
             held = sum(len(self.client.get_metric_history(run.info.run_id, k)) for k in keys)
             if held != points:
                 raise RuntimeError(f"MLflow holds {held} of {points} metric points of run {name}")
+
+
+def resolve_uri(tracking_uri: str | None = None) -> str:
+    """`tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)."""
+    import mlflow
+
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite URI (None for an in-memory database or another kind of store)."""
+    if not uri.startswith("sqlite://"):
+        return None
+    path = uri[len("sqlite://") :].split("?", 1)[0]
+    return Path(path[1:]) if path.startswith("/") and path[1:] not in ("", ":memory:") else None
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold the lock of a sqlite store (a file `<database>.lock` beside it) while it and its
+    experiments are created; no lock for other stores. Creating the lock file is also the test
+    that the database's folder exists and can be written."""
+    path = _sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path.with_name(path.name + ".lock"), timeout=LOCK_SECONDS)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Path(lock.lock_file).touch()  # raises where the folder cannot be written (filelock would wait)
+        lock.acquire()
+    except Timeout:
+        raise StoreError(uri, f"another process has held {lock.lock_file} for {LOCK_SECONDS} s") from None
+    except OSError as e:
+        raise StoreError(uri, f"cannot write in {_blocking_folder(path)} ({e.strerror or e})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _blocking_folder(path: Path) -> Path:
+    """The nearest folder above the database that exists (a regular file there is the problem)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return parent
+    return path.parent
+
+
+def open_store(uri: str):
+    """An MlflowClient of a store that exists now: created if need be (call it under `store_lock`),
+    a tracking server reached. Anything else is a StoreError naming the URI."""
+    from mlflow import MlflowClient
+
+    path = _sqlite_path(uri)
+    if path is not None and path.exists() and not (path.is_file() and os.access(path, os.R_OK | os.W_OK)):
+        raise StoreError(uri, f"{path} is not a database file lipbench can read and write")
+    if uri.startswith(("http://", "https://")):
+        _probe_server(uri)
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # opens a sqlite store: creates and migrates it if new
+    except Exception as e:
+        raise StoreError(uri, f"cannot be opened ({one_line(e)})") from None
+    return client
+
+
+def _probe_server(uri: str) -> None:
+    """Fail fast when nothing answers at a server's address (MLflow's own client retries for minutes)."""
+    import requests
+
+    try:
+        requests.get(uri, timeout=PROBE_SECONDS)
+    except requests.exceptions.SSLError:
+        return  # it answers; whether its certificate is trusted is MLflow's TLS settings' call
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise StoreError(uri, f"no server answers ({type(e).__name__})") from None
+
+
+def one_line(error: Exception) -> str:
+    """An MLflow or database error in one short line (without the SQL statement it ran)."""
+    text = " ".join(str(error).split()).split(" [SQL: ", 1)[0]
+    return f"{type(error).__name__}: {text[:300]}"
 
 
 def _artifact_location(uri: str) -> str | None:

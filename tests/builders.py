@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 from typing import Any
 
 import torch
@@ -34,3 +35,10 @@ def float64_mlp(widths: tuple[int, ...], seed: int) -> nn.Sequential:
 def weight_names(model: nn.Module) -> list[str]:
     """The weights of the model's Linear and Conv2d layers, by parameter name."""
     return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
