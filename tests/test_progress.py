@@ -42,7 +42,7 @@ def test_line_progress_prints_claims_as_they_finish_and_throttled_status_lines(w
     first, second = load_claim(write_suite("first"), "quick"), load_claim(write_suite("second"), "quick")
     stream = io.StringIO()
     progress = LineProgress(Console(file=stream, width=40), [first, second], every=30, clock=clock)
-    assert (progress.planned, sum(progress.planned.values())) == ({"first": 6, "second": 6}, 12)
+    assert (progress.planned, sum(progress.planned.values())) == ({first.key: 6, second.key: 6}, 12)
 
     for done, t in ((1, 5), (2, 20), (3, 30), (4, 45)):  # 3 runs in the first 30 s: one line, at 30 s
         clock.now = 1000.0 + t
@@ -56,8 +56,8 @@ def test_line_progress_prints_claims_as_they_finish_and_throttled_status_lines(w
     lines = stream.getvalue().splitlines()  # a long line is never wrapped, even on a 40-column console
     assert lines[1:] == [
         "lipbench: 6/12 runs done in 1 min 01 s, about 1 min 01 s left",
-        "lipbench: [1/2] PASS first (0 runs, 1 min 01 s)",
-        "lipbench: [2/2] SKIPPED second (0 runs, 0 s)",
+        f"lipbench: [1/2] PASS {first.collection}/first (0 runs, 1 min 01 s)",
+        f"lipbench: [2/2] SKIPPED {second.collection}/second (0 runs, 0 s)",
     ]
     assert progress.status() == "lipbench: 12/12 runs done in 1 min 01 s, about 0 s left"
 
@@ -112,6 +112,6 @@ def test_lipbench_run_into_a_pipe_prints_plain_lines(write_suite, tmp_path: Path
     parsed = [re.fullmatch(r"lipbench: \[(\d)/2\] (\w+) (\S+) \(6 runs, \d+ s\)", line) for line in lines]
     finished = [m.groups() for m in parsed if m]
     assert [index for index, _, _ in finished] == ["1", "2"], done.stdout
-    assert {name: verdict for _, verdict, name in finished} == {"first": "NEW", "second": "FAIL"}
+    assert {name.split("/")[-1]: verdict for _, verdict, name in finished} == {"first": "NEW", "second": "FAIL"}
     assert "\x1b" not in done.stdout  # no colour, no cursor movement
     assert "━" not in done.stdout.split("lipbench verdicts")[0]  # no bars before the verdict table
