@@ -8,6 +8,7 @@ and the baseline tolerance rule are documented in `lipbench.baselines`.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lipbench.errors import LipbenchError, SuiteError
+from lipbench.executors import EXECUTORS, Interrupted
 from lipbench.runner import ENGINES
 from lipbench.suite import ResolvedClaim, load_claim, suite_files
 
@@ -40,14 +42,18 @@ STYLE = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except LipbenchError as e:
         errors.print(f"lipbench: error: {e}", markup=False, soft_wrap=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        errors.print("lipbench: interrupted; finished claims are saved under the results folder")
+    except KeyboardInterrupt as e:
+        if not isinstance(e, Interrupted):
+            errors.print("lipbench: interrupted; finished claims are saved under the results folder")
+        if args.command in ("run", "baseline"):
+            errors.print(f"lipbench: resume with: {shlex.join(['lipbench', *argv])}", markup=False, soft_wrap=True)
         return 130
 
 
@@ -76,11 +82,33 @@ def build_parser() -> argparse.ArgumentParser:
             default="per-run",
             help="per-run trains each run alone; ensemble/auto train a claim's compatible runs as one vmapped ensemble",
         )
+        p.add_argument(
+            "--executor",
+            choices=EXECUTORS,
+            default="local",
+            help="local (default): a process pool on this machine; ray: Ray tasks on a Ray cluster",
+        )
+        p.add_argument(
+            "--ray-address",
+            default=None,
+            metavar="ADDR",
+            help="with --executor ray: cluster to join (HOST:PORT or auto; default RAY_ADDRESS, else a local instance)",
+        )
+        cache_option(p)
+        p.add_argument("--no-cache", action="store_true", help="train every run, neither reading nor writing the cache")
         p.add_argument("--tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI or ./mlflow.db)")
         p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results are still saved)")
         p.add_argument("--data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
         p.add_argument("--out", default=None, help="results folder (default lipbench-results/<time>)")
         baselines_option(p)
+
+    def cache_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cache-dir",
+            default=None,
+            metavar="DIR",
+            help="run cache folder (default LIPBENCH_CACHE_DIR, else ~/.cache/lipbench/runs)",
+        )
 
     def baselines_option(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -122,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("b", metavar="B")
     comp.add_argument("--tracking-uri", default=None, help="MLflow store of run ids (default MLFLOW_TRACKING_URI)")
     comp.set_defaults(func=cmd_compare)
+
+    cache = sub.add_parser("cache", help="show or trim the cache of finished runs")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    info = cache_sub.add_parser("info", help="where the run cache is, its entries and size")
+    cache_option(info)
+    info.set_defaults(func=cmd_cache_info)
+    prune = cache_sub.add_parser("prune", help="delete cached runs: all of them, or those unused for DAYS")
+    cache_option(prune)
+    which = prune.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="delete every cached run")
+    which.add_argument("--older-than", type=float, metavar="DAYS", help="delete runs unused for more than DAYS")
+    prune.set_defaults(func=cmd_cache_prune)
 
     rep = sub.add_parser("report", help="a self-contained HTML report of a finished run")
     rep.add_argument("results", metavar="RESULTS_DIR", help="results folder (or a claim's MLflow run id)")
@@ -400,6 +440,31 @@ def cmd_baseline_show(args) -> int:
     return 2 if bad else 0
 
 
+def cmd_cache_info(args) -> int:
+    from lipbench.cache import RunCache
+
+    info = RunCache(args.cache_dir).info()
+    console.print(f"run cache: {info.path}", markup=False, soft_wrap=True)
+    console.print(f"{info.entries} cached runs, {info.bytes / 1e6:.1f} MB")
+    if info.entries:
+        when = {
+            k: datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M") for k, v in (("o", info.oldest), ("n", info.newest))
+        }
+        console.print(f"last used: oldest {when['o']}, newest {when['n']}")
+    return 0
+
+
+def cmd_cache_prune(args) -> int:
+    from lipbench.cache import RunCache
+
+    if args.older_than is not None and not args.older_than >= 0:
+        raise LipbenchError(f"--older-than must be a number of days >= 0, not {args.older_than}.")
+    cache = RunCache(args.cache_dir)
+    count, freed = cache.prune(None if args.all else args.older_than)
+    console.print(f"deleted {count} cached runs ({freed / 1e6:.1f} MB) from {cache.root}", markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_compare(args) -> int:
     from lipbench.compare import compare_rows, print_compare, sides
 
@@ -422,8 +487,14 @@ def cmd_report(args) -> int:
 def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
     """Run claims with progress bars; each finished claim is saved, drawn and logged at once."""
     from lipbench.baselines import verdict_of
+    from lipbench.cache import RunCache
+    from lipbench.executors import check_executor
     from lipbench.runner import run_claims
     from lipbench.session import Session
+
+    executor = getattr(args, "executor", "local")
+    check_executor(executor)  # Ray missing: say so before anything is created
+    cache = None if getattr(args, "no_cache", False) else RunCache(getattr(args, "cache_dir", None))
 
     def warn(text: str) -> None:
         errors.print(text, markup=False, soft_wrap=True)
@@ -438,8 +509,11 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
     )
     session.prepare(claims)
 
+    finished: list = []
+
     def done(outcome) -> None:
         session.finish_claim(outcome)
+        finished.append(outcome)
         verdict = verdict_of(outcome)
         progress.update(tasks[outcome.claim.name], description=f"{outcome.claim.name} [{verdict}]")
 
@@ -447,25 +521,45 @@ def execute(claims: list[ResolvedClaim], args, device: str, out: Path):
         progress.update(tasks[claim.name], completed=done_runs, total=total)
 
     started = time.perf_counter()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=not console.is_terminal,
-    ) as progress:
-        tasks = {c.name: progress.add_task(c.name, total=len(c.runs())) for c in claims}
-        outcomes = run_claims(
-            claims,
-            device=device,
-            workers=args.workers,
-            data_root=args.data_root,
-            engine=getattr(args, "engine", "per-run"),
-            on_progress=advance,
-            on_claim_done=done,
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=not console.is_terminal,
+        ) as progress:
+            tasks = {c.name: progress.add_task(c.name, total=len(c.runs())) for c in claims}
+            outcomes = run_claims(
+                claims,
+                device=device,
+                workers=args.workers,
+                data_root=args.data_root,
+                engine=getattr(args, "engine", "per-run"),
+                executor=executor,
+                ray_address=getattr(args, "ray_address", None),
+                cache=cache,
+                on_progress=advance,
+                on_claim_done=done,
+            )
+    except Interrupted as e:
+        kept = (
+            f"{cache.reused + cache.written} finished runs are kept in the run cache {cache.root}"
+            if cache is not None
+            else "runs are not cached (--no-cache)"
         )
-    console.print(f"finished in {time.perf_counter() - started:.0f} s")
+        errors.print(
+            f"lipbench: interrupted ({e.signal_name}): {len(finished)} of {len(claims)} claims finished "
+            f"(saved under {out}); {kept}",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise
+    line = f"finished in {time.perf_counter() - started:.0f} s"
+    if cache is not None:
+        line += f"; reused {cache.reused} cached runs, trained {cache.trained}"
+    console.print(line)
     return outcomes
 
 

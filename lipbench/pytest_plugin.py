@@ -25,6 +25,7 @@ and only when a suite file is collected or a claim runs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
@@ -38,6 +39,7 @@ import pytest
 SLOW_STEPS = 200_000
 SUITE_SUFFIXES = (".yaml", ".yml")  # lipbench.suite.SUITE_SUFFIXES, without importing the schema
 ENGINES = ("auto", "per-run", "ensemble")  # lipbench.runner.ENGINES, likewise
+EXECUTORS = ("local", "ray")  # lipbench.executors.EXECUTORS, likewise
 WORKERINPUT_KEY = "lipbench"
 MARKERS = (
     "lipbench: a claim of a lipbench suite file, run as a test",
@@ -82,6 +84,11 @@ class Settings:
     workers: int | None = None
     data_root: str | None = None
     engine: str = "per-run"
+    executor: str = "local"
+    ray_address: str | None = None
+    cache_dir: str | None = None
+    no_cache: bool = False
+    cache: Any = None
     baselines: str | None = None
     slow_steps: int = SLOW_STEPS
     threads: int | None = None
@@ -140,6 +147,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="per-run",
         help="per-run (default) trains each run alone; ensemble/auto vectorise a claim's compatible runs",
     )
+    group.addoption(
+        "--lipbench-executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local (default): a process pool on this machine; ray: Ray tasks on a Ray cluster",
+    )
+    group.addoption(
+        "--lipbench-ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --lipbench-executor ray: cluster to join (default RAY_ADDRESS, else a local instance)",
+    )
+    group.addoption(
+        "--lipbench-cache-dir",
+        default=None,
+        metavar="DIR",
+        help="run cache folder (default LIPBENCH_CACHE_DIR, else ~/.cache/lipbench/runs)",
+    )
+    group.addoption(
+        "--lipbench-no-cache", action="store_true", help="train every run, neither reading nor writing the cache"
+    )
     group.addoption("--lipbench-data-root", default=None, help="dataset folder (default LIPBENCH_DATA or a user cache)")
     parser.addini(
         "lipbench_suites", "folders or files of suite YAML files, relative to the rootdir", "args", ["suites"]
@@ -186,6 +214,10 @@ def _settings(config: pytest.Config) -> Settings:
         slow = int(str(raw_slow).replace("_", "")) if raw_slow else SLOW_STEPS
     except ValueError:
         raise pytest.UsageError(f"lipbench_slow_steps must be an integer, got {raw_slow!r}") from None
+    if config.getoption("lipbench_executor") == "ray" and importlib.util.find_spec("ray") is None:
+        raise pytest.UsageError(
+            '--lipbench-executor ray needs Ray, which is not installed: pip install "lipbench[ray]"'
+        )
     out = config.getoption("lipbench_out")
     out_path = Path(out) if out else Path("lipbench-results") / datetime.now().strftime("pytest-%Y%m%d-%H%M%S")
     if not out_path.is_absolute():
@@ -200,6 +232,10 @@ def _settings(config: pytest.Config) -> Settings:
         workers=config.getoption("lipbench_workers"),
         data_root=config.getoption("lipbench_data_root"),
         engine=config.getoption("lipbench_engine"),
+        executor=config.getoption("lipbench_executor"),
+        ray_address=config.getoption("lipbench_ray_address"),
+        cache_dir=config.getoption("lipbench_cache_dir"),
+        no_cache=config.getoption("lipbench_no_cache"),
         baselines=config.getoption("lipbench_baselines"),
         slow_steps=slow,
     )
@@ -416,6 +452,9 @@ class ClaimItem(pytest.Item):
             workers=workers,
             data_root=settings.data_root,
             engine=settings.engine,
+            executor=settings.executor,
+            ray_address=settings.ray_address,
+            cache=_cache(settings),
             on_claim_done=done,
         )
         self.outcome = outcome
@@ -472,6 +511,15 @@ def _session(settings: Settings, device: str) -> Any:
             baselines=settings.baselines,
         )
     return settings.session
+
+
+def _cache(settings: Settings) -> Any:
+    """The run cache of this process (None with --lipbench-no-cache), shared by all its claims."""
+    if settings.cache is None and not settings.no_cache:
+        from lipbench.cache import RunCache
+
+        settings.cache = RunCache(settings.cache_dir)
+    return settings.cache
 
 
 def _warn(text: str) -> None:

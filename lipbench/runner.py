@@ -6,22 +6,22 @@ and `on_claim_done` and do their own logging, so the CLI and the pytest plugin s
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lipbench.assertions import AssertionResult
 from lipbench.errors import LipbenchError
 from lipbench.records import RunRecord, records_frame
 from lipbench.suite import ResolvedClaim, RunSpec
 
+if TYPE_CHECKING:
+    from lipbench.cache import RunCache
+
 PASS, FAIL, ERROR, XFAIL, XPASS, SKIPPED = "PASS", "FAIL", "ERROR", "XFAIL", "XPASS", "SKIPPED"
-MAX_ATTEMPTS = 2  # a run whose worker process dies is tried once more in a fresh pool
 ENGINES = ("auto", "per-run", "ensemble")  # auto: runs that can share an ensemble do (lipbench.ensemble)
 
 
@@ -60,17 +60,30 @@ def run_claims(
     on_progress: Callable[[ResolvedClaim, int, int], None] | None = None,
     on_claim_done: Callable[[ClaimOutcome], None] | None = None,
     engine: str = "per-run",
+    executor: str = "local",
+    ray_address: str | None = None,
+    cache: RunCache | None = None,
 ) -> list[ClaimOutcome]:
     """Train every run of every claim (in parallel when workers > 1) and judge each claim.
 
     `engine`: "per-run" trains each run alone (engine.train); "ensemble" trains the runs of a claim
     that can share one (lipbench.ensemble.group_specs) as one vectorised ensemble, a unit of work
     for one worker; "auto" does so for groups of two or more runs.
+
+    `executor` ("local" or "ray", `lipbench.executors`) trains the units; runs that are equal
+    (`lipbench.cache.run_key`) are trained once and shared by every claim that needs them;
+    with a `cache`, cached runs are reused and each finished run is cached as it arrives.
+    SIGINT or SIGTERM stops the collection: `executors.Interrupted` is raised once every
+    finished run has been delivered (and cached), and claims finished by then have had
+    `on_claim_done`.
     """
+    from lipbench.cache import adopt, run_key
     from lipbench.engine import resolve_device
+    from lipbench.executors import StopSignals, check_executor, run_units
 
     if engine not in ENGINES:
         raise ValueError(f"`engine` must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}.")
+    check_executor(executor)
 
     device = str(resolve_device(device)) if device == "auto" else device
     outcomes: dict[str, ClaimOutcome] = {}
@@ -107,14 +120,46 @@ def run_claims(
 
     # Longest runs first, so that no long run starts last and leaves the other workers idle.
     specs = sorted((s for name in pending for s in pending[name]), key=_cost, reverse=True)
-    n_workers = workers or default_workers(device, len(specs))
-    units = _units(specs, engine, n_workers)
-    if n_workers <= 1 or len(units) <= 1:
-        for unit in units:
-            for record in execute_group(unit, device, data_root, engine):
-                collect(record)
-    else:
-        _run_in_pool(units, n_workers, device, data_root, collect, engine)
+    sharing: dict[str, list[RunSpec]] = {}  # equal runs (of one claim or several) are trained once
+    for spec in specs:
+        sharing.setdefault(run_key(spec, engine, device), []).append(spec)
+    key_of = {id(same[0]): key for key, same in sharing.items()}
+
+    def deliver(unit: list[RunSpec], records: list[RunRecord]) -> None:
+        by_run = {spec.run_id: spec for spec in unit}
+        for record in records:
+            key = key_of[id(by_run[record.run_id])]
+            if cache is not None:
+                cache.trained += 1
+                cache.store(key, record)
+            for spec in sharing[key]:
+                collect(adopt(record, spec))
+
+    with StopSignals() as stop:
+        missing = []
+        for key, same in sharing.items():
+            record = cache.load(key) if cache is not None else None
+            if record is None:
+                missing.append(same[0])
+                continue
+            cache.reused += len(same)
+            for spec in same:
+                collect(adopt(record, spec))
+        n_workers = workers or default_workers(device, len(missing))
+        units = _units(missing, engine, n_workers)
+        run_units(
+            units,
+            deliver,
+            stop,
+            executor=executor,
+            n_workers=n_workers,
+            device=device,
+            data_root=data_root,
+            engine=engine,
+            ray_address=ray_address,
+        )
+        if len(outcomes) < len(claims):
+            stop.check()
     return [outcomes[c.name] for c in claims]
 
 
@@ -222,54 +267,3 @@ def _failed(spec: RunSpec, message: str) -> RunRecord:
         {},
         error=message,
     )
-
-
-def _init_worker(threads: int, counter, gpus: int) -> None:
-    """Each worker limits its CPU threads and, with GPUs, takes one (its index modulo the count)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    if gpus:
-        with counter.get_lock():
-            index = counter.value
-            counter.value += 1
-        torch.cuda.set_device(index % gpus)
-
-
-def _run_in_pool(
-    units: list[list[RunSpec]], n_workers: int, device: str, data_root: str | None, collect, engine: str
-) -> None:
-    ctx = mp.get_context("spawn")  # fork after torch (or CUDA) is initialised is unsafe
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
-    gpus = 0
-    if device.startswith("cuda"):
-        import torch
-
-        gpus = torch.cuda.device_count()
-    attempts = {u[0].run_id: 0 for u in units}
-    queue = list(units)
-    while queue:
-        counter = ctx.Value("i", 0)
-        with ProcessPoolExecutor(
-            n_workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, counter, gpus)
-        ) as pool:
-            futures: dict[Future, list[RunSpec]] = {
-                pool.submit(execute_group, u, device, data_root, engine): u for u in queue
-            }
-            queue = []
-            while futures:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    unit = futures.pop(fut)
-                    try:
-                        records = fut.result()
-                    except BrokenProcessPool:
-                        attempts[unit[0].run_id] += 1
-                        if attempts[unit[0].run_id] >= MAX_ATTEMPTS:
-                            for spec in unit:
-                                collect(_failed(spec, "its worker process died twice (out of memory, or killed?)"))
-                        else:
-                            queue.append(unit)
-                        continue
-                    for record in records:
-                        collect(record)
