@@ -143,7 +143,7 @@ def run_units(
     elif n_workers <= 1 or len(units) <= 1:
         from lipbench.runner import execute_group
 
-        for unit in units:
+        for unit in units:  # (a stop requested while the last unit was delivered is no stop)
             with stop.raising():
                 records = execute_group(unit, device, data_root, engine)
             deliver(unit, records)
@@ -249,7 +249,7 @@ def run_pool(
                             queue.append(unit)
                         continue
                     deliver(unit, records)
-                if stop.requested:
+                if stop.requested and futures:
                     _stop_pool(pool)
                     stop.check()
             if queue:
@@ -347,7 +347,7 @@ def run_ray(
                     message = f"its Ray task failed {MAX_ATTEMPTS} times ({type(e).__name__}: {cause})"
                     records = [_failed(spec, message) for spec in unit]
                 deliver(unit, records)
-            if stop.requested:
+            if stop.requested and pending:
                 cancel()
                 with contextlib.suppress(Exception):
                     ray.shutdown()  # a local instance ends with it; a cluster keeps running
