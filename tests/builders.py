@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,3 +35,19 @@ def float64_mlp(widths: tuple[int, ...], seed: int) -> nn.Sequential:
 def weight_names(model: nn.Module) -> list[str]:
     """The weights of the model's Linear and Conv2d layers, by parameter name."""
     return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def live_group_members(pgid: int) -> list[str]:
+    """Live (not zombie) processes of a process group, as 'pid name' strings (Linux: reads /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if int(rest[2]) == pgid and rest[0] not in ("Z", "X"):
+            found.append(f"{entry.name} {name}")
+    return found

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from builders import live_group_members
 
 from lipbench.cache import RunCache
 from lipbench.cli import main
@@ -57,28 +58,11 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _group_members(pgid: int) -> list[str]:
-    """Live (not zombie) processes of a process group, as 'pid name' strings."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        state, group = rest[0], int(rest[2])
-        if group == pgid and state not in ("Z", "X"):
-            found.append(f"{entry.name} {name}")
-    return found
-
-
 def _no_process_left(pgid: int) -> None:
     try:
-        _wait_for(lambda: not _group_members(pgid), 10, "the command's processes to end")
+        _wait_for(lambda: not live_group_members(pgid), 10, "the command's processes to end")
     except AssertionError:
-        left = _group_members(pgid)
+        left = live_group_members(pgid)
         for member in left:  # do not leave them to the next test
             os.kill(int(member.split()[0]), signal.SIGKILL)
         raise AssertionError(f"processes left after the command ended: {left}") from None
