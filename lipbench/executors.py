@@ -288,7 +288,7 @@ def start_ray(address: str | None, n_workers: int) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    options: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    options: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
         options.update(address="local", num_cpus=n_workers)
     else:

@@ -17,6 +17,8 @@ from lipbench.cli import main
 from lipbench.runner import PASS, run_claims
 from lipbench.suite import load_claim
 
+pytest_plugins = ["pytester"]
+
 RUN = ["--workers", "1", "--profile", "quick", "--no-mlflow"]
 
 
@@ -186,3 +188,23 @@ def test_the_ensemble_engine_caches_its_runs_too(write_suite, engine: str) -> No
     [second] = run_claims([claim], device="cpu", workers=1, engine=engine, cache=again)
     assert (cache.trained, again.reused, again.trained) == (6, 6, 0)
     assert _comparable(second.records) == _comparable(first.records)
+
+
+def test_the_pytest_plugin_uses_the_cache_and_no_cache_skips_it(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    import yaml
+    from conftest import TINY_SUITE
+
+    (pytester.path / "suites").mkdir()
+    (pytester.path / "suites" / "cached.yaml").write_text(yaml.safe_dump({**TINY_SUITE, "name": "cached"}))
+    options = ["--lipbench-no-mlflow", "--lipbench-workers", "1", "--lipbench-device", "cpu", "-p", "no:cacheprovider"]
+    store = tmp_path / "plugin-cache"
+    first = pytester.runpytest_subprocess(*options, "--lipbench-cache-dir", str(store), "suites")
+    first.assert_outcomes(passed=1)
+    assert len(RunCache(store).entries()) == 6
+
+    unused = tmp_path / "unused"
+    second = pytester.runpytest_subprocess(
+        *options, "--lipbench-cache-dir", str(unused), "--lipbench-no-cache", "suites"
+    )
+    second.assert_outcomes(passed=1)
+    assert not unused.exists()

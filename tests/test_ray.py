@@ -72,6 +72,16 @@ def test_without_ray_the_ray_executor_says_how_to_install_it(write_suite, tmp_pa
     assert not out.exists()  # refused before anything was trained or saved
 
 
+def test_the_cli_and_the_pytest_plugin_offer_the_same_executors() -> None:
+    from lipbench import pytest_plugin
+    from lipbench.cli import build_parser
+    from lipbench.executors import EXECUTORS
+
+    assert pytest_plugin.EXECUTORS == EXECUTORS
+    args = build_parser().parse_args(["run", "suites", "--executor", "ray", "--ray-address", "auto"])
+    assert (args.executor, args.ray_address) == ("ray", "auto")
+
+
 def test_ray_and_local_executors_give_identical_records_and_verdicts(write_suite, local_ray) -> None:
     claims = [
         load_claim(write_suite("scale"), "quick"),
