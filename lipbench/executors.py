@@ -220,6 +220,7 @@ def run_pool(
     attempts = {id(u): 0 for u in units}
     queue = list(units)
     while queue:
+        stop.check()  # (a stop asked for while the pool was being replaced)
         counter = ctx.Value("i", 0)
         with (
             ProcessPoolExecutor(
@@ -319,6 +320,7 @@ def run_ray(
 
     ray = _import_ray()
     start_ray(address, n_workers)
+    stop.check()  # Ctrl-C while Ray was starting: nothing submitted yet
     gpu = device.startswith("cuda")
     task = ray.remote(_ray_unit).options(
         num_cpus=1,
@@ -344,7 +346,10 @@ def run_ray(
                     records = ray.get(ref)
                 except ray.exceptions.RayError as e:
                     cause = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                    message = f"its Ray task failed {MAX_ATTEMPTS} times ({type(e).__name__}: {cause})"
+                    if isinstance(e, ray.exceptions.RayTaskError):  # raised in the task: not retried
+                        message = f"its Ray task raised {cause}"
+                    else:  # its worker or node died on every try
+                        message = f"its Ray task failed {MAX_ATTEMPTS} times ({type(e).__name__}: {cause})"
                     records = [_failed(spec, message) for spec in unit]
                 deliver(unit, records)
             if stop.requested and pending:

@@ -224,3 +224,42 @@ def test_a_two_node_ray_cluster_reaches_the_local_verdicts(write_suite, tmp_path
 
     [local] = run_claims([load_claim(path, "quick")], device="cpu", workers=1)
     assert _comparable(load_outcome(out / "suites" / "clustered")) == _comparable(local)
+
+
+def test_ctrl_c_under_the_ray_executor_ends_ray_too(write_suite, tmp_path: Path) -> None:
+    """The local Ray instance that `lipbench run` started is in its process group: all of it ends."""
+    from lipbench.cache import RunCache
+
+    path = write_suite("interrupted", {**LONGER, "seeds": {"init": 4, "sampling": 1}})
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.update(LIPBENCH_CACHE_DIR=str(cache))
+    env.pop("RAY_ADDRESS", None)
+    argv = ["run", str(path), "--profile", "quick", "--no-mlflow", "--executor", "ray", "--workers", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lipbench.cli", *argv, "--out", str(tmp_path / "out")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not RunCache(cache).entries() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        _end_group(proc.pid)
+        raise AssertionError("lipbench did not end within 10 s of Ctrl-C") from None
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "resume with: lipbench run" in err
+    deadline = time.monotonic() + 10
+    while live_group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = live_group_members(proc.pid)
+    _end_group(proc.pid)
+    assert not left, f"processes left: {left}"
