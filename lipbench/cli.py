@@ -9,9 +9,11 @@ documented in `lipbench.baselines`.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -26,10 +28,12 @@ from lipbench.baselines import (
     scenario_dump,
     store,
 )
+from lipbench.cache import RunCache
 from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
 from lipbench.compare import compare_rows, load_side, print_compare, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
+from lipbench.executors import Interrupted, check_executor
 from lipbench.options import add_to_parser, default_profile
 from lipbench.outcome import StatOutcome, Verdict, exit_code
 from lipbench.progress import progress_for
@@ -45,14 +49,18 @@ errors = Console(stderr=True, highlight=False)
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except LipbenchError as e:
         errors.print(f"lipbench: error: {e}", markup=False, soft_wrap=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        errors.print("lipbench: interrupted; finished claims are saved under the results folder")
+    except KeyboardInterrupt as e:
+        if not isinstance(e, Interrupted):
+            errors.print("lipbench: interrupted; finished claims are saved under the results folder")
+        if args.command in ("run", "baseline"):
+            errors.print(f"lipbench: resume with: {shlex.join(['lipbench', *argv])}", markup=False, soft_wrap=True)
         return 130
 
 
@@ -73,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def training(p: argparse.ArgumentParser) -> None:
-        add_to_parser(p, "device", "workers", "engine", "tracking-uri", "no-mlflow", "data-root", "out", "baselines")
+        add_to_parser(
+            p, "device", "workers", "engine", "executor", "ray-address", "cache-dir", "no-cache", "tracking-uri"
+        )
+        add_to_parser(p, "no-mlflow", "data-root", "out", "baselines")
 
     run = sub.add_parser(
         "run",
@@ -112,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("b", metavar="B")
     comp.add_argument("--tracking-uri", default=None, help="MLflow store of run ids (default MLFLOW_TRACKING_URI)")
     comp.set_defaults(func=cmd_compare)
+
+    cache = sub.add_parser("cache", help="show or trim the cache of finished runs")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    info = cache_sub.add_parser("info", help="where the run cache is, its entries and size")
+    add_to_parser(info, "cache-dir")
+    info.set_defaults(func=cmd_cache_info)
+    prune = cache_sub.add_parser("prune", help="delete cached runs: all of them, or those unused for DAYS")
+    add_to_parser(prune, "cache-dir")
+    which = prune.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="delete every cached run")
+    which.add_argument("--older-than", type=float, metavar="DAYS", help="delete runs unused for more than DAYS")
+    prune.set_defaults(func=cmd_cache_prune)
 
     rep = sub.add_parser("report", help="a self-contained HTML report of a finished run")
     rep.add_argument("results", metavar="RESULTS_DIR", help="results folder (or a claim's MLflow run id)")
@@ -416,6 +439,27 @@ def cmd_baseline_show(args) -> int:
     return 2 if bad else 0
 
 
+def cmd_cache_info(args) -> int:
+    info = RunCache(args.cache_dir).info()
+    console.print(f"run cache: {info.path}", markup=False, soft_wrap=True)
+    console.print(f"{info.entries} cached runs, {info.bytes / 1e6:.1f} MB")
+    if info.entries:
+        when = {
+            k: datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M") for k, v in (("o", info.oldest), ("n", info.newest))
+        }
+        console.print(f"last used: oldest {when['o']}, newest {when['n']}")
+    return 0
+
+
+def cmd_cache_prune(args) -> int:
+    if args.older_than is not None and not args.older_than >= 0:
+        raise LipbenchError(f"--older-than must be a number of days >= 0, not {args.older_than}.")
+    cache = RunCache(args.cache_dir)
+    count, freed = cache.prune(None if args.all else args.older_than)
+    console.print(f"deleted {count} cached runs ({freed / 1e6:.1f} MB) from {cache.root}", markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_compare(args) -> int:
     rows = compare_rows(sides(args.a, args.tracking_uri), sides(args.b, args.tracking_uri))
     print_compare(rows, console, args.a, args.b)
@@ -432,7 +476,8 @@ def cmd_report(args) -> int:
 
 def open_session(claims: list[ResolvedClaim], args, device: str) -> Session:
     """The store and experiments first (a store that cannot be used is refused here, before anything
-    is trained or written), then this invocation's own results folder."""
+    is trained or written), then this invocation's own results folder. A missing Ray is said first."""
+    check_executor(getattr(args, "executor", "local"))
 
     def warn(text: str) -> None:
         errors.print(text, markup=False, soft_wrap=True)
@@ -451,24 +496,50 @@ def open_session(claims: list[ResolvedClaim], args, device: str) -> Session:
 
 
 def execute(claims: list[ResolvedClaim], args, device: str, session: Session):
-    """Run claims showing their progress; each finished claim is saved, drawn and logged at once."""
+    """Run claims showing their progress; each finished claim is saved, drawn and logged at once.
+
+    Every finished run goes to the run cache (unless --no-cache) as it arrives, so an interrupted
+    collection resumes where it stopped."""
+    cache = None if getattr(args, "no_cache", False) else RunCache(getattr(args, "cache_dir", None))
+    finished: list = []
 
     def done(outcome) -> None:
         session.finish_claim(outcome)
+        finished.append(outcome)
         progress.claim_done(outcome, outcome.verdict)
 
     started = time.perf_counter()
-    with progress_for(console, claims) as progress:
-        outcomes = run_claims(
-            claims,
-            device=device,
-            workers=args.workers,
-            data_root=args.data_root,
-            engine=getattr(args, "engine", "per-run"),
-            on_progress=progress.advance,
-            on_claim_done=done,
+    try:
+        with progress_for(console, claims) as progress:
+            outcomes = run_claims(
+                claims,
+                device=device,
+                workers=args.workers,
+                data_root=args.data_root,
+                engine=getattr(args, "engine", "per-run"),
+                executor=getattr(args, "executor", "local"),
+                ray_address=getattr(args, "ray_address", None),
+                cache=cache,
+                on_progress=progress.advance,
+                on_claim_done=done,
+            )
+    except Interrupted as e:
+        kept = (
+            f"{cache.reused + cache.written} finished runs are kept in the run cache {cache.root}"
+            if cache is not None
+            else "runs are not cached (--no-cache)"
         )
-    console.print(f"finished in {time.perf_counter() - started:.0f} s")
+        errors.print(
+            f"lipbench: interrupted ({e.signal_name}): {len(finished)} of {len(claims)} claims finished "
+            f"(saved under {session.out}); {kept}",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise
+    line = f"finished in {time.perf_counter() - started:.0f} s"
+    if cache is not None:
+        line += f"; reused {cache.reused} cached runs, trained {cache.trained}"
+    console.print(line)
     if session.unlogged:
         session.warn(
             f"lipbench: warning: {len(session.unlogged)} of {len(outcomes)} claims are not in the MLflow store "

@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from lipbench.registry import ENGINES
+from lipbench.registry import ENGINES, EXECUTORS
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,19 @@ SHARED_OPTIONS: tuple[Option, ...] = (
         default="per-run",
         choices=ENGINES,
     ),
+    Option(
+        "executor",
+        "local (default): a process pool on this machine; ray: Ray tasks on a Ray cluster",
+        default="local",
+        choices=EXECUTORS,
+    ),
+    Option(
+        "ray-address",
+        "with the ray executor: the cluster to join (HOST:PORT or auto; default RAY_ADDRESS, else a local instance)",
+        metavar="ADDR",
+    ),
+    Option("cache-dir", "run cache folder (default LIPBENCH_CACHE_DIR, else ~/.cache/lipbench/runs)", metavar="DIR"),
+    Option("no-cache", "train every run, neither reading nor writing the run cache", default=False, type=bool),
     Option("tracking-uri", "MLflow store (default MLFLOW_TRACKING_URI or MLflow's default)"),
     Option("no-mlflow", "do not log to MLflow (results are still saved)", default=False, type=bool),
     Option("data-root", "dataset folder (default LIPBENCH_DATA or a user cache)"),

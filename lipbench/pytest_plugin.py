@@ -22,6 +22,7 @@ hooks, and only when a suite file is collected or a claim runs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -75,6 +76,11 @@ class Settings:
     workers: int | None = None
     data_root: str | None = None
     engine: str = "per-run"
+    executor: str = "local"
+    ray_address: str | None = None
+    cache_dir: str | None = None
+    no_cache: bool = False
+    cache: Any = None
     baselines: str | None = None
     slow_steps: int = SLOW_STEPS
     threads: int | None = None
@@ -141,6 +147,10 @@ def _settings(config: pytest.Config) -> Settings:
         slow = int(str(raw_slow).replace("_", "")) if raw_slow else SLOW_STEPS
     except ValueError:
         raise pytest.UsageError(f"lipbench_slow_steps must be an integer, got {raw_slow!r}") from None
+    if config.getoption("lipbench_executor") == "ray" and importlib.util.find_spec("ray") is None:
+        raise pytest.UsageError(
+            '--lipbench-executor ray needs Ray, which is not installed: pip install "lipbench[ray]"'
+        )
     out = config.getoption("lipbench_out")
     if out:
         out_path = Path(out)
@@ -161,6 +171,10 @@ def _settings(config: pytest.Config) -> Settings:
         workers=given["workers"],
         data_root=given["data_root"],
         engine=given["engine"],
+        executor=given["executor"],
+        ray_address=given["ray_address"],
+        cache_dir=given["cache_dir"],
+        no_cache=given["no_cache"],
         baselines=given["baselines"],
         slow_steps=slow,
     )
@@ -272,6 +286,9 @@ class ClaimItem(pytest.Item):
             workers=workers,
             data_root=settings.data_root,
             engine=settings.engine,
+            executor=settings.executor,
+            ray_address=settings.ray_address,
+            cache=_cache(settings),
             on_claim_done=done,
         )
         self.outcome = outcome
@@ -327,6 +344,15 @@ def _session(settings: Settings, device: str) -> Any:
             baselines=settings.baselines,
         )
     return settings.session
+
+
+def _cache(settings: Settings) -> Any:
+    """The run cache of this process (None with --lipbench-no-cache), shared by all its claims."""
+    if settings.cache is None and not settings.no_cache:
+        from lipbench.cache import RunCache
+
+        settings.cache = RunCache(settings.cache_dir)
+    return settings.cache
 
 
 def _warn(text: str) -> None:

@@ -19,3 +19,4 @@ ENGINES: tuple[str, ...] = ("auto", "per-run", "ensemble")
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")  # built through torch.optim (lipbench.optim)
 SCHEDULES: tuple[str, ...] = ("constant", "step", "exponential", "cosine", "linear")  # torch.optim.lr_scheduler
+EXECUTORS: tuple[str, ...] = ("local", "ray")  # lipbench.executors: a process pool, or Ray tasks

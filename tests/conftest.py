@@ -47,6 +47,14 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def private_run_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own run cache (lipbench.cache), so no test reuses another's runs or the user's."""
+    path = tmp_path / "run-cache"
+    monkeypatch.setenv("LIPBENCH_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def write_suite(tmp_path: Path) -> Callable[..., Path]:
     """write_suite("name", {...changes...}, folder=None) -> path of TINY_SUITE with the changes, as YAML."""
