@@ -34,11 +34,12 @@ from lipbench.compare import compare_rows, load_side, print_compare, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
 from lipbench.executors import Interrupted, check_executor
+from lipbench.folders import new_results_folder
 from lipbench.options import add_to_parser, default_profile
 from lipbench.outcome import StatOutcome, Verdict, exit_code
 from lipbench.progress import progress_for
 from lipbench.report import write_report
-from lipbench.results import environment, load_outcome, load_result, new_results_folder
+from lipbench.results import environment, load_outcome, load_result
 from lipbench.runner import run_claims
 from lipbench.session import Session
 from lipbench.suite import ClaimKey, ResolvedClaim, load_claim, name_taken

@@ -34,6 +34,7 @@ import pytest
 from lipbench import pytest_xdist
 from lipbench.discovery import SUITE_SUFFIXES, is_base_file
 from lipbench.errors import LipbenchWarning, SuiteError
+from lipbench.folders import RESULTS_ROOT, unique_name
 from lipbench.options import SHARED_OPTIONS, add_to_pytest, default_profile
 
 SLOW_STEPS = 200_000
@@ -152,12 +153,7 @@ def _settings(config: pytest.Config) -> Settings:
             '--lipbench-executor ray needs Ray, which is not installed: pip install "lipbench[ray]"'
         )
     out = config.getoption("lipbench_out")
-    if out:
-        out_path = Path(out)
-    else:
-        from lipbench.results import RESULTS_ROOT, unique_name
-
-        out_path = RESULTS_ROOT / unique_name("pytest-")
+    out_path = Path(out) if out else RESULTS_ROOT / unique_name("pytest-")
     if not out_path.is_absolute():
         out_path = config.invocation_params.dir / out_path
     given = {o.dest: config.getoption(o.pytest_dest) for o in SHARED_OPTIONS}

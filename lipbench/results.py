@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import platform
-import secrets
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,36 +22,6 @@ from lipbench.records import RunRecord
 from lipbench.suite import Claim, ResolvedClaim, load_claim
 
 RESULT_VERSION = 1
-RESULTS_ROOT = Path("lipbench-results")
-
-
-def unique_name(prefix: str = "") -> str:
-    """`<prefix><date>-<time>-<6 random hex digits>`: sorts by time, and two invocations started in
-    the same second (a script launching jobs, on one machine or several) get different names."""
-    return f"{prefix}{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def new_results_folder(out: str | Path | None = None, root: str | Path = RESULTS_ROOT, prefix: str = "") -> Path:
-    """Make the results folder of one invocation and return it.
-
-    `out` is used as given (an existing folder gains the claims). Without it the folder is
-    `<root>/<unique_name(prefix)>`, created with exist_ok=False, so that no two invocations ever
-    share one.
-    """
-    while True:
-        path = Path(out) if out is not None else Path(root) / unique_name(prefix)
-        try:
-            path.mkdir(parents=True, exist_ok=out is not None)
-            return path
-        except FileExistsError:
-            if out is not None:  # a file of that name
-                raise LipbenchError(f"--out {path} is a file, not a folder; pass --out with a folder name") from None
-        except OSError as e:
-            raise LipbenchError(
-                f"cannot create the results folder {path} ({e.strerror or e}); pass --out with a folder you can write"
-            ) from None
-
-
 def environment(device: str) -> dict[str, Any]:
     import torch  # for its version and the GPU's name; reading results needs no torch
 

@@ -15,7 +15,7 @@ from builders import free_port
 
 from lipbench.cli import main
 from lipbench.errors import StoreError
-from lipbench.results import new_results_folder
+from lipbench.folders import new_results_folder
 
 RUN = ["--workers", "1", "--profile", "quick", "--device", "cpu"]
 
