@@ -22,6 +22,8 @@ from lipbench.records import RunRecord
 from lipbench.suite import Claim, ResolvedClaim, load_claim
 
 RESULT_VERSION = 1
+
+
 def environment(device: str) -> dict[str, Any]:
     import torch  # for its version and the GPU's name; reading results needs no torch
 
