@@ -8,9 +8,9 @@ CIFAR shape (3x32x32, the paper's ConvNet), with the same runs (seeds x learning
 - naive: one run at a time, as a researcher would write it: a DataLoader over a TensorDataset
   (shuffled, on the CPU, batches moved to the device), `loss.item()` every step,
   `torch.linalg.matrix_norm(W, ord=2)` of every layer at every record, test accuracy at the end;
-- ensemble: lipbench.ensemble.train_ensemble, all runs as one vectorised program, recording
+- ensemble: lipbench.torch.ensemble.train_ensemble, all runs as one vectorised program, recording
   sigma and K (as the naive loop; no monitor loss) at the same steps, test accuracy at the end;
-- per-run: lipbench.engine.train, one run at a time (reported, not in the ratios; it also
+- per-run: lipbench.torch.engine.train, one run at a time (reported, not in the ratios; it also
   records loss and accuracy on 1024 training samples at every record).
 
 Each method's time is the best of `--repeats` interleaved rounds (the machine may be shared).
@@ -40,11 +40,11 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lipbench.data import Dataset, load_dataset  # noqa: E402
-from lipbench.engine import resolve_device, train  # noqa: E402
-from lipbench.ensemble import train_ensemble  # noqa: E402
-from lipbench.models import build_model, initialise, lipschitz_layers  # noqa: E402
 from lipbench.suite import RunSpec, Scenario  # noqa: E402
+from lipbench.torch.data import Dataset, load_dataset  # noqa: E402
+from lipbench.torch.engine import resolve_device, train  # noqa: E402
+from lipbench.torch.ensemble import train_ensemble  # noqa: E402
+from lipbench.torch.models import build_model, initialise, lipschitz_layers  # noqa: E402
 
 
 @dataclass(frozen=True)

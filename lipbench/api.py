@@ -103,7 +103,7 @@ def run(
     are saved under `out` (default lipbench-results/api-<time>); baselines default to the folder
     above each suite file (a claim given as a mapping has none unless `baselines` names one).
     """
-    from lipbench.engine import resolve_device  # torch, only when claims train
+    from lipbench.torch.engine import resolve_device  # torch, only when claims train
 
     resolved = load(*claims, profile=profile, overrides=overrides)
     device = str(resolve_device(device))

@@ -306,7 +306,7 @@ def cmd_show(args) -> int:
 
 
 def _device(args) -> str:
-    from lipbench.engine import resolve_device  # torch, only for a command that trains
+    from lipbench.torch.engine import resolve_device  # torch, only for a command that trains
 
     try:
         return str(resolve_device(args.device))

@@ -192,11 +192,11 @@ def build_model(reference: str, kwargs: Mapping[str, Any], data: Any, init_seed:
 
 
 def build_dataset(reference: str, kwargs: Mapping[str, Any], root: Any, train_size: int | None, test_size: int | None):
-    """A factory dataset as a `lipbench.data.Dataset`: the factory returns one, or the four tensors
+    """A factory dataset as a `lipbench.torch.data.Dataset`: the factory returns one, or the four tensors
     (x_train, y_train, x_test, y_test)."""
     import torch
 
-    from lipbench.data import Dataset
+    from lipbench.torch.data import Dataset
 
     made = call(resolve(reference), "dataset", (), kwargs, root=root)
     if isinstance(made, Dataset):
@@ -207,7 +207,7 @@ def build_dataset(reference: str, kwargs: Mapping[str, Any], root: Any, train_si
         data = Dataset(reference, x_train.float(), y_train.long(), x_test.float(), y_test.long(), classes)
     else:
         raise error(
-            f"dataset {reference} returned a {type(made).__name__}; return a lipbench.data.Dataset or "
+            f"dataset {reference} returned a {type(made).__name__}; return a lipbench.torch.data.Dataset or "
             "the tuple (x_train, y_train, x_test, y_test)"
         )
     for n, split in ((train_size, "train"), (test_size, "test")):

@@ -317,7 +317,7 @@ class ClaimItem(pytest.Item):
 
 def _device(settings: Settings) -> str | None:
     if settings.device is None and settings.device_error is None:
-        from lipbench.engine import resolve_device  # torch, only once a claim runs
+        from lipbench.torch.engine import resolve_device  # torch, only once a claim runs
 
         try:
             settings.device = str(resolve_device(settings.device_option))

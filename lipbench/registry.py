@@ -1,22 +1,22 @@
 """The names a suite file may give a dataset or a model, without the torch code behind them.
 
-The schema (lipbench.suite) validates against these; lipbench.data and lipbench.models build
+The schema (lipbench.suite) validates against these; lipbench.torch.data and lipbench.torch.models build
 what they name. Keeping them here lets the schema, the CLI's parser and the pytest plugin load
 without torch.
 """
 
 from __future__ import annotations
 
-#: Datasets lipbench.data can load: the paper's image sets, plus two that need neither disk nor network.
+#: Datasets lipbench.torch.data can load: the paper's image sets, plus two that need neither disk nor network.
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "digits", "synthetic")
 
-#: Networks lipbench.models can build: the paper's MLP and its five-layer ConvNet.
+#: Networks lipbench.torch.models can build: the paper's MLP and its five-layer ConvNet.
 MODELS: tuple[str, ...] = ("mlp", "convnet")
 
 #: How the runner trains a claim's runs: each alone (per-run), as one vectorised ensemble, or
-#: ensembles where two or more runs can share one (auto); see lipbench.ensemble.
+#: ensembles where two or more runs can share one (auto); see lipbench.torch.ensemble.
 ENGINES: tuple[str, ...] = ("auto", "per-run", "ensemble")
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")  # built through torch.optim (lipbench.optim)
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")  # built through torch.optim (lipbench.torch.optim)
 SCHEDULES: tuple[str, ...] = ("constant", "step", "exponential", "cosine", "linear")  # torch.optim.lr_scheduler
 EXECUTORS: tuple[str, ...] = ("local", "ray")  # lipbench.executors: a process pool, or Ray tasks

@@ -45,7 +45,7 @@ def run_claims(
     """Train every run of every claim (in parallel when workers > 1) and judge each claim.
 
     `engine`: "per-run" trains each run alone (engine.train); "ensemble" trains the runs of a claim
-    that can share one (lipbench.ensemble.group_specs) as one vectorised ensemble, a unit of work
+    that can share one (lipbench.torch.ensemble.group_specs) as one vectorised ensemble, a unit of work
     for one worker; "auto" does so for groups of two or more runs.
 
     `executor` ("local" or "ray", `lipbench.executors`) trains the units; runs that are equal
@@ -55,7 +55,7 @@ def run_claims(
     finished run has been delivered (and cached), and claims finished by then have had
     `on_claim_done`.
     """
-    from lipbench.engine import resolve_device  # torch: only a collection that trains loads it
+    from lipbench.torch.engine import resolve_device  # torch: only a collection that trains loads it
 
     if engine not in ENGINES:
         raise ValueError(f"`engine` must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}.")
@@ -144,7 +144,7 @@ def _units(specs: list[RunSpec], engine: str, n_workers: int) -> list[list[RunSp
     into near-equal parts where there are fewer groups than workers; longest first."""
     if engine == "per-run":
         return [[s] for s in specs]
-    from lipbench.ensemble import group_specs
+    from lipbench.torch.ensemble import group_specs
 
     claims = dict.fromkeys(s.key for s in specs)
     groups = [g for claim in claims for g in group_specs([s for s in specs if s.key == claim])]

@@ -124,7 +124,7 @@ class DatasetSpec(Strict):
     name: str = Field(
         description=(
             f"A built-in dataset ({', '.join(f'`{d}`' for d in DATASETS)}), an installed plugin's dataset, or "
-            "`package.module:callable` returning a `lipbench.data.Dataset` or the tuple "
+            "`package.module:callable` returning a `lipbench.torch.data.Dataset` or the tuple "
             "`(x_train, y_train, x_test, y_test)` (it gets `root`, the data folder, when it takes it)."
         )
     )
@@ -260,7 +260,7 @@ class GradientSpec(Strict):
 class RegularisersSpec(Strict):
     """Training-time regularisers (the paper, §7), each off by default.
 
-    Applied to each mini-batch in this order: auto_augment, mixup, FGSM (see lipbench.regularisers).
+    Applied to each mini-batch in this order: auto_augment, mixup, FGSM (see lipbench.torch.regularisers).
     """
 
     mixup: Annotated[float, Field(ge=0)] = 0.0  # alpha of lambda ~ Beta(alpha, alpha); 0: off

@@ -20,7 +20,7 @@ def execute_group(specs: list[RunSpec], device: str, data_root: str | None, engi
     """Train one unit of work (see `_units`); every failure becomes the records' `error`."""
     if engine == "per-run" or (engine == "auto" and len(specs) == 1):
         return [execute_run(spec, device, data_root) for spec in specs]
-    from lipbench.ensemble import train_ensemble
+    from lipbench.torch.ensemble import train_ensemble
 
     try:
         return train_ensemble(specs, _dataset(specs[0], data_root), device)
@@ -32,7 +32,7 @@ def execute_group(specs: list[RunSpec], device: str, data_root: str | None, engi
 
 def _dataset(spec: RunSpec, data_root: str | None):
     from lipbench import factories
-    from lipbench.data import DATASETS, default_data_root, load_dataset
+    from lipbench.torch.data import DATASETS, default_data_root, load_dataset
 
     d = spec.scenario.dataset
     reference = factories.reference_for("dataset", d.name, DATASETS)
@@ -52,7 +52,7 @@ def _dataset(spec: RunSpec, data_root: str | None):
 
 def execute_run(spec: RunSpec, device: str, data_root: str | None) -> RunRecord:
     """Train one run; every failure becomes the record's `error` instead of an exception."""
-    from lipbench.engine import train
+    from lipbench.torch.engine import train
 
     try:
         return train(spec, _dataset(spec, data_root), device)

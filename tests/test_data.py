@@ -1,4 +1,4 @@
-"""lipbench.data: offline, on small files written in the real on-disk formats."""
+"""lipbench.torch.data: offline, on small files written in the real on-disk formats."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from lipbench import data
-from lipbench.data import DATASETS, Dataset, default_data_root, downloads_allowed, load_dataset
 from lipbench.errors import DatasetUnavailable, LipbenchError
+from lipbench.torch import data
+from lipbench.torch.data import DATASETS, Dataset, default_data_root, downloads_allowed, load_dataset
 
 
 @pytest.fixture(autouse=True)

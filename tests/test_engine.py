@@ -12,16 +12,16 @@ from builders import scenario_from
 from pydantic import ValidationError
 from torch import nn
 
-from lipbench import training
-from lipbench.data import Dataset, load_dataset
-from lipbench.engine import train
-from lipbench.lipschitz import layer_matrix, spectral_norms
-from lipbench.models import build_model, initialise, lipschitz_layers
 from lipbench.outcome import Verdict
 from lipbench.records import RunRecord
 from lipbench.runner import judge
 from lipbench.suite import RunSpec, Scenario, load_claim
-from lipbench.training import corrupt_labels, record_steps
+from lipbench.torch import training
+from lipbench.torch.data import Dataset, load_dataset
+from lipbench.torch.engine import train
+from lipbench.torch.lipschitz import layer_matrix, spectral_norms
+from lipbench.torch.models import build_model, initialise, lipschitz_layers
+from lipbench.torch.training import corrupt_labels, record_steps
 
 SCENARIO: dict[str, Any] = {
     "model": {"name": "mlp", "hidden": [16]},

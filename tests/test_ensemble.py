@@ -1,4 +1,4 @@
-"""lipbench.ensemble against engine.train, and the batched Lipschitz tracking, on tiny CPU data."""
+"""lipbench.torch.ensemble against engine.train, and the batched Lipschitz tracking, on tiny CPU data."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ import pytest
 import torch
 from builders import scenario_from
 
-from lipbench import ensemble
-from lipbench.data import Dataset, load_dataset
-from lipbench.engine import train
-from lipbench.ensemble import (
+from lipbench.records import RunRecord
+from lipbench.runner import run_claims
+from lipbench.suite import RunSpec, Scenario, load_claim
+from lipbench.torch import ensemble
+from lipbench.torch.data import Dataset, load_dataset
+from lipbench.torch.engine import train
+from lipbench.torch.ensemble import (
     default_lanczos_steps,
     ensemble_key,
     fuses,
     group_specs,
     train_ensemble,
 )
-from lipbench.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
-from lipbench.records import RunRecord
-from lipbench.runner import run_claims
-from lipbench.suite import RunSpec, Scenario, load_claim
+from lipbench.torch.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
 
 MLP: dict[str, Any] = {
     "model": {"name": "mlp", "hidden": [32, 16]},

@@ -14,11 +14,11 @@ from conftest import TINY_SUITE, merge
 
 import lipbench
 from lipbench import factories, optim
-from lipbench.data import load_dataset
-from lipbench.engine import train
-from lipbench.ensemble import train_ensemble, unsupported
 from lipbench.errors import LipbenchError, SuiteError
 from lipbench.suite import OptimizerSpec, RunSpec, claim_from_mapping
+from lipbench.torch.data import load_dataset
+from lipbench.torch.engine import train
+from lipbench.torch.ensemble import train_ensemble, unsupported
 
 SCENARIO: dict[str, Any] = {
     "model": {"name": "mlp", "hidden": [16]},

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from builders import scenario_from
 from torch import nn
 
-from lipbench.data import load_dataset
-from lipbench.engine import train
-from lipbench.models import build_model, lipschitz_layers
-from lipbench.regularisers import BatchTransform, fgsm
-from lipbench.sde import measure_sde_terms
 from lipbench.suite import RegularisersSpec, RunSpec
+from lipbench.torch.data import load_dataset
+from lipbench.torch.engine import train
+from lipbench.torch.models import build_model, lipschitz_layers
+from lipbench.torch.regularisers import BatchTransform, fgsm
+from lipbench.torch.sde import measure_sde_terms
 
 DATA = load_dataset("synthetic", synthetic_size=96)
 SCENARIO: dict[str, Any] = {

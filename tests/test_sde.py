@@ -1,4 +1,4 @@
-"""lipbench.sde against autograd and brute-force loops (float64, CPU; one CUDA check if present)."""
+"""lipbench.torch.sde against autograd and brute-force loops (float64, CPU; one CUDA check if present)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from builders import float64_mlp, weight_names
 from torch import nn
 
-from lipbench.sde import (
+from lipbench.torch.sde import (
     SDETerms,
     hessian_quadratic_form,
     layer_matrix,

@@ -1,4 +1,4 @@
-"""lipbench.training, the pieces both engines share: the same columns and the same divergence report
+"""lipbench.torch.training, the pieces both engines share: the same columns and the same divergence report
 under every engine, the ensemble's decisions derived from the schema, and the recorder itself."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from builders import scenario_from
 from torch import nn
 
 from lipbench.cli import main
-from lipbench.ensemble import ENSEMBLE_SUPPORT, decision_keys, ensemble_key, ensemble_obstacle
-from lipbench.lipschitz import spectral_norms
 from lipbench.outcome import Verdict
 from lipbench.records import RunRecord
 from lipbench.registry import ENGINES
 from lipbench.runner import run_claims
 from lipbench.suite import GradientSpec, RunSpec, Scenario, load_claim
-from lipbench.training import BatchSampler, GradientNoise, Recorder
+from lipbench.torch.ensemble import ENSEMBLE_SUPPORT, decision_keys, ensemble_key, ensemble_obstacle
+from lipbench.torch.lipschitz import spectral_norms
+from lipbench.torch.training import BatchSampler, GradientNoise, Recorder
 
 MLP = {
     "model": {"name": "mlp", "hidden": [16]},
@@ -143,7 +143,7 @@ def test_every_field_and_value_of_the_schema_has_an_ensemble_decision() -> None:
     assert "gradient.noise=uniform" in keys and "record=sde" in keys and "optimizer.lr" in keys
     missing = [k for k in keys if k not in ENSEMBLE_SUPPORT]
     stale = [k for k in ENSEMBLE_SUPPORT if k not in keys]
-    assert not missing, f"add a decision to lipbench.ensemble.ENSEMBLE_SUPPORT for {missing}"
+    assert not missing, f"add a decision to lipbench.torch.ensemble.ENSEMBLE_SUPPORT for {missing}"
     assert not stale, f"ENSEMBLE_SUPPORT decides keys the schema no longer has: {stale}"
     assert all(decision.why for decision in ENSEMBLE_SUPPORT.values())
 
@@ -161,7 +161,7 @@ def test_a_field_or_value_added_to_the_schema_is_found_without_a_decision() -> N
     keys = decision_keys(_WiderScenario)
     assert [k for k in keys if k not in ENSEMBLE_SUPPORT] == ["gradient.noise=laplace", "momentum"]
     wider = _WiderScenario.model_validate(scenario_from(MLP).model_dump())
-    assert ensemble_obstacle(wider) == "scenario.momentum has no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
+    assert ensemble_obstacle(wider) == "scenario.momentum has no decision in lipbench.torch.ensemble.ENSEMBLE_SUPPORT"
     assert ensemble_key(spec(wider)) is None  # trains alone: never silently ignored
 
 
@@ -171,7 +171,7 @@ def test_a_noise_value_without_a_decision_trains_alone_and_is_never_drawn_as_ano
     laplace = sc.model_copy(update={"gradient": GradientSpec.model_construct(noise="laplace", noise_std=0.1)})
     assert ensemble_key(spec(laplace)) is None
     assert ensemble_obstacle(laplace) == (
-        "scenario.gradient.noise = laplace: no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
+        "scenario.gradient.noise = laplace: no decision in lipbench.torch.ensemble.ENSEMBLE_SUPPORT"
     )
     with pytest.raises(ValueError, match="unknown gradient noise 'laplace'"):
         GradientNoise([spec(laplace)], [torch.Size([3])], torch.device("cpu"))

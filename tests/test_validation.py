@@ -29,8 +29,8 @@ from lipbench.assertions import (
     VarianceScaling,
 )
 from lipbench.errors import SuiteError
-from lipbench.sde import hessian_quadratic_form, hessian_trace, measure_sde_terms
 from lipbench.suite import load_claim
+from lipbench.torch.sde import hessian_quadratic_form, hessian_trace, measure_sde_terms
 
 DT = torch.float64
 SUITES = Path(__file__).resolve().parents[1] / "suites"

@@ -1,4 +1,4 @@
-"""What both training loops need: engine.train (one run) and lipbench.ensemble (many runs at once).
+"""What both training loops need: engine.train (one run) and lipbench.torch.ensemble (many runs at once).
 
 Everything here takes M runs at once (M = 1 for engine.train), each with its own seeds, so that
 the same seeds give the same trajectory under either loop:
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from lipbench import factories
-from lipbench.data import Dataset
-from lipbench.models import MODELS, build_model, initialise, lipschitz_layers
 from lipbench.records import RunRecord
 from lipbench.suite import GradientSpec, RunSpec, Scenario
+from lipbench.torch.data import Dataset
+from lipbench.torch.models import MODELS, build_model, initialise, lipschitz_layers
 
 MONITOR_SIZE = 1024  # training samples on which loss and accuracy are recorded
 TEST_SIZE = 10_000  # test samples of the final test accuracy
@@ -41,7 +41,7 @@ class Stream(IntEnum):
     BATCHES = 2  # mini-batch indices and epoch permutations
     NOISE = 3  # gradient noise
     GLOBAL = 4  # torch's global generator: dropout masks and AutoAugment
-    REGULARISERS = 5  # mixup's lambda and permutation (lipbench.regularisers)
+    REGULARISERS = 5  # mixup's lambda and permutation (lipbench.torch.regularisers)
 
 
 def stream_seed(*parts: int) -> int:

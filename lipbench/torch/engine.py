@@ -1,7 +1,7 @@
 """One training run: plain SGD, recording the layers' spectral norms every `record_every` steps.
 
 Read it top to bottom: seeds -> data -> model -> loop -> record. The pieces it shares with the
-ensemble engine (streams, batches, gradient noise, the records) are in lipbench.training.
+ensemble engine (streams, batches, gradient noise, the records) are in lipbench.torch.training.
 Tensors stay on the device; the recorded values go into one preallocated device tensor and
 cross to the host once, at the end. The only per-record host sync is the divergence check.
 """
@@ -13,16 +13,16 @@ import time
 
 import torch
 
-from lipbench.data import Dataset
-from lipbench.lipschitz import spectral_norms
-from lipbench.models import lipschitz_layers
-from lipbench.optim import build as build_optimizer
 from lipbench.records import RunRecord
-from lipbench.regularisers import BatchTransform
-from lipbench.run_context import train_with_run_function
-from lipbench.sde import measure_sde_terms
 from lipbench.suite import RunSpec
-from lipbench.training import (
+from lipbench.torch.data import Dataset
+from lipbench.torch.lipschitz import spectral_norms
+from lipbench.torch.models import lipschitz_layers
+from lipbench.torch.optim import build as build_optimizer
+from lipbench.torch.regularisers import BatchTransform
+from lipbench.torch.run_context import train_with_run_function
+from lipbench.torch.sde import measure_sde_terms
+from lipbench.torch.training import (
     MONITOR_SIZE,
     BatchSampler,
     GradientNoise,
@@ -60,12 +60,12 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
 
     model = initial_model(spec, data).to(device)
     layers = [module for _, module in lipschitz_layers(model)]
-    opt, schedule = build_optimizer(sc.optimizer, model.parameters(), sc.steps)  # torch.optim (lipbench.optim)
+    opt, schedule = build_optimizer(sc.optimizer, model.parameters(), sc.steps)  # torch.optim (lipbench.torch.optim)
     noise = GradientNoise([spec], [p.shape for p in model.parameters()], device)
     # Regularisers (mixup, label smoothing, auto-augment, FGSM): the batch and loss the step trains on.
     transform = BatchTransform(sc.regularisers, x_train, data.num_classes, device, run_seed(spec, Stream.REGULARISERS))
     probe = None
-    if "sde" in sc.record:  # the terms of the update the step applies (lipbench.sde)
+    if "sde" in sc.record:  # the terms of the update the step applies (lipbench.torch.sde)
         probe = functools.partial(
             measure_sde_terms,
             layer_names=[f"{name}.weight" for name, _ in lipschitz_layers(model)],

@@ -5,7 +5,7 @@ context carries what makes the run's verdict mean something, so the user's loop 
 re-derive it: the seeds, one generator per random stream (seeded as lipbench's own loop seeds
 them), the device, the dataset on the device, the training labels with `scenario.label_noise`
 already applied from the label stream, and the options from the suite. The loop calls
-`recorder.record(step, model, loss=...)` (lipbench.recorder); everything after that (assertions,
+`recorder.record(step, model, loss=...)` (lipbench.torch.recorder); everything after that (assertions,
 baselines, MLflow, the pytest items) is the same as for lipbench's own loop.
 
 Guarantees the context keeps when the loop uses it: the init seed alone fixes the weights of a
@@ -25,12 +25,20 @@ from typing import Any
 import torch
 
 from lipbench import factories
-from lipbench.data import Dataset
-from lipbench.optim import build
-from lipbench.recorder import Recorder, RunDiverged
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec, Scenario
-from lipbench.training import BatchSampler, Stream, corrupt_labels, initial_model, record_steps, run_seed, seed_global
+from lipbench.torch.data import Dataset
+from lipbench.torch.optim import build
+from lipbench.torch.recorder import Recorder, RunDiverged
+from lipbench.torch.training import (
+    BatchSampler,
+    Stream,
+    corrupt_labels,
+    initial_model,
+    record_steps,
+    run_seed,
+    seed_global,
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ class RunContext:
         return initial_model(self.spec, self.data.to("cpu")).to(self.device)
 
     def build_optimizer(self, model: torch.nn.Module):
-        """The scenario's optimiser and schedule (lipbench.optim.build): step the schedule once per step."""
+        """The scenario's optimiser and schedule (lipbench.torch.optim.build): step the schedule once per step."""
         if self.scenario.optimizer is None:
             raise factories.error("context.build_optimizer() needs scenario.optimizer in the suite file")
         return build(self.scenario.optimizer, model.parameters(), self.steps)

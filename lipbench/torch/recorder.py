@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from lipbench.errors import LipbenchError
-from lipbench.lipschitz import spectral_norms
-from lipbench.models import lipschitz_layers
 from lipbench.records import RunRecord
+from lipbench.torch.lipschitz import spectral_norms
+from lipbench.torch.models import lipschitz_layers
 
 
 class RunDiverged(Exception):

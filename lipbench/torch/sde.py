@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from lipbench.lipschitz import layer_matrix
+from lipbench.torch.lipschitz import layer_matrix
 
 __all__ = [
     "LayerTerms",

@@ -7,7 +7,7 @@ the members' losses gives every member its own gradient (no member's loss depend
 The plain MLP (no dropout) skips autograd: `_fused_mlp_step` writes its backward pass out with
 batched matmuls and accumulates each weight gradient straight into the weights.
 
-Each member keeps what engine.train gives a run, from the same pieces (lipbench.training), so
+Each member keeps what engine.train gives a run, from the same pieces (lipbench.torch.training), so
 the same seeds give the same trajectory within float tolerance: its initial weights (built and
 `initialise`d on the CPU from its init seed), its streams (batches, epoch permutations, gradient
 noise and label corruption, each from the member's own generator in engine.train's order), the
@@ -28,7 +28,7 @@ sigma_max. The first and last records, and every `exact_every`-th, take an exact
 there the estimate's relative error is measured and reported as summary["sigma_rel_err"] (its
 maximum over checks).
 
-Divergence (lipbench.training.Recorder): a member whose record holds a non-finite sigma or
+Divergence (lipbench.torch.training.Recorder): a member whose record holds a non-finite sigma or
 (recorded) loss is marked, its step factors drop to zero and its later rows are dropped; the
 other members go on. No host sync in the loop: records go into one device tensor that crosses
 to the host once per chunk. Members are chunked by `max_members` (default: a memory estimate).
@@ -50,14 +50,14 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from torch.func import functional_call, vmap
 
-from lipbench.data import Dataset
-from lipbench.engine import train
-from lipbench.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
-from lipbench.models import lipschitz_layers
 from lipbench.records import RunRecord
 from lipbench.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULES
 from lipbench.suite import RunSpec, Scenario
-from lipbench.training import (
+from lipbench.torch.data import Dataset
+from lipbench.torch.engine import train
+from lipbench.torch.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
+from lipbench.torch.models import lipschitz_layers
+from lipbench.torch.training import (
     MONITOR_SIZE,
     BatchSampler,
     Factors,
@@ -256,14 +256,14 @@ def ensemble_obstacle(scenario: Scenario) -> str | None:
             continue
         decision = ENSEMBLE_SUPPORT.get(path)
         if decision is None:
-            return f"scenario.{path} has no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
+            return f"scenario.{path} has no decision in lipbench.torch.ensemble.ENSEMBLE_SUPPORT"
         if not decision.runs and value != field.default:
             return f"scenario.{path}: {decision.why}"
         values = value if isinstance(value, list) else [value]
         for v in values if allowed else ():
             decision = ENSEMBLE_SUPPORT.get(f"{path}={v}")
             if decision is None or not decision.runs:
-                why = decision.why if decision else "no decision in lipbench.ensemble.ENSEMBLE_SUPPORT"
+                why = decision.why if decision else "no decision in lipbench.torch.ensemble.ENSEMBLE_SUPPORT"
                 return f"scenario.{path} = {v}: {why}"
     return None
 
@@ -479,7 +479,9 @@ class _Members:
     def __init__(self, modules: list[torch.nn.Module], device: torch.device) -> None:
         self.base = modules[0].to(device)  # the skeleton functional_call fills with a member's parameters
         if list(self.base.buffers()):
-            raise ValueError("lipbench.ensemble cannot stack module buffers (batch norm must not track running stats)")
+            raise ValueError("the ensemble cannot stack module buffers (batch norm must not track running stats)")
+                "lipbench.torch.ensemble cannot stack module buffers (batch norm must not track running stats)"
+            )
         self.names = [name for name, _ in self.base.named_parameters()]  # the module's order: the noise order
         self.leaves: dict[str, torch.Tensor] = {}
         for name in self.names:

@@ -31,7 +31,7 @@ def log_bound(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas.log().sum(dim=-1)
 
 
-# ---------------------------------------------------------------- batched tracking (lipbench.ensemble)
+# ---------------------------------------------------------------- batched tracking (lipbench.torch.ensemble)
 
 
 def _matvec(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
