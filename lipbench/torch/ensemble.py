@@ -480,8 +480,6 @@ class _Members:
         self.base = modules[0].to(device)  # the skeleton functional_call fills with a member's parameters
         if list(self.base.buffers()):
             raise ValueError("the ensemble cannot stack module buffers (batch norm must not track running stats)")
-                "lipbench.torch.ensemble cannot stack module buffers (batch norm must not track running stats)"
-            )
         self.names = [name for name, _ in self.base.named_parameters()]  # the module's order: the noise order
         self.leaves: dict[str, torch.Tensor] = {}
         for name in self.names:
