@@ -34,6 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lipbench import __version__
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec
 
@@ -53,8 +54,6 @@ def default_cache_dir() -> Path:
 @functools.lru_cache(maxsize=1)
 def lipbench_fingerprint() -> str:
     """The lipbench version and a hash of its source files: any edit makes a new fingerprint."""
-    from lipbench import __version__
-
     return f"{__version__}+{source_digest(Path(__file__).resolve().parent)}"
 
 

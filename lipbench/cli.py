@@ -20,6 +20,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from lipbench import factories, plugins
 from lipbench.baselines import (
     BaselineError,
     changed_keys,
@@ -276,8 +277,6 @@ def cmd_list(args) -> int:
 
 def list_plugins() -> None:
     """The names installed packages register (entry-point group lipbench.plugins), each checked by importing it."""
-    from lipbench import factories, plugins
-
     found = plugins.installed()
     table = Table(title=f"plugins (entry-point group {plugins.GROUP})")
     for col in ("kind", "name", "callable", "from", "status"):

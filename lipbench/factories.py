@@ -23,6 +23,9 @@ import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from lipbench import plugins
+from lipbench.errors import LipbenchError
+
 #: A factory reference: dotted module path, a colon, a dotted attribute path.
 SEPARATOR = ":"
 
@@ -140,8 +143,6 @@ def reference_for(kind: str, name: str, builtins: tuple[str, ...]) -> str | None
 
     Raises FactoryError for a name that is neither built in, nor a plugin's, nor a reference.
     """
-    from lipbench import plugins
-
     if name in builtins:
         return None
     if is_reference(name):
@@ -194,7 +195,7 @@ def build_model(reference: str, kwargs: Mapping[str, Any], data: Any, init_seed:
 def build_dataset(reference: str, kwargs: Mapping[str, Any], root: Any, train_size: int | None, test_size: int | None):
     """A factory dataset as a `lipbench.torch.data.Dataset`: the factory returns one, or the four tensors
     (x_train, y_train, x_test, y_test)."""
-    import torch
+    import torch  # a dataset factory runs only where claims train
 
     from lipbench.torch.data import Dataset
 
@@ -235,6 +236,4 @@ def init_rng(init_seed: int) -> Iterator[None]:
 
 def error(message: str) -> Exception:
     """A LipbenchError (one line, no traceback) about the user's factory or run function."""
-    from lipbench.errors import LipbenchError
-
     return LipbenchError(message)

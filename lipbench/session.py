@@ -98,11 +98,9 @@ class Session:
                 )
                 (folder / "mlflow_run_id").write_text(run_id + "\n")
             except Exception as e:
-                from lipbench.tracking import one_line
-
                 self.unlogged.append(outcome.claim.name)
                 self.warn(
-                    f"lipbench: warning: MLflow logging of {outcome.claim.name} failed ({one_line(e)}); "
+                    f"lipbench: warning: MLflow logging of {outcome.claim.name} failed ({tracking.one_line(e)}); "
                     f"its results are in {folder}"
                 )
         return folder

@@ -11,6 +11,7 @@ import traceback
 
 import numpy as np
 
+from lipbench import factories
 from lipbench.errors import LipbenchError
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec
@@ -31,7 +32,6 @@ def execute_group(specs: list[RunSpec], device: str, data_root: str | None, engi
 
 
 def _dataset(spec: RunSpec, data_root: str | None):
-    from lipbench import factories
     from lipbench.torch.data import DATASETS, default_data_root, load_dataset
 
     d = spec.scenario.dataset
