@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -34,8 +35,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lipbench import __version__
+from lipbench import __version__, factories
 from lipbench.records import RunRecord
+from lipbench.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULES
 from lipbench.suite import RunSpec
 
 CACHE_ENV = "LIPBENCH_CACHE_DIR"
@@ -65,6 +67,40 @@ def source_digest(package: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=64)
+def package_digest(top: str) -> str:
+    """A hash of the source of an importable top-level package (or single-file module), like lipbench's own."""
+    spec = importlib.util.find_spec(top)
+    if spec is None or spec.origin is None:
+        return "missing"
+    where = Path(spec.origin).resolve()
+    if {"site-packages", "dist-packages"} & set(where.parts):  # an installed release: its version says it
+        versions = sorted({metadata.version(d) for d in metadata.packages_distributions().get(top, [])})
+        if versions:
+            return "version " + ",".join(versions)
+    if spec.submodule_search_locations:
+        return source_digest(Path(next(iter(spec.submodule_search_locations))))
+    return hashlib.sha256(where.read_bytes()).hexdigest()[:12]
+
+
+def user_code(spec: RunSpec) -> dict[str, str]:
+    """The user's code a run calls (factories, plugins, a run function), by reference, each with a hash of
+    its package's source: an edit of the user's loop or model must not reuse runs of the old code."""
+    sc = spec.scenario
+    named = [("run", sc.run.name if sc.run else None, ())]
+    if sc.model is not None:
+        named.append(("model", sc.model.name, MODELS))
+    named.append(("dataset", sc.dataset.name, DATASETS))
+    if sc.optimizer is not None:
+        named += [("optimizer", sc.optimizer.name, OPTIMIZERS), ("schedule", sc.optimizer.schedule.name, SCHEDULES)]
+    found = {}
+    for kind, name, builtins in named:
+        reference = factories.reference_for(kind, name, builtins) if name else None
+        if reference is not None:
+            found[reference] = package_digest(reference.partition(factories.SEPARATOR)[0].split(".")[0])
+    return found
+
+
 def device_kind(device: str) -> str:
     """`cpu` or `cuda`: the index of a GPU does not change the numbers."""
     return device.split(":", 1)[0]
@@ -80,6 +116,7 @@ def key_payload(spec: RunSpec, engine: str, device: str) -> dict[str, Any]:
         "sampling_seed": spec.sampling_seed,
         "engine": engine,
         "lipbench": lipbench_fingerprint(),
+        "user_code": user_code(spec),
         "torch": metadata.version("torch"),
         "device": device_kind(device),
     }

@@ -57,8 +57,8 @@ def test_the_source_digest_changes_with_any_source_file(tmp_path: Path) -> None:
     copy = tmp_path / "lipbench"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
     assert source_digest(copy) == source_digest(package)
-    engine = copy / "engine.py"
-    engine.write_text(engine.read_text() + "\n# an edit\n")
+    runner = copy / "runner.py"
+    runner.write_text(runner.read_text() + "\n# an edit\n")
     assert source_digest(copy) != source_digest(package)
 
 
@@ -209,3 +209,34 @@ def test_the_pytest_plugin_uses_the_cache_and_no_cache_skips_it(pytester: pytest
     )
     second.assert_outcomes(passed=1)
     assert not unused.exists()
+
+
+OWN_MODEL = """
+import math
+
+import torch
+
+
+def model(input_shape, num_classes):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(input_shape), num_classes))
+"""
+
+
+def test_an_edit_of_the_users_own_code_makes_a_new_key(write_suite, tmp_path: Path, monkeypatch) -> None:
+    """A maintainer who changes their model or loop must not get the runs of the old code back."""
+    package = tmp_path / "own_cache_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(OWN_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    changes = {
+        "scenario": {"model": {"name": "own_cache_pkg:model", "hidden": None, "init": None}},
+        "sweep": {"axis": "scenario.optimizer.lr", "values": [0.01, 0.02]},
+    }
+    spec = load_claim(write_suite("own", changes), "quick").runs()[0]
+    key = run_key(spec, "per-run", "cpu")
+    assert cache_module.user_code(spec) == {"own_cache_pkg:model": source_digest(package)}
+    (package / "helpers.py").write_text("SCALE = 2.0\n")  # any file of the package counts
+    cache_module.package_digest.cache_clear()
+    assert run_key(spec, "per-run", "cpu") != key
+    builtin = load_claim(write_suite("builtin"), "quick").runs()[0]
+    assert cache_module.user_code(builtin) == {}

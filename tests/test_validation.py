@@ -275,7 +275,9 @@ def test_variance_prediction_pools_init_seeds_and_checks_its_design():
     res = VariancePrediction().evaluate(_sde_records(8, beta2=4e-5, init_seeds=2, seed=5))
     assert 7 < res.details["groups"][0]["df"] <= 14  # crossed design: Satterthwaite df between one and two inits
     assert VariancePrediction().check_design(sweep_values=1, init_seeds=1, sampling_seeds=3, records_per_run=5)
-    assert VariancePrediction().check_design(sweep_values=1, init_seeds=1, sampling_seeds=8, records_per_run=5) is None
+    # 8 seeds of one init reach power 0.76 once the interval also holds under skewed K (the jackknife); 12 reach 0.8
+    assert VariancePrediction().check_design(sweep_values=1, init_seeds=1, sampling_seeds=8, records_per_run=5)
+    assert VariancePrediction().check_design(sweep_values=1, init_seeds=1, sampling_seeds=12, records_per_run=5) is None
 
 
 def _scaling_records(observed_exponent: float, predicted_exponent: float, seed: int = 0) -> pd.DataFrame:
