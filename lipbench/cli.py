@@ -277,6 +277,7 @@ def cmd_list(args) -> int:
 def list_plugins() -> None:
     """The names installed packages register (entry-point group lipbench.plugins), each checked by importing it."""
     from lipbench import factories, plugins
+    from lipbench.assertions import plugin_assertion
 
     found = plugins.installed()
     table = Table(title=f"plugins (entry-point group {plugins.GROUP})")
@@ -286,7 +287,10 @@ def list_plugins() -> None:
         status = plugin.problem
         if status is None:
             try:
-                factories.resolve(plugin.target)
+                if plugin.kind == "assertion":
+                    plugin_assertion(plugin.name, plugin.target)
+                else:
+                    factories.resolve(plugin.target)
                 status = "ok"
             except factories.FactoryError as e:
                 status = str(e)
