@@ -205,7 +205,7 @@ PLUGIN_TEST = {
 
 
 def test_a_plugin_assertion_is_a_test_suites_can_name(own_code, write_suite) -> None:
-    path = write_suite("plugin_test", {"seeds": {"sampling": 3}, "assertion": PLUGIN_TEST})
+    path = write_suite("plugin_test", {"seeds": {"sampling": 4}, "assertion": PLUGIN_TEST})
     claim = load_claim(path, "quick").claim
     assert type(claim.assertion).__name__ == "SamplingNoise"
     assert claim.assertion.min_relative_spread == 0.01
@@ -213,7 +213,7 @@ def test_a_plugin_assertion_is_a_test_suites_can_name(own_code, write_suite) -> 
 
 
 def test_a_plugin_assertions_keys_are_checked_like_a_built_in_ones(own_code, write_suite, capsys) -> None:
-    path = write_suite("plugin_key", {"seeds": {"sampling": 3}, "assertion": {**PLUGIN_TEST, "min_relative_sprad": 1}})
+    path = write_suite("plugin_key", {"seeds": {"sampling": 4}, "assertion": {**PLUGIN_TEST, "min_relative_sprad": 1}})
     assert main(["validate", str(path)]) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"lipbench: error: {path}: assertion.min_relative_sprad: unknown key")
