@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lipbench import factories, plugins
+from lipbench.assertions import plugin_assertion
 from lipbench.baselines import (
     BaselineError,
     changed_keys,
@@ -285,7 +286,10 @@ def list_plugins() -> None:
         status = plugin.problem
         if status is None:
             try:
-                factories.resolve(plugin.target)
+                if plugin.kind == "assertion":
+                    plugin_assertion(plugin.name, plugin.target)
+                else:
+                    factories.resolve(plugin.target)
                 status = "ok"
             except factories.FactoryError as e:
                 status = str(e)

@@ -55,7 +55,10 @@ NOTES: dict[str, str] = {
     "scenario": "What one training run does.",
     "sweep": "One number of the scenario varied over a list of values; without it every run uses the scenario.",
     "seeds": "How many init and sampling seeds each sweep value gets.",
-    "assertion": "The statistical test that judges the claim; its `test` key selects it.",
+    "assertion": (
+        "The statistical test that judges the claim; its `test` key selects it: a built-in test, or one an "
+        "installed package registers ([plugins](docs/extending.md#plugins))."
+    ),
     "expect": (
         "`fail` marks a claim known not to reproduce: reported XFAIL while it fails and XPASS when it holds "
         "(both exit 0). `empirical` asks a claim whose theory assumes plain SGD (the SDE terms, the variance "
@@ -439,7 +442,7 @@ def suite_reference() -> str:
     def special(path: str, field: FieldInfo) -> tuple[str, str] | None:
         if path == key:
             links = ", ".join(f"[{_code(name)}](#{test_anchor[name]})" for name in registry)
-            return f"mapping ([{key}](#{_slug(key)}))", f"`{test_key}`: one of {links}"
+            return f"mapping ([{key}](#{_slug(key)}))", f"`{test_key}`: one of {links}, or an installed plugin's test"
         return None
 
     lines = [
@@ -486,6 +489,10 @@ def suite_reference() -> str:
         f"## `{key}`",
         "",
         f"One mapping; its `{test_key}` key selects the test, and each test takes the keys of its own table.",
+        _markdown(
+            "An installed package may register more tests ([plugins](docs/extending.md#plugins)); such a\n"
+            "test takes the keys its own class declares, and `lipbench list --plugins` shows it."
+        ),
         "",
         "| test | what it checks |",
         "|---|---|",

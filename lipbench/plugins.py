@@ -6,11 +6,13 @@ Each entry point is one name of one kind, written `<kind>.<name>` and pointing a
     "model.own-mlp" = "own_code.model:OwnMLP"
     "run.own-loop" = "own_code.loop:train"
 
-Kinds: model, dataset, optimizer, schedule, run. A suite then writes the plugin's name where it
-would write a built-in one (`model: {name: own-mlp}`), the name appears among the allowed values of
-error messages, and `lipbench list --plugins` shows every installed one and the distribution it
-comes from. Only the package metadata is read to list names; a plugin's module is imported when a
-suite uses it.
+Kinds: model, dataset, optimizer, schedule, run, assertion. A suite then writes the plugin's name
+where it would write a built-in one (`model: {name: own-mlp}`, `assertion: {test: my_test}`), the
+name appears among the allowed values of error messages, and `lipbench list --plugins` shows every
+installed one and the distribution it comes from. Only the package metadata is read to list names;
+a plugin's module is imported when a suite uses it. An assertion plugin points at a subclass of
+`lipbench.assertions.Assertion` whose `test` field is `Literal["<name>"]`
+(`lipbench.assertions.plugin_assertion` checks it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 GROUP = "lipbench.plugins"
-KINDS = ("model", "dataset", "optimizer", "schedule", "run")
+KINDS = ("model", "dataset", "optimizer", "schedule", "run", "assertion")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -32,11 +33,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
 from lipbench import factories
-from lipbench.assertions import ASSERTIONS, AssertionSpec
+from lipbench.assertions import ASSERTIONS, Assertion, AssertionSpec, assertion_model, available_tests
 from lipbench.discovery import collection_of
 from lipbench.errors import SuiteError
 from lipbench.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULES
@@ -411,6 +412,26 @@ class Claim(Strict):
         if missing:
             raise ValueError(f"test {value.test} needs {missing} in scenario.record")
         return value
+
+
+def claim_model(data: Any) -> type[Claim]:
+    """The model a claim's mapping validates against: `Claim`, or `Claim` holding an installed plugin's test.
+
+    The built-in tests form `Claim`'s union; a `test:` none of them has is looked up among the plugins
+    then (importing that one plugin), so loading the schema reads no entry points. A name no test has
+    is left to `Claim`, whose error lists every test; `factories.FactoryError` when the plugin's cannot
+    be used.
+    """
+    test = data.get("assertion", {}).get("test") if isinstance(data, dict) else None
+    if not isinstance(test, str) or test in ASSERTIONS:
+        return Claim
+    plugin = assertion_model(test)
+    return Claim if plugin is None else _claim_with(plugin)
+
+
+@functools.cache
+def _claim_with(assertion: type[Assertion]) -> type[Claim]:
+    return create_model("Claim", __base__=Claim, __module__=__name__, assertion=(assertion, ...))
 
 
 #: A claim's identity in a run: two collections may hold claims of the same name, and a claim runs per profile.
@@ -796,7 +817,11 @@ def _validate(
         return SuiteError(path, key, message)
 
     try:
-        claim = Claim.model_validate(data)
+        model = claim_model(data)
+    except factories.FactoryError as e:  # the plugin that registers this test does not import, or is no test
+        raise fail(("assertion", "test"), str(e)) from None
+    try:
+        claim = model.model_validate(data)
     except ValidationError as e:
         errs = e.errors()
         # A misspelt key also makes its correct spelling "missing": report the misspelling.
@@ -914,10 +939,10 @@ def _explain(err: dict[str, Any], data: dict[str, Any], loc: tuple[str, ...]) ->
         hint = _did_you_mean(str(err["input"]), expected)
         return f"{err['input']!r} is not allowed{hint}; {msg[0].lower()}{msg[1:]}"
     if kind == "union_tag_invalid":
-        tag = err["ctx"]["tag"]
-        return f"unknown test {tag!r}{_did_you_mean(tag, ASSERTIONS)}; available: {', '.join(ASSERTIONS)}"
+        tag, tests = err["ctx"]["tag"], available_tests()
+        return f"unknown test {tag!r}{_did_you_mean(tag, tests)}; available: {', '.join(tests)}"
     if kind == "union_tag_not_found":
-        return f"names no test; add `test:` with one of {', '.join(ASSERTIONS)}"
+        return f"names no test; add `test:` with one of {', '.join(available_tests())}"
     if kind == "string_pattern_mismatch" and ".".join(loc) in PATTERN_HELP:
         return f"{PATTERN_HELP['.'.join(loc)]} (got {err['input']!r})"
     if kind == "model_type":
@@ -947,8 +972,8 @@ def _allowed_keys(data: dict[str, Any], loc: tuple[str, ...]) -> list[str]:
 
 
 def _field_model(model: type[BaseModel], key: str, node: Any) -> Any:
-    if model is Claim and key == "assertion":
-        return ASSERTIONS.get(node.get("test")) if isinstance(node, dict) else None
+    if issubclass(model, Claim) and key == "assertion":
+        return _test_model(node.get("test")) if isinstance(node, dict) else None
     field = model.model_fields.get(key)
     if field is None:
         return None
@@ -956,6 +981,13 @@ def _field_model(model: type[BaseModel], key: str, node: Any) -> Any:
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None
+
+
+def _test_model(test: Any) -> type[Assertion] | None:
+    try:
+        return assertion_model(test) if isinstance(test, str) else None
+    except factories.FactoryError:
+        return None
 
 
 def _did_you_mean(word: str, choices: Any) -> str:

@@ -20,6 +20,9 @@ import torch
 import lipbench
 from lipbench import plugins
 from lipbench.cli import main
+from lipbench.errors import SuiteError
+from lipbench.results import load_outcome
+from lipbench.suite import load_claim
 
 REPO = Path(__file__).parent.parent
 EXAMPLE = REPO / "examples" / "own_code"
@@ -33,9 +36,15 @@ def write_dist_info(folder: Path) -> None:
     text = (EXAMPLE / "pyproject.toml").read_text()
     name, version = (re.search(rf'^{key} = "([^"]+)"', text, re.M).group(1) for key in ("name", "version"))
     section = text.split('[project.entry-points."lipbench.plugins"]\n', 1)[1].split("\n[", 1)[0]
-    lines = [f"{k} = {v}" for k, v in re.findall(r'^"([^"]+)" = "([^"]+)"$', section, re.M)]
-    assert lines, "the example declares no lipbench.plugins entry points"
-    info = folder / f"own_code-{version}.dist-info"
+    entries = dict(re.findall(r'^"([^"]+)" = "([^"]+)"$', section, re.M))
+    assert entries, "the example declares no lipbench.plugins entry points"
+    install_entry_points(folder, name, version, entries)
+
+
+def install_entry_points(folder: Path, name: str, version: str, entries: dict[str, str]) -> None:
+    """A dist-info folder under `folder` for distribution `name` with these lipbench.plugins entry points."""
+    lines = [f"{k} = {v}" for k, v in entries.items()]
+    info = folder / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     (info / "entry_points.txt").write_text("[lipbench.plugins]\n" + "\n".join(lines) + "\n")
@@ -62,10 +71,14 @@ def test_example_suites_pass_against_their_baselines_and_log_to_mlflow(own_code,
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["run", str(SUITES), "--profile", "quick", "--workers", "1", "--out", str(out), "--tracking-uri", store]
     assert main(argv) == 0
-    for claim in ("own-label-corruption", "own-seed-invariance"):
+    for claim in ("own-label-corruption", "own-seed-invariance", "own-sampling-noise"):
         result = result_of(out, claim)
         assert result["verdict"] == "PASS", result  # compared with the committed baseline: not NEW
         assert (out / "suites" / claim / "mlflow_run_id").is_file()
+    # The plugin's test comes back from the results folder (lipbench report, compare) as its own class.
+    rebuilt = load_outcome(out / "suites" / "own-sampling-noise")
+    assert type(rebuilt.claim.claim.assertion).__name__ == "SamplingNoise"
+    assert rebuilt.claim.scenario_hash() == result_of(out, "own-sampling-noise")["scenario_hash"]
 
 
 def test_forgetting_the_corrupted_labels_fails_the_label_claim(own_code, monkeypatch, tmp_path: Path) -> None:
@@ -77,20 +90,27 @@ def test_forgetting_the_corrupted_labels_fails_the_label_claim(own_code, monkeyp
     assert not result.passed
 
 
-def test_one_sampling_seed_for_every_run_breaks_the_seed_claim(own_code, monkeypatch, tmp_path: Path) -> None:
+def test_one_sampling_seed_for_every_run_fails_the_sampling_noise_claim(own_code, monkeypatch, tmp_path: Path) -> None:
     import own_code.loop
 
     def same_seed(context) -> torch.Generator:
         return torch.Generator(device=context.device).manual_seed(0)
 
     monkeypatch.setattr(own_code.loop, "sampling_generator", same_seed)
-    result = lipbench.run(SUITES / "seed_invariance.yaml", device="cpu", out=tmp_path / "out")
-    outcome = result["own-seed-invariance"]
-    assert result.verdicts["own-seed-invariance"] not in ("PASS", "IMPROVED", "NEW")
+    result = lipbench.run(
+        SUITES / "seed_invariance.yaml", SUITES / "sampling_noise.yaml", device="cpu", out=tmp_path / "out"
+    )
     assert not result.passed
-    # Identical runs across sampling seeds: the assertion names the broken stream.
-    assert "every sampling seed gives the same final K" in outcome.sentence
-    assert "sampling stream reaches the batch sampler" in outcome.sentence
+    # The claim that the sampling seed moves K at all is refuted by equal runs: FAIL.
+    assert result.verdicts["own-sampling-noise"] == "FAIL"
+    noise = result["own-sampling-noise"].sentence
+    assert noise.startswith("Every sampling seed gives the same final K: within-init CV = 0%")
+    assert "check that the sampling stream reaches the batch sampler — FAIL" in noise
+    # The invariance claim presumes a sampling spread; with none it cannot be judged and says why.
+    assert result.verdicts["own-seed-invariance"] == "ERROR"
+    invariance = result["own-seed-invariance"].sentence
+    assert "every sampling seed gives the same final K" in invariance
+    assert "sampling stream reaches the batch sampler" in invariance
 
 
 def test_example_claim_runs_as_a_pytest_item(own_code, tmp_path: Path) -> None:
@@ -135,8 +155,10 @@ def test_list_plugins_shows_the_example_and_where_it_comes_from(own_code, wide_c
     out = capsys.readouterr().out
     for words in ("model", "small-net", "own_code.model:SmallNet", "run", "own-loop", "own_code.loop:train"):
         assert words in out
-    assert "own-code 0.1.0" in out
-    assert out.count(" ok ") == 2
+    assert re.search(
+        r"assertion +│ sampling_noise +│ own_code\.assertions:SamplingNoise +│ own-code 0\.1\.0 +│ ok ", out
+    )
+    assert out.count(" ok ") == 3
 
 
 def test_a_plugin_name_is_among_the_allowed_values(own_code, write_suite, capsys) -> None:
@@ -169,3 +191,76 @@ def test_a_plugin_model_trains_in_the_built_in_loop(own_code, tmp_path: Path) ->
     assert set(records["claim"]) == {"plugin-model"}
     assert {"sigma_0", "sigma_1", "K", "loss", "accuracy"} <= set(records.columns)
     assert all(list(steps) == [0, 2, 4] for _, steps in records.groupby("run")["step"])
+
+
+# --------------------------------------------------------------------------- assertion plugins
+
+PLUGIN_TEST = {
+    "test": "sampling_noise",
+    "direction": None,
+    "min_effect": None,
+    "min_relative_spread": 0.01,
+    "alternative_cv": 0.1,
+}
+
+
+def test_a_plugin_assertion_is_a_test_suites_can_name(own_code, write_suite) -> None:
+    path = write_suite("plugin_test", {"seeds": {"sampling": 4}, "assertion": PLUGIN_TEST})
+    claim = load_claim(path, "quick").claim
+    assert type(claim.assertion).__name__ == "SamplingNoise"
+    assert claim.assertion.min_relative_spread == 0.01
+    assert main(["validate", str(path)]) == 0
+
+
+def test_a_plugin_assertions_keys_are_checked_like_a_built_in_ones(own_code, write_suite, capsys) -> None:
+    path = write_suite("plugin_key", {"seeds": {"sampling": 4}, "assertion": {**PLUGIN_TEST, "min_relative_sprad": 1}})
+    assert main(["validate", str(path)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"lipbench: error: {path}: assertion.min_relative_sprad: unknown key")
+    assert "did you mean 'min_relative_spread'?" in line
+    assert "allowed here: test, quantity, min_relative_spread, alpha, alternative_cv" in line
+
+
+def test_an_unknown_test_lists_built_in_and_plugin_tests(own_code, write_suite, capsys) -> None:
+    path = write_suite("typo_test", {"assertion": {"test": "sampling_nois"}})
+    assert main(["validate", str(path)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"lipbench: error: {path}: assertion: unknown test 'sampling_nois'")
+    assert "did you mean 'sampling_noise'?" in line
+    assert "available: monotone_trend, growth_trend," in line and line.endswith(", init_scaling, sampling_noise")
+
+
+def test_a_plugin_that_is_no_test_is_refused_naming_the_key(own_code, write_suite, wide_console, capsys) -> None:
+    entries = {
+        "assertion.not_a_test": "own_code.loop:train",
+        "assertion.renamed": "own_code.assertions:SamplingNoise",
+        "assertion.missing": "own_code.assertions:Gone",
+    }
+    install_entry_points(own_code, "broken-tests", "0.2.0", entries)
+    plugins.installed.cache_clear()
+    problems = {
+        "not_a_test": "'own_code.loop:train' is a function, not a subclass of lipbench.assertions.Assertion",
+        "renamed": "must declare the field test: Literal['renamed'], the name it is registered under",
+        "missing": "own_code.assertions has no attribute 'Gone'",
+    }
+    for test, problem in problems.items():
+        path = write_suite(f"bad_{test}", {"assertion": {"test": test}})
+        assert main(["validate", str(path)]) == 2
+        line = capsys.readouterr().err.strip()
+        assert line.startswith(f"lipbench: error: {path}: assertion.test: "), line
+        assert problem in line
+    assert main(["list", "--plugins"]) == 0
+    listed = capsys.readouterr().out
+    assert "broken-tests 0.2.0" in listed and "not a subclass of" in listed
+
+
+def test_suites_with_built_in_tests_read_no_entry_points(own_code, write_suite, monkeypatch) -> None:
+    """Plugins are looked up when a suite names a test no built-in has, not when the schema loads."""
+    monkeypatch.delitem(sys.modules, "own_code.assertions", raising=False)
+    plugins.installed.cache_clear()
+    load_claim(write_suite("built_in"), "quick")
+    assert plugins.installed.cache_info().misses == 0
+    assert "own_code.assertions" not in sys.modules
+    with pytest.raises(SuiteError, match="unknown test 'nope'"):
+        load_claim(write_suite("unknown", {"assertion": {"test": "nope"}}))
+    assert plugins.installed.cache_info().misses == 1
