@@ -13,9 +13,10 @@ from builders import scenario_from
 from conftest import TINY_SUITE, merge
 
 import lipbench
-from lipbench import factories, optim
+from lipbench import factories
 from lipbench.errors import LipbenchError, SuiteError
 from lipbench.suite import OptimizerSpec, RunSpec, claim_from_mapping
+from lipbench.torch import optim
 from lipbench.torch.data import load_dataset
 from lipbench.torch.engine import train
 from lipbench.torch.ensemble import train_ensemble, unsupported

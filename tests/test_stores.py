@@ -157,11 +157,11 @@ def test_a_store_that_breaks_mid_run_costs_no_result(
 
 
 def test_each_results_folder_is_new_even_within_one_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lipbench.results
+    import lipbench.folders
 
     names = iter(["aaaaaa", "aaaaaa", "bbbbbb"])  # the second draw collides with the first
-    monkeypatch.setattr(lipbench.results.secrets, "token_hex", lambda n: next(names))
-    monkeypatch.setattr(lipbench.results, "datetime", _FrozenClock)
+    monkeypatch.setattr(lipbench.folders.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(lipbench.folders, "datetime", _FrozenClock)
     first = new_results_folder(root=tmp_path)
     second = new_results_folder(root=tmp_path)
     assert (first.name, second.name) == ("20250101-120000-aaaaaa", "20250101-120000-bbbbbb")

@@ -29,7 +29,10 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "record_every_exceeds_steps": ("scenario.record_every", ("must not exceed steps (200)", "500")),
     "label_noise_above_one": ("scenario.label_noise", ("less than or equal to 1", "1.5")),
     "dataset_underscore": ("scenario.dataset.name", ("did you mean 'fashion-mnist'?", "'digits'", "'synthetic'")),
-    "unknown_model": ("scenario.model.name", ("'resnet18' is not allowed", "'mlp' or 'convnet'")),
+    "unknown_model": (
+        "scenario.model.name",
+        ("'resnet18' is not allowed", "'mlp', 'convnet'", "package.module:callable"),
+    ),
     "unknown_assertion_test": ("assertion", ("did you mean 'monotone_trend'?", "available: monotone_trend")),
     "assertion_unknown_param": ("assertion.min_rho", ("did you mean 'min_abs_rho'?", "allowed here: test")),
     "alpha_out_of_range": ("assertion.alpha", ("less than or equal to 0.5", "got 5")),
