@@ -415,7 +415,16 @@ class Invariance(Assertion):
     def simulate(
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
     ) -> dict[str, Any]:
-        levels, n_init, n_samp = design.sweep_values, design.init_seeds, design.sampling_seeds
-        init = 1 + params["init_cv"] * noise(rng, (reps, 1, n_init, 1), family)
-        run = 1 + params["cv"] * noise(rng, (reps, levels, n_init, n_samp), family)
-        return {"y": params["mean"] * init * run, "x": None if design.sweep is None else design.x()}
+        return simulate_relative_spread(design, params, rng, reps, family)
+
+
+def simulate_relative_spread(
+    design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
+) -> dict[str, Any]:
+    """R replicates of final values with a relative init effect (`init_cv`) and a relative run effect
+    (`cv`) around `mean`: the generative model of a within-init spread (invariance, and plugins' tests
+    of a spread)."""
+    levels, n_init, n_samp = design.sweep_values, design.init_seeds, design.sampling_seeds
+    init = 1 + params["init_cv"] * noise(rng, (reps, 1, n_init, 1), family)
+    run = 1 + params["cv"] * noise(rng, (reps, levels, n_init, n_samp), family)
+    return {"y": params["mean"] * init * run, "x": None if design.sweep is None else design.x()}

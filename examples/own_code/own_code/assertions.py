@@ -25,13 +25,13 @@ from lipbench.assertions.base import (
     fmt,
     jackknife_over_sampling_seeds,
     log_variance_moments,
-    noise,
     pct,
     pooled_excess_kurtosis,
     sweep_name,
     unit_grid,
     verdict_word,
 )
+from lipbench.assertions.variance import simulate_relative_spread
 
 
 class SamplingNoise(Assertion):
@@ -169,10 +169,7 @@ class SamplingNoise(Assertion):
     def simulate(
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
     ) -> dict[str, Any]:
-        levels, n_init, n_samp = design.sweep_values, design.init_seeds, design.sampling_seeds
-        init = 1 + params["init_cv"] * noise(rng, (reps, 1, n_init, 1), family)
-        run = 1 + params["cv"] * noise(rng, (reps, levels, n_init, n_samp), family)
-        return {"y": params["mean"] * init * run, "x": None if design.sweep is None else design.x()}
+        return simulate_relative_spread(design, params, rng, reps, family)  # lipbench's invariance model
 
 
 def _log_cv2(y: np.ndarray) -> np.ndarray:
