@@ -6,6 +6,7 @@ Ray is a test dependency (the README installs the `ray` extra): these tests run,
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -92,6 +93,23 @@ def test_ray_and_local_executors_give_identical_records_and_verdicts(write_suite
     local = run_claims(claims, device="cpu", workers=1)
     assert [o.status for o in on_ray] == [Verdict.PASS, Verdict.PASS]
     assert [_comparable(o) for o in on_ray] == [_comparable(o) for o in local]
+
+
+def test_the_quick_implications_suite_on_ray_equals_its_local_executor_baselines(local_ray) -> None:
+    """Every claim of suites/implications at its quick profile, trained by Ray tasks: the same verdicts,
+    and per sweep value the same mean, sd and n of the judged quantity, and the same tracked statistics,
+    to the last bit, as the committed baselines, which the local executor produced."""
+    from lipbench.baselines import baseline_path, read_baseline, summarise
+    from lipbench.discovery import suite_files
+
+    claims = [load_claim(f, "quick") for f in suite_files([ROOT / "suites" / "implications"])]
+    outcomes = run_claims(claims, device="cpu", executor="ray", workers=2)
+    assert len(outcomes) == 10 and {o.status for o in outcomes} == {Verdict.PASS}, [o.sentence for o in outcomes]
+    for outcome in outcomes:
+        claim = outcome.claim
+        stored = read_baseline(baseline_path(ROOT / "baselines", claim.collection, claim.name, claim.profile))
+        assert stored["scenario_hash"] == claim.scenario_hash(), claim.name
+        assert json.loads(json.dumps(summarise(outcome))) == stored["summary"], claim.name
 
 
 def test_a_ray_worker_killed_mid_collection_is_retried_by_ray(write_suite, local_ray) -> None:
