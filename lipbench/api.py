@@ -23,12 +23,11 @@ from typing import Any
 import pandas as pd
 
 from lipbench.discovery import suite_files
-from lipbench.errors import SuiteError
 from lipbench.outcome import ClaimOutcome, Verdict, exit_code
 from lipbench.records import records_frame
 from lipbench.runner import run_claims
 from lipbench.session import Session
-from lipbench.suite import ResolvedClaim, claim_from_mapping, load_claim
+from lipbench.suite import ResolvedClaim, claim_from_mapping, load_claim, without_duplicates
 
 ClaimSource = str | Path | Mapping[str, Any] | ResolvedClaim
 
@@ -77,11 +76,10 @@ def load(
             resolved.append(claim_from_mapping(dict(source), profile, overrides))
         else:
             resolved += [load_claim(f, profile, overrides) for f in suite_files([source])]
-    names = [c.name for c in resolved]
-    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
-    if twice is not None:
-        raise SuiteError(twice, "name", "two claims have this name; names must differ")
-    return resolved
+    unique, duplicates = without_duplicates(resolved)
+    if duplicates:  # the rule of `lipbench run`: names differ within a collection
+        raise duplicates[0]
+    return unique
 
 
 def run(

@@ -44,7 +44,7 @@ from lipbench.report import write_report
 from lipbench.results import environment, load_outcome, load_result
 from lipbench.runner import run_claims
 from lipbench.session import Session
-from lipbench.suite import ClaimKey, ResolvedClaim, load_claim, name_taken
+from lipbench.suite import ResolvedClaim, load_claim, without_duplicates
 
 console = Console(stderr=False, highlight=False)
 errors = Console(stderr=True, highlight=False)
@@ -202,15 +202,8 @@ def load_claims(args, device: str = "auto") -> tuple[list[ResolvedClaim], list[S
             claims.append(load_claim(file, profile, args.overrides))
         except SuiteError as e:
             problems.append(e)
-    seen: dict[ClaimKey, Path] = {}
-    unique = []
-    for c in claims:
-        if c.key in seen:
-            problems.append(name_taken(c, seen[c.key]))
-            continue
-        seen[c.key] = c.file
-        unique.append(c)
-    return unique, problems
+    unique, duplicates = without_duplicates(claims)
+    return unique, problems + duplicates
 
 
 def cmd_validate(args) -> int:

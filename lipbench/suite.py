@@ -558,6 +558,19 @@ class ResolvedClaim:
         )
 
 
+def without_duplicates(claims: list[ResolvedClaim]) -> tuple[list[ResolvedClaim], list[SuiteError]]:
+    """The first claim of each (collection, name, profile), and a `name_taken` error for each later one."""
+    seen: dict[ClaimKey, Path] = {}
+    unique, problems = [], []
+    for claim in claims:
+        if claim.key in seen:
+            problems.append(name_taken(claim, seen[claim.key]))
+            continue
+        seen[claim.key] = claim.file
+        unique.append(claim)
+    return unique, problems
+
+
 def name_taken(claim: ResolvedClaim, other: str | Path) -> SuiteError:
     """A second claim of the same name in one collection: results and baselines are kept per collection and name."""
     message = f"{claim.name!r} is also the name of {other} in collection {claim.collection!r}; names must differ"
