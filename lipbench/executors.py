@@ -31,13 +31,12 @@ from concurrent.futures.process import BrokenProcessPool
 
 from lipbench.errors import LipbenchError
 from lipbench.records import RunRecord
-from lipbench.registry import EXECUTORS
+from lipbench.registry import EXECUTORS, RAY_INSTALL
 from lipbench.suite import RunSpec
 from lipbench.work import execute_group, failed_record
 
 MAX_ATTEMPTS = 2  # a unit whose worker dies is tried once more, then reported as ERROR
 POLL_SECONDS = 0.2  # how often a waiting driver looks for a stop request
-RAY_INSTALL = 'pip install "lipbench[ray]"  (or: pip install "ray[default]")'
 
 Unit = list[RunSpec]
 Deliver = Callable[[Unit, list[RunRecord]], None]

@@ -36,6 +36,7 @@ from lipbench.discovery import SUITE_SUFFIXES, is_base_file
 from lipbench.errors import LipbenchWarning, SuiteError
 from lipbench.folders import RESULTS_ROOT, unique_name
 from lipbench.options import SHARED_OPTIONS, add_to_pytest, default_profile
+from lipbench.registry import RAY_INSTALL
 
 SLOW_STEPS = 200_000
 MARKERS = (
@@ -149,9 +150,7 @@ def _settings(config: pytest.Config) -> Settings:
     except ValueError:
         raise pytest.UsageError(f"lipbench_slow_steps must be an integer, got {raw_slow!r}") from None
     if config.getoption("lipbench_executor") == "ray" and importlib.util.find_spec("ray") is None:
-        raise pytest.UsageError(
-            '--lipbench-executor ray needs Ray, which is not installed: pip install "lipbench[ray]"'
-        )
+        raise pytest.UsageError(f"--lipbench-executor ray needs Ray, which is not installed: {RAY_INSTALL}")
     out = config.getoption("lipbench_out")
     out_path = Path(out) if out else RESULTS_ROOT / unique_name("pytest-")
     if not out_path.is_absolute():

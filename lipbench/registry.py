@@ -20,3 +20,4 @@ ENGINES: tuple[str, ...] = ("auto", "per-run", "ensemble")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")  # built through torch.optim (lipbench.torch.optim)
 SCHEDULES: tuple[str, ...] = ("constant", "step", "exponential", "cosine", "linear")  # torch.optim.lr_scheduler
 EXECUTORS: tuple[str, ...] = ("local", "ray")  # lipbench.executors: a process pool, or Ray tasks
+RAY_INSTALL = 'pip install "lipbench[ray]"  (or: pip install "ray[default]")'  # what the ray executor needs
