@@ -17,14 +17,11 @@ import time
 import numpy as np
 import torch
 
-from lipbench.errors import LipbenchError
+from lipbench.errors import LipbenchError, RunDiverged
 from lipbench.records import RunRecord
 from lipbench.torch.lipschitz import spectral_norms
 from lipbench.torch.models import lipschitz_layers
-
-
-class RunDiverged(Exception):
-    """Raised by `Recorder.record` at a non-finite sigma or loss; lipbench catches it (the run stops)."""
+from lipbench.torch.training import bound_columns, test_accuracy
 
 
 class Recorder:
@@ -77,9 +74,10 @@ class Recorder:
             checked = row[: self.layers + (1 if "loss" in self.names else 0)]
             finite = bool(torch.isfinite(checked).all())  # host sync, once per record
         self.model, self.row = model, self.row + 1
-        if not finite:
+        if not finite:  # ends the user's loop; lipbench catches it and reports the record as diverged
             self.diverged_at = step
-            raise RunDiverged(step)
+            sigma_ok = bool(torch.isfinite(row[: self.layers]).all())
+            raise RunDiverged(self.spec.run_id, step, "loss" if sigma_ok else "K")
         return True
 
     def finish(self, data) -> RunRecord:
@@ -93,15 +91,9 @@ class Recorder:
         values = self.buffer[: self.row].double().cpu().numpy()
         metrics = {f"sigma_{i}": values[:, i] for i in range(self.layers)}
         metrics.update({name: values[:, self.layers + i] for i, name in enumerate(self.names)})
-        with np.errstate(divide="ignore", invalid="ignore"):
-            metrics["log_K"] = np.log(values[:, : self.layers]).sum(axis=1)
-            metrics["K"] = np.exp(metrics["log_K"])
-        summary: dict[str, float] = {}
-        if self.diverged_at is None:
-            self.model.eval()
-            with torch.no_grad():
-                xt, yt = data.x_test[:10_000], data.y_test[:10_000]
-                summary["test_accuracy"] = float((self.model(xt).argmax(1) == yt).float().mean())
+        metrics.update(bound_columns(values[:, : self.layers]))
+        self.model.eval()
+        [summary] = test_accuracy(lambda _, x: self.model(x), data, self.device, [self.diverged_at is None])
         spec = self.spec
         return RunRecord(
             claim=spec.claim,

@@ -25,11 +25,12 @@ from typing import Any
 import torch
 
 from lipbench import factories
+from lipbench.errors import RunDiverged
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec, Scenario
 from lipbench.torch.data import Dataset
 from lipbench.torch.optim import build
-from lipbench.torch.recorder import Recorder, RunDiverged
+from lipbench.torch.recorder import Recorder
 from lipbench.torch.training import (
     BatchSampler,
     Stream,

@@ -321,9 +321,7 @@ class Recorder:
             kept = min(died[i] + 1, len(self.marks))
             rows = values[:kept, i]
             metrics = {name: rows[:, j] for j, name in enumerate(self.columns)}
-            with np.errstate(divide="ignore", invalid="ignore"):
-                metrics["log_K"] = np.log(rows[:, : self.layers]).sum(axis=1)
-                metrics["K"] = np.exp(metrics["log_K"])
+            metrics.update(bound_columns(rows[:, : self.layers]))
             if "init" in self.scenario.record:  # the random-matrix prediction for each layer at init
                 for j, v in enumerate(self.init_theory):
                     metrics[f"sigma_init_theory_{j}"] = np.full(kept, v)
@@ -343,6 +341,13 @@ class Recorder:
                 )
             )
         return out
+
+
+def bound_columns(sigmas: np.ndarray) -> dict[str, np.ndarray]:
+    """`log_K` and `K` per record from each layer's sigma_max (records x layers): K is their product."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_k = np.log(sigmas).sum(axis=1)
+    return {"log_K": log_k, "K": np.exp(log_k)}
 
 
 @torch.no_grad()
