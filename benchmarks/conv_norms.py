@@ -117,8 +117,9 @@ def main() -> None:
         for conv in ("reshaped", "operator", "bound"):
             per_record, check = record_cost(model, shape, conv, every)
             mean = per_record + checks_per_record * (check - per_record)
+            where = "x".join(map(str, shape))
             print(
-                f"{'x'.join(map(str, shape)):>8} {conv:>8}: record {per_record * 1e3:.1f} ms, check {check * 1e3:.0f} ms, "
+                f"{where:>8} {conv:>8}: record {per_record * 1e3:.1f} ms, check {check * 1e3:.0f} ms, "
                 f"step {step * 1e3:.1f} ms (b {batch}) -> +{per_record / (every * step):.1%} at record_every {every}, "
                 f"+{mean / (every * step):.1%} with the checks"
             )
