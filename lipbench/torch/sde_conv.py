@@ -1,0 +1,225 @@
+"""The SDE terms of a Conv2d taken of sigma_max of its operator A (the map on images of the layer's real input
+size, lipbench.torch.conv_operator), not of the reshaped kernel matrix (docs/science.md, "The SDE terms of a
+convolution").
+
+A is linear in the kernel W, so a kernel perturbation e is the operator perturbation A(e) = conv(.; e). With
+sigma, u (output image), v (input image) the top singular triple of A:
+
+- the kernel gradient of sigma is D = d<u, conv(v; W)>/dW (the "weight gradient" of output u and input v), so
+  mu = -lr <D, drift> and a sample's projection is <g_i, D> = <delta_i, conv(x_i; D)>;
+- Q(e) = d^2/dt^2 sigma_max(A(W + t e)) needs only matvecs: with E = A(e), lam1 = sigma^2 and
+  r = P_{v-perp}(sigma E^T u + A^T E v) (the first-order change of A^T A applied to v),
+
+      Q(e) = ( |E v|^2 - (u^T E v)^2 + r^T (lam1 I - A^T A)^+ r ) / sigma
+
+  (second-order perturbation of lam1 of A^T A, then sigma = sqrt(lam1)).
+
+Two ways to apply the pseudo-inverse, chosen by the input size n = C*H*W:
+
+- n <= DENSE_MAX (the quick ConvNet at 1x8x8: n = 64, 512, 256): A is unrolled (`dense`) and A^T A (n x n)
+  eigendecomposed; sigma, u, v and the sum over eigenpairs are exact. The noise-curvature trace
+  sum_a Q(conv(.; e_a)) over the kernel basis is exact too: for j >= 2,
+  sum_a (v_j . r_a)^2 = |sigma D(u, v_j) + D(A v_j, v)|^2 (D(a, b) the weight gradient of output a, input b).
+- larger n: sigma, u, v by `top_singular_pair` (Lanczos, warm-started from `OperatorState.v`), the solve by
+  conjugate gradients on v-perp batched over all right-hand sides (each step one convolution and one transposed
+  convolution of the batch), and the noise trace by Hutchinson's estimator, the mean of Q(conv(.; z)) over
+  NOISE_PROBES Rademacher kernels z (unbiased: E[z z^T] = I).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lipbench.torch.conv_operator import ConvGeometry, adjoint, apply, dense, top_singular_pair
+
+__all__ = ["DENSE_MAX", "NOISE_PROBES", "OperatorParts", "OperatorState", "operator_parts", "weight_gradient"]
+
+DENSE_MAX = 1024  # input sizes up to this are eigendecomposed exactly (an n x n eigh: milliseconds at 512)
+NOISE_PROBES = 8  # Hutchinson probes of the noise-curvature trace, above DENSE_MAX
+CG_CHECK_EVERY = 8  # the conjugate-gradient loop syncs with the host once per this many steps
+CG_MAX_ITER = 400
+
+
+@dataclass
+class OperatorState:
+    """What a caller keeps between records: each layer's last v (the Lanczos warm start, by parameter name) and
+    the generator of the Hutchinson probes (fresh probes at every record, reproducible per run). Mutated by
+    `measure_sde_terms`; only the matvec path (n > DENSE_MAX) uses it."""
+
+    v: dict[str, torch.Tensor] = field(default_factory=dict)
+    generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class OperatorParts:
+    """What the SDE terms need of one conv operator, in its kernel's dtype (0-dim tensors unless noted)."""
+
+    sigma: torch.Tensor
+    proj: torch.Tensor  # (b,): <g_i, D>
+    q: torch.Tensor  # (b,): Q(g_i - G)
+    drift_proj: torch.Tensor  # <drift, D>
+    drift_q: torch.Tensor  # Q(drift)
+    grad_sq: torch.Tensor  # |D|^2: Var<z, D> per unit of i.i.d. kernel noise
+    noise_q: torch.Tensor  # sum_a Q(conv(.; e_a)): E[Q(z)] per unit of i.i.d. kernel noise (0 when not asked)
+
+
+def _unfold(images: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
+    """(B, C, H, W) -> (B, in*kh*kw, positions): the patches each output position sees, in the kernel's order."""
+    return F.unfold(images, geom.kernel, geom.dilation, geom.padding, geom.stride)
+
+
+def weight_gradient(out_images: torch.Tensor, in_images: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
+    """D(a, b) = d<a, conv(b; W)>/dW for batches a (B, out, H', W'), b (B, C, H, W) -> (B, out, in*kh*kw)."""
+    return torch.einsum("bop,bkp->bok", out_images.flatten(2), _unfold(in_images, geom))
+
+
+@dataclass(frozen=True)
+class _Spectrum:
+    kernel: torch.Tensor  # out x in x kh x kw
+    geom: ConvGeometry
+    sigma: torch.Tensor
+    u: torch.Tensor  # m
+    v: torch.Tensor  # n
+    matrix: torch.Tensor | None = None  # m x n: the dense path
+    lam: torch.Tensor | None = None  # n, descending: eigenvalues of A^T A
+    basis: torch.Tensor | None = None  # n x n, columns v_j
+
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """A^T A x for x (B, n)."""
+        ax = apply(self.kernel, x.reshape(-1, *self.geom.in_shape), self.geom)
+        return adjoint(self.kernel, ax, self.geom).reshape(x.shape)
+
+
+def _spectrum(kernel: torch.Tensor, geom: ConvGeometry, warm: torch.Tensor | None) -> _Spectrum:
+    if geom.in_numel > DENSE_MAX:
+        tol = max(1e-13, 100 * torch.finfo(kernel.dtype).eps)  # mu is first order in v's error
+        sigma, u, v = top_singular_pair(kernel, geom, warm, tol=tol)
+        return _Spectrum(kernel, geom, sigma, u.flatten(), v.flatten())
+    A = dense(kernel, geom)
+    gram = A.mT @ A
+    # A diverged layer makes eigh raise: it gets sigma = NaN instead (no host sync here).
+    finite = torch.isfinite(gram).all()
+    lam, basis = torch.linalg.eigh(torch.where(finite, gram, 0.0))
+    lam, basis = lam.flip(0), basis.flip(1)
+    sigma = torch.where(finite, lam[0].clamp_min(0).sqrt(), torch.nan)
+    v = basis[:, 0]
+    return _Spectrum(kernel, geom, sigma, A @ v / sigma, v, A, lam, basis)
+
+
+def _solve(sp: _Spectrum, r: torch.Tensor) -> torch.Tensor:
+    """(lam1 I - A^T A)^+ r for r (B, n) orthogonal to v: conjugate gradients on v-perp, batched.
+
+    lam1 I - A^T A is positive semi-definite there; its condition number is lam1 / (lam1 - lam2).
+    """
+    lam1, v = sp.sigma.square(), sp.v
+    tol = max(1e-12, 10 * torch.finfo(r.dtype).eps)
+
+    def op(p: torch.Tensor) -> torch.Tensor:
+        y = lam1 * p - sp.gram(p)
+        return y - (y @ v)[:, None] * v
+
+    x, res = torch.zeros_like(r), r.clone()
+    p, rs = res.clone(), res.square().sum(dim=1)
+    stop = tol**2 * rs
+    for step in range(CG_MAX_ITER):
+        mp = op(p)
+        curvature = (p * mp).sum(dim=1)
+        alpha = torch.where(curvature > 0, rs / curvature, 0.0)
+        x, res = x + alpha[:, None] * p, res - alpha[:, None] * mp
+        rs_next = res.square().sum(dim=1)
+        p = res + torch.where(rs > 0, rs_next / rs, 0.0)[:, None] * p
+        rs = rs_next
+        if (step + 1) % CG_CHECK_EVERY == 0 and bool(((rs <= stop) | rs.isnan()).all()):  # host sync
+            break
+    return x
+
+
+def _quad(sp: _Spectrum, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
+    """Q of operator perturbations E from e1 = E v (B, m) and e2 = E^T u (B, n) (the module's formula)."""
+    at_e1 = (
+        e1 @ sp.matrix
+        if sp.matrix is not None
+        else adjoint(sp.kernel, e1.reshape(-1, *sp.geom.out_shape), sp.geom).reshape(e2.shape)
+    )
+    r = sp.sigma * e2 + at_e1
+    r = r - (r @ sp.v)[:, None] * sp.v
+    if sp.basis is not None:
+        inv = ((r @ sp.basis[:, 1:]).square() / (sp.lam[0] - sp.lam[1:])).sum(dim=1)
+    else:
+        inv = (r * _solve(sp, r)).sum(dim=1)
+    return (e1.square().sum(dim=1) - (e1 @ sp.u).square() + inv) / sp.sigma
+
+
+def _noise_trace_exact(sp: _Spectrum, chunk: int = 64) -> torch.Tensor:
+    """sum_a Q(conv(.; e_a)) over the kernel basis, from the full eigendecomposition (module docstring)."""
+    geom, out = sp.geom, sp.kernel.shape[0]
+    u_img, v_img = sp.u.reshape(1, *geom.out_shape), sp.v.reshape(1, *geom.in_shape)
+    ev = out * _unfold(v_img, geom).square().sum()  # sum_a |A_a v|^2
+    uev = weight_gradient(u_img, v_img, geom).square().sum()  # sum_a (u^T A_a v)^2 = |D|^2
+    inv = torch.zeros((), dtype=sp.sigma.dtype, device=sp.sigma.device)
+    for cols in torch.arange(1, geom.in_numel, device=sp.v.device).split(chunk):
+        vj = sp.basis[:, cols].mT  # (J, n)
+        avj = vj @ sp.matrix.mT  # (J, m)
+        rj = sp.sigma * weight_gradient(
+            u_img.expand(len(cols), -1, -1, -1), vj.reshape(-1, *geom.in_shape), geom
+        ) + weight_gradient(avj.reshape(-1, *geom.out_shape), v_img.expand(len(cols), -1, -1, -1), geom)
+        inv = inv + (rj.square().sum(dim=(1, 2)) / (sp.lam[0] - sp.lam[cols])).sum()
+    return (ev - uev + inv) / sp.sigma
+
+
+def operator_parts(
+    kernel: torch.Tensor,
+    geom: ConvGeometry,
+    G: torch.Tensor,
+    delta: torch.Tensor,
+    xin: torch.Tensor,
+    drift: torch.Tensor,
+    *,
+    noise: bool,
+    state: OperatorState | None = None,
+    name: str = "",
+) -> OperatorParts:
+    """The parts of one conv layer's terms: kernel (out, in, kh, kw); G and drift (out, in*kh*kw); the factors
+    delta (b, t, out) and xin (b, t, in*kh*kw) of g_i = sum_t delta_it xin_it^T. `noise`: compute the noise
+    trace. `state` (by `name`) carries the warm start and the probes' generator between calls."""
+    warm = state.v.get(name) if state is not None else None
+    sp = _spectrum(kernel, geom, warm)
+    if state is not None and sp.basis is None:
+        state.v[name] = sp.v.reshape(geom.in_shape).detach()
+    u_img, v_img = sp.u.reshape(1, *geom.out_shape), sp.v.reshape(1, *geom.in_shape)
+    D = weight_gradient(u_img, v_img, geom)[0]  # out x (in*kh*kw)
+    g = torch.einsum("bto,btk->bok", delta, xin)  # the per-sample kernel gradients
+    directions = [g - G, drift.unsqueeze(0)]
+    probes = 0
+    if noise and sp.basis is None:  # Hutchinson: Rademacher kernels
+        if state is not None and state.generator is None:
+            state.generator = torch.Generator(kernel.device).manual_seed(0)
+        gen = state.generator if state is not None else torch.Generator(kernel.device).manual_seed(0)
+        signs = torch.randint(0, 2, (NOISE_PROBES, *G.shape), generator=gen, device=kernel.device)
+        directions.append((2 * signs - 1).to(G.dtype))
+        probes = NOISE_PROBES
+    E = torch.cat(directions)  # (B, out, in*kh*kw)
+    patches_v = _unfold(v_img, geom)[0]  # (in*kh*kw, positions)
+    e1 = (E @ patches_v).flatten(1)  # E v: conv(v; e)
+    hw = geom.in_shape[1:]
+    e2 = F.fold(E.mT @ sp.u.reshape(geom.out_shape[0], -1), hw, geom.kernel, geom.dilation, geom.padding, geom.stride)
+    q = _quad(sp, e1, e2.flatten(1))  # E^T u: the transposed convolution of u, as fold of the patches
+    b = g.shape[0]
+    if not noise:
+        noise_q = torch.zeros_like(sp.sigma)
+    elif probes:
+        noise_q = q[b + 1 :].mean()
+    else:
+        noise_q = _noise_trace_exact(sp)
+    return OperatorParts(
+        sigma=sp.sigma,
+        proj=(g * D).sum(dim=(1, 2)),
+        q=q[:b],
+        drift_proj=(drift * D).sum(),
+        drift_q=q[b],
+        grad_sq=D.square().sum(),
+        noise_q=noise_q,
+    )
