@@ -16,6 +16,7 @@ from torch.autograd.functional import hessian, jacobian
 
 from lipbench.torch import sde_conv
 from lipbench.torch.conv_operator import ConvGeometry, conv_geometries, dense
+from lipbench.torch.models import ConvNet
 from lipbench.torch.sde import measure_sde_terms
 from lipbench.torch.sde_conv import OperatorState, operator_parts
 
@@ -233,3 +234,18 @@ def test_operators_on_a_linear_layer_is_a_clear_error() -> None:
     geom = conv_geometries(model, (2, 6, 6))["features.0"]
     with pytest.raises(ValueError, match=r"operators\['head.weight'\]: only the weight of a Conv2d"):
         measure_sde_terms(model, NAMES, x, y, F.cross_entropy, 0.05, operators={"head.weight": geom})
+
+
+def test_float32_terms_of_the_quick_convnet_match_float64(mode) -> None:
+    # The probe runs in the weights' float32. The quick ConvNet's first layer at 1x8x8 has a nearly degenerate
+    # top pair (sigma_2 / sigma_1 ~ 0.99997 at init), where float32 conjugate gradients were 2x off.
+    torch.manual_seed(10)
+    model = ConvNet((1, 8, 8), 10)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    geoms = conv_geometries(model, (1, 8, 8))
+    got = measure_sde_terms(model, names, x, y, F.cross_entropy, 0.05, operators=geoms)
+    want = measure_sde_terms(model.double(), names, x.double(), y, F.cross_entropy, 0.05, operators=geoms)
+    for t, ref in zip(got.layers, want.layers, strict=True):
+        for key in ("sigma", "mu", "beta2", "eps"):
+            assert _rel(getattr(t, key).double(), getattr(ref, key)) < 1e-4, key

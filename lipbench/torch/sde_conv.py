@@ -153,20 +153,30 @@ def _quad(sp: _Spectrum, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
     return (e1.square().sum(dim=1) - (e1 @ sp.u).square() + inv) / sp.sigma
 
 
-def _noise_trace_exact(sp: _Spectrum, chunk: int = 64) -> torch.Tensor:
-    """sum_a Q(conv(.; e_a)) over the kernel basis, from the full eigendecomposition (module docstring)."""
+def _noise_trace_exact(sp: _Spectrum, chunk: int = 128) -> torch.Tensor:
+    """sum_a Q(conv(.; e_a)) over the kernel basis, from the full eigendecomposition (module docstring).
+
+    With U = u (out x P), Pv = v's patches (K x P), Pj = v_j's patches and Aj = A v_j (out x P), the weight
+    gradients' inner products are P x P contractions: |sigma D(u, v_j) + D(A v_j, v)|^2 =
+    sigma^2 <U^T U, Pj^T Pj> + 2 sigma <U^T Aj, Pj^T Pv> + <Aj^T Aj, Pv^T Pv>.
+    """
     geom, out = sp.geom, sp.kernel.shape[0]
-    u_img, v_img = sp.u.reshape(1, *geom.out_shape), sp.v.reshape(1, *geom.in_shape)
-    ev = out * _unfold(v_img, geom).square().sum()  # sum_a |A_a v|^2
-    uev = weight_gradient(u_img, v_img, geom).square().sum()  # sum_a (u^T A_a v)^2 = |D|^2
+    U = sp.u.reshape(out, -1)  # out x P
+    Pv = _unfold(sp.v.reshape(1, *geom.in_shape), geom)[0]  # K x P
+    uu, vv = U.mT @ U, Pv.mT @ Pv
+    ev = out * vv.trace()  # sum_a |A_a v|^2
+    uev = (uu * vv).sum()  # sum_a (u^T A_a v)^2 = |D|^2
     inv = torch.zeros((), dtype=sp.sigma.dtype, device=sp.sigma.device)
     for cols in torch.arange(1, geom.in_numel, device=sp.v.device).split(chunk):
         vj = sp.basis[:, cols].mT  # (J, n)
-        avj = vj @ sp.matrix.mT  # (J, m)
-        rj = sp.sigma * weight_gradient(
-            u_img.expand(len(cols), -1, -1, -1), vj.reshape(-1, *geom.in_shape), geom
-        ) + weight_gradient(avj.reshape(-1, *geom.out_shape), v_img.expand(len(cols), -1, -1, -1), geom)
-        inv = inv + (rj.square().sum(dim=(1, 2)) / (sp.lam[0] - sp.lam[cols])).sum()
+        Pj = _unfold(vj.reshape(-1, *geom.in_shape), geom)  # (J, K, P)
+        Aj = (vj @ sp.matrix.mT).reshape(len(cols), out, -1)  # (J, out, P)
+        sq = (
+            sp.sigma.square() * (uu * (Pj.mT @ Pj)).sum(dim=(1, 2))
+            + 2 * sp.sigma * ((U.mT @ Aj) * (Pj.mT @ Pv)).sum(dim=(1, 2))
+            + ((Aj.mT @ Aj) * vv).sum(dim=(1, 2))
+        )
+        inv = inv + (sq / (sp.lam[0] - sp.lam[cols])).sum()
     return (ev - uev + inv) / sp.sigma
 
 
@@ -184,42 +194,53 @@ def operator_parts(
 ) -> OperatorParts:
     """The parts of one conv layer's terms: kernel (out, in, kh, kw); G and drift (out, in*kh*kw); the factors
     delta (b, t, out) and xin (b, t, in*kh*kw) of g_i = sum_t delta_it xin_it^T. `noise`: compute the noise
-    trace. `state` (by `name`) carries the warm start and the probes' generator between calls."""
+    trace. `state` (by `name`) carries the warm start and the probes' generator between calls.
+
+    The matvec path works in float64 whatever the layer's dtype (results in the kernel's dtype): its iterations
+    lose what float32 cannot resolve of a nearly degenerate top pair (the quick ConvNet's first layer at 1x8x8 has
+    sigma_2 / sigma_1 = 0.99997 at init: its eps came out 2x off in float32 conjugate gradients, 1e-15 in float64).
+    """
+    dtype = kernel.dtype
+    if geom.in_numel > DENSE_MAX:
+        kernel, G, delta, xin, drift = (t.to(torch.float64) for t in (kernel, G, delta, xin, drift))
     warm = state.v.get(name) if state is not None else None
     sp = _spectrum(kernel, geom, warm)
     if state is not None and sp.basis is None:
         state.v[name] = sp.v.reshape(geom.in_shape).detach()
-    u_img, v_img = sp.u.reshape(1, *geom.out_shape), sp.v.reshape(1, *geom.in_shape)
-    D = weight_gradient(u_img, v_img, geom)[0]  # out x (in*kh*kw)
-    g = torch.einsum("bto,btk->bok", delta, xin)  # the per-sample kernel gradients
-    directions = [g - G, drift.unsqueeze(0)]
-    probes = 0
+    U = sp.u.reshape(geom.out_shape[0], -1)  # out x P
+    Pv = _unfold(sp.v.reshape(1, *geom.in_shape), geom)[0]  # K x P: v's patches
+    D = U @ Pv.mT  # out x K: the kernel gradient of sigma
+    # The per-sample kernels g_i = sum_t delta_it xin_it^T are never formed: conv(v; g_i) = g_i Pv and the
+    # patches of conv^T(u; g_i) = g_i^T U come from the factors (b x out x K would dominate the cost).
+    b = delta.shape[0]
+    gv = delta.mT @ (xin @ Pv)  # (b, out, P)
+    gu = xin.mT @ (delta @ U)  # (b, K, P)
+    kernels = [drift.unsqueeze(0)]
     if noise and sp.basis is None:  # Hutchinson: Rademacher kernels
         if state is not None and state.generator is None:
             state.generator = torch.Generator(kernel.device).manual_seed(0)
         gen = state.generator if state is not None else torch.Generator(kernel.device).manual_seed(0)
         signs = torch.randint(0, 2, (NOISE_PROBES, *G.shape), generator=gen, device=kernel.device)
-        directions.append((2 * signs - 1).to(G.dtype))
-        probes = NOISE_PROBES
-    E = torch.cat(directions)  # (B, out, in*kh*kw)
-    patches_v = _unfold(v_img, geom)[0]  # (in*kh*kw, positions)
-    e1 = (E @ patches_v).flatten(1)  # E v: conv(v; e)
-    hw = geom.in_shape[1:]
-    e2 = F.fold(E.mT @ sp.u.reshape(geom.out_shape[0], -1), hw, geom.kernel, geom.dilation, geom.padding, geom.stride)
-    q = _quad(sp, e1, e2.flatten(1))  # E^T u: the transposed convolution of u, as fold of the patches
-    b = g.shape[0]
+        kernels.append((2 * signs - 1).to(G.dtype))
+    E = torch.cat(kernels)  # (1 + probes, out, K)
+    e1 = torch.cat([gv - G @ Pv, E @ Pv]).flatten(1)  # E v = conv(v; e)
+    e2 = F.fold(  # E^T u: the transposed convolution of u, as the fold of its patches
+        torch.cat([gu - G.mT @ U, E.mT @ U]), geom.in_shape[1:], geom.kernel, geom.dilation, geom.padding, geom.stride
+    )
+    q = _quad(sp, e1, e2.flatten(1))
     if not noise:
         noise_q = torch.zeros_like(sp.sigma)
-    elif probes:
+    elif sp.basis is None:
         noise_q = q[b + 1 :].mean()
     else:
         noise_q = _noise_trace_exact(sp)
-    return OperatorParts(
-        sigma=sp.sigma,
-        proj=(g * D).sum(dim=(1, 2)),
-        q=q[:b],
-        drift_proj=(drift * D).sum(),
-        drift_q=q[b],
-        grad_sq=D.square().sum(),
-        noise_q=noise_q,
-    )
+    parts = {
+        "sigma": sp.sigma,
+        "proj": (gv * U).sum(dim=(1, 2)),  # <g_i, D> = <g_i Pv, U> = <delta_i, conv(x_i; D)>
+        "q": q[:b],
+        "drift_proj": (drift * D).sum(),
+        "drift_q": q[b],
+        "grad_sq": D.square().sum(),
+        "noise_q": noise_q,
+    }
+    return OperatorParts(**{key: value.to(dtype) for key, value in parts.items()})
