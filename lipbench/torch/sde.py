@@ -23,6 +23,18 @@ The terms describe the update SGD really applies, W <- W - lr (scale * g_hat + n
 `gradient_scale`, `gradient_noise_var` (i.i.d. noise per entry) and `weight_decay` enter mu, beta2,
 eps and disc in closed form; `population` applies the without-replacement factor (N - b)/(N - 1)
 to the sampling noise.
+
+A Conv2d listed in `operators` is measured as the linear map on images of its real input size (its padding,
+stride and dilation; lipbench.torch.conv_operator), not as its reshaped kernel: sigma, u (output image) and
+v (input image) are that operator's, d sigma/dW = D is the kernel gradient of <u, conv(v; W)>, and Q is the
+second derivative of the operator's sigma_max along conv(.; e). For any layer the terms are the same functions
+of d sigma/dW and Q (see `_terms`):
+
+    mu    = -lr <D, drift>        beta2 = lr^2 (a^2 f / b) Var_i <g_i, D> + lr^2 v |D|^2
+    eps   = lr^2 / 2 ((a^2 f / b) mean_i Q(g_i - G) + v E[Q(z)])   (z: i.i.d. unit noise per kernel entry)
+
+with D = u1 v1^T (|D| = 1) for a matrix. How Q is solved for the operator (an exact eigendecomposition of
+A^T A for small inputs, Lanczos and conjugate gradients on convolutions above) is in lipbench.torch.sde_conv.
 """
 
 from __future__ import annotations
