@@ -27,6 +27,7 @@ GEOMETRIES = [  # (in, out, stride, map): the ConvNet's 3x3 kernels with padding
     (2, 3, 2, 7),
     (3, 2, 2, 6),
     (1, 3, 1, 8),
+    (4, 6, 2, 4),  # few positions, many channels (the ConvNet's last layer): the noise trace's P x P contraction
 ]
 
 

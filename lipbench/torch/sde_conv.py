@@ -41,6 +41,7 @@ DENSE_MAX = 1024  # input sizes up to this are eigendecomposed exactly (an n x n
 NOISE_PROBES = 8  # Hutchinson probes of the noise-curvature trace, above DENSE_MAX
 CG_CHECK_EVERY = 8  # the conjugate-gradient loop syncs with the host once per this many steps
 CG_MAX_ITER = 400
+KRYLOV, LANCZOS_MAX_ITER = 64, 1024  # the matvec path's Lanczos: vectors per cycle, steps in all
 
 
 @dataclass
@@ -95,8 +96,10 @@ class _Spectrum:
 
 def _spectrum(kernel: torch.Tensor, geom: ConvGeometry, warm: torch.Tensor | None) -> _Spectrum:
     if geom.in_numel > DENSE_MAX:
-        tol = max(1e-13, 100 * torch.finfo(kernel.dtype).eps)  # mu is first order in v's error
-        sigma, u, v = top_singular_pair(kernel, geom, warm, tol=tol)
+        # mu is first order in v's error, which is the residual over the spectral gap: a tight tolerance, and
+        # 64 Krylov vectors per cycle (16 stall on the 28x28 ConvNet's nearly degenerate first two layers).
+        tol = max(1e-12, 100 * torch.finfo(kernel.dtype).eps)
+        sigma, u, v = top_singular_pair(kernel, geom, warm, tol=tol, max_iter=LANCZOS_MAX_ITER, krylov=KRYLOV)
         return _Spectrum(kernel, geom, sigma, u.flatten(), v.flatten())
     A = dense(kernel, geom)
     gram = A.mT @ A
@@ -156,26 +159,31 @@ def _quad(sp: _Spectrum, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
 def _noise_trace_exact(sp: _Spectrum, chunk: int = 128) -> torch.Tensor:
     """sum_a Q(conv(.; e_a)) over the kernel basis, from the full eigendecomposition (module docstring).
 
-    With U = u (out x P), Pv = v's patches (K x P), Pj = v_j's patches and Aj = A v_j (out x P), the weight
-    gradients' inner products are P x P contractions: |sigma D(u, v_j) + D(A v_j, v)|^2 =
+    With U = u (out x P), Pv = v's patches (K x P), Pj = v_j's patches and Aj = A v_j (out x P), the j-th term
+    needs |sigma U Pj^T + Aj Pv^T|^2 (an out x K kernel), or the same as P x P contractions when P is small:
     sigma^2 <U^T U, Pj^T Pj> + 2 sigma <U^T Aj, Pj^T Pv> + <Aj^T Aj, Pv^T Pv>.
     """
     geom, out = sp.geom, sp.kernel.shape[0]
     U = sp.u.reshape(out, -1)  # out x P
     Pv = _unfold(sp.v.reshape(1, *geom.in_shape), geom)[0]  # K x P
+    positions, kernel_size = U.shape[1], Pv.shape[0]
     uu, vv = U.mT @ U, Pv.mT @ Pv
     ev = out * vv.trace()  # sum_a |A_a v|^2
     uev = (uu * vv).sum()  # sum_a (u^T A_a v)^2 = |D|^2
+    by_positions = positions * (out + kernel_size) < out * kernel_size  # the cheaper contraction
     inv = torch.zeros((), dtype=sp.sigma.dtype, device=sp.sigma.device)
     for cols in torch.arange(1, geom.in_numel, device=sp.v.device).split(chunk):
         vj = sp.basis[:, cols].mT  # (J, n)
         Pj = _unfold(vj.reshape(-1, *geom.in_shape), geom)  # (J, K, P)
         Aj = (vj @ sp.matrix.mT).reshape(len(cols), out, -1)  # (J, out, P)
-        sq = (
-            sp.sigma.square() * (uu * (Pj.mT @ Pj)).sum(dim=(1, 2))
-            + 2 * sp.sigma * ((U.mT @ Aj) * (Pj.mT @ Pv)).sum(dim=(1, 2))
-            + ((Aj.mT @ Aj) * vv).sum(dim=(1, 2))
-        )
+        if by_positions:
+            sq = (
+                sp.sigma.square() * (uu * (Pj.mT @ Pj)).sum(dim=(1, 2))
+                + 2 * sp.sigma * ((U.mT @ Aj) * (Pj.mT @ Pv)).sum(dim=(1, 2))
+                + ((Aj.mT @ Aj) * vv).sum(dim=(1, 2))
+            )
+        else:
+            sq = (sp.sigma * (U @ Pj.mT) + Aj @ Pv.mT).square().sum(dim=(1, 2))
         inv = inv + (sq / (sp.lam[0] - sp.lam[cols])).sum()
     return (ev - uev + inv) / sp.sigma
 
