@@ -250,3 +250,33 @@ def test_float32_terms_of_the_quick_convnet_match_float64(mode) -> None:
     for t, ref in zip(got.layers, want.layers, strict=True):
         for key in ("sigma", "mu", "beta2", "eps"):
             assert _rel(getattr(t, key).double(), getattr(ref, key)) < 1e-4, key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(mode) -> None:
+    torch.manual_seed(11)
+    model = _TinyConvNet().to(DT)
+    x, y = torch.randn(8, 2, 6, 6, dtype=DT), torch.randint(0, 3, (8,))
+    geoms = conv_geometries(model, (2, 6, 6))
+    kw = {"gradient_noise_var": 1e-3 if mode == "eigh" else 0.0, "operators": geoms}
+    cpu = measure_sde_terms(model, NAMES, x, y, F.cross_entropy, 0.05, **kw).as_dict()
+    state = OperatorState()
+    gpu = measure_sde_terms(
+        model.cuda(), NAMES, x.cuda(), y.cuda(), F.cross_entropy, 0.05, operator_state=state, **kw
+    ).as_dict()
+    for k, v in cpu.items():
+        assert gpu[k].device.type == "cuda"
+        torch.testing.assert_close(gpu[k].cpu(), v, rtol=1e-8, atol=1e-14)
+    if mode == "cg":  # Hutchinson's probes come from a generator on the device
+        noisy = measure_sde_terms(
+            model,
+            NAMES,
+            x.cuda(),
+            y.cuda(),
+            F.cross_entropy,
+            0.05,
+            operators=geoms,
+            operator_state=state,
+            gradient_noise_var=1e-3,
+        )
+        assert torch.isfinite(noisy.eps) and state.generator.device.type == "cuda"

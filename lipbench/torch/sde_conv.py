@@ -41,6 +41,7 @@ DENSE_MAX = 1024  # input sizes up to this are eigendecomposed exactly (an n x n
 NOISE_PROBES = 8  # Hutchinson probes of the noise-curvature trace, above DENSE_MAX
 CG_CHECK_EVERY = 8  # the conjugate-gradient loop syncs with the host once per this many steps
 CG_MAX_ITER = 400
+CG_TOL = 1e-7  # relative residual; r^T y is then exact to about CG_TOL^2 * lam1 / (lam1 - lam2)
 KRYLOV, LANCZOS_MAX_ITER = 64, 1024  # the matvec path's Lanczos: vectors per cycle, steps in all
 
 
@@ -118,7 +119,7 @@ def _solve(sp: _Spectrum, r: torch.Tensor) -> torch.Tensor:
     lam1 I - A^T A is positive semi-definite there; its condition number is lam1 / (lam1 - lam2).
     """
     lam1, v = sp.sigma.square(), sp.v
-    tol = max(1e-12, 10 * torch.finfo(r.dtype).eps)
+    tol = CG_TOL
 
     def op(p: torch.Tensor) -> torch.Tensor:
         y = lam1 * p - sp.gram(p)
