@@ -19,7 +19,8 @@ Two ways to apply the pseudo-inverse, chosen by the input size n = C*H*W:
 - n <= DENSE_MAX (the quick ConvNet at 1x8x8: n = 64, 512, 256): A is unrolled (`dense`) and A^T A (n x n)
   eigendecomposed; sigma, u, v and the sum over eigenpairs are exact. The noise-curvature trace
   sum_a Q(conv(.; e_a)) over the kernel basis is exact too: for j >= 2,
-  sum_a (v_j . r_a)^2 = |sigma D(u, v_j) + D(A v_j, v)|^2 (D(a, b) the weight gradient of output a, input b).
+  sum_a (v_j . r_a)^2 = |sigma D(u, v_j) + D(A v_j, v)|^2, with D(a, b) = d<a, conv(b; W)>/dW the weight
+  gradient of output a and input b.
 - larger n: sigma, u, v by `top_singular_pair` (Lanczos, warm-started from `OperatorState.v`), the solve by
   conjugate gradients on v-perp batched over all right-hand sides (each step one convolution and one transposed
   convolution of the batch), and the noise trace by Hutchinson's estimator, the mean of Q(conv(.; z)) over
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 
 from lipbench.torch.conv_operator import ConvGeometry, adjoint, apply, dense, top_singular_pair
 
-__all__ = ["DENSE_MAX", "NOISE_PROBES", "OperatorParts", "OperatorState", "operator_parts", "weight_gradient"]
+__all__ = ["DENSE_MAX", "NOISE_PROBES", "OperatorParts", "OperatorState", "operator_parts"]
 
 DENSE_MAX = 1024  # input sizes up to this are eigendecomposed exactly (an n x n eigh: about 30 ms at 512)
 NOISE_PROBES = 8  # Hutchinson probes of the noise-curvature trace, above DENSE_MAX
@@ -78,11 +79,6 @@ class OperatorParts:
 def _unfold(images: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
     """(B, C, H, W) -> (B, in*kh*kw, positions): the patches each output position sees, in the kernel's order."""
     return F.unfold(images, geom.kernel, geom.dilation, geom.padding, geom.stride)
-
-
-def weight_gradient(out_images: torch.Tensor, in_images: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
-    """D(a, b) = d<a, conv(b; W)>/dW for batches a (B, out, H', W'), b (B, C, H, W) -> (B, out, in*kh*kw)."""
-    return torch.einsum("bop,bkp->bok", out_images.flatten(2), _unfold(in_images, geom))
 
 
 @dataclass(frozen=True)
