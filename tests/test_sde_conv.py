@@ -213,7 +213,7 @@ def test_batch_statistics_contributions_on_the_operators() -> None:
         assert torch.isfinite(torch.stack([t.beta2, t.eps, t.disc])).all() and t.eps > 0
 
 
-def test_warm_start_state_and_a_diverged_kernel(monkeypatch) -> None:
+def test_warm_start_state(monkeypatch) -> None:
     monkeypatch.setattr(sde_conv, "DENSE_MAX", 0)
     torch.manual_seed(9)
     model = _TinyConvNet().to(DT)
@@ -223,10 +223,19 @@ def test_warm_start_state_and_a_diverged_kernel(monkeypatch) -> None:
     assert set(state.v) == {"features.0.weight", "features.2.weight"}
     again = measure_sde_terms(model, NAMES, x, y, F.cross_entropy, 0.05, operators=geoms, operator_state=state)
     assert _rel(again.mu, first.mu) < 1e-10 and _rel(again.eps, first.eps) < 1e-8
+
+
+def test_a_diverged_kernel_gives_nan_without_raising(mode) -> None:
+    torch.manual_seed(9)
+    model = _TinyConvNet().to(DT)
+    x, y = torch.randn(8, 2, 6, 6, dtype=DT), torch.randint(0, 3, (8,))
     with torch.no_grad():
         model.features[2].weight[0, 0, 0, 0] = torch.nan
-    broken = measure_sde_terms(model, NAMES, x, y, F.cross_entropy, 0.05, operators=geoms)  # does not raise
-    assert broken.layers[1].sigma.isnan()
+    geoms = conv_geometries(model, (2, 6, 6))
+    broken = measure_sde_terms(
+        model, NAMES, x, y, F.cross_entropy, 0.05, operators=geoms, gradient_noise_var=1e-3
+    )  # does not raise
+    assert broken.layers[1].sigma.isnan() and broken.eps.isnan()
 
 
 def test_operators_on_a_linear_layer_is_a_clear_error() -> None:
