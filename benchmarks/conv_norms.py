@@ -43,7 +43,7 @@ def brackets(model: torch.nn.Module, shape: tuple[int, int, int], when: str) -> 
     modules = dict(model.named_modules())
     for i, (name, geom) in enumerate(geoms.items()):
         W = modules[name].weight.detach()
-        sigma = top_singular_pair(W, geom)[0].item()
+        sigma = top_singular_pair(W.double(), geom)[0].item()
         exact = "-"
         if geom.in_numel * geom.out_numel <= DENSE_LIMIT:
             exact = f"{torch.linalg.matrix_norm(dense(W.double(), geom), 2).item():.6f}"

@@ -16,12 +16,13 @@ import torch
 
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec
+from lipbench.torch.conv_operator import conv_geometries
 from lipbench.torch.data import Dataset
 from lipbench.torch.models import lipschitz_layers
 from lipbench.torch.optim import build as build_optimizer
 from lipbench.torch.regularisers import BatchTransform
 from lipbench.torch.run_context import train_with_run_function
-from lipbench.torch.sde import measure_sde_terms
+from lipbench.torch.sde import OperatorState, measure_sde_terms
 from lipbench.torch.tracking import run_tracker
 from lipbench.torch.training import (
     MONITOR_SIZE,
@@ -76,6 +77,9 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
             gradient_scale=sc.gradient.scale,
             gradient_noise_var=sc.gradient.noise_std**2 if sc.gradient.noise != "none" else 0.0,
             population=x_train.shape[0] if sc.sampling == "without_replacement" else None,
+            # conv layers as operators on images, as the tracker measures them (`bound` refuses sde)
+            operators=conv_geometries(model, data.input_shape) if sc.lipschitz.conv == "operator" else None,
+            operator_state=OperatorState(),
         )
     recorder = Recorder(sc, model, members=1, device=device)
     tracker = run_tracker(sc, model, data.input_shape, len(recorder.marks), device)
@@ -91,7 +95,8 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
                 logits = model(x_mon).unsqueeze(0) if recorder.monitored else None  # 1 x n x classes: M = 1
             model.train()  # the probe sees what the step sees: dropout masks, batch statistics
             given, extras = None, {}
-            if probe is not None:  # the matrix sigmas then come from the probe's own decomposition
+            if probe is not None:  # the matrix sigmas then come from the probe's own decomposition; conv
+                # operators' from the tracker, bracketed (the probe's agree with them within its tolerance)
                 measured = probe(model, x=xb, y=yb, loss_fn=transform.loss)
                 given, extras = torch.stack([t.sigma for t in measured.layers]).unsqueeze(0), measured.as_dict()
             sigmas = tracker([w.detach().unsqueeze(0) for w in weights], recorder.alive, given)
