@@ -241,3 +241,29 @@ def test_a_run_functions_recorder_records_the_operator_norm() -> None:
     recorder.record(0, model, loss=1.0)
     geom = conv_geometries(model, (1, 8, 8))["features.3"]
     assert recorder.buffer[0, 1].item() == pytest.approx(exact(model.features[3].weight.detach(), geom), rel=1e-4)
+
+
+def test_under_the_sde_probe_the_conv_terms_are_of_the_operator_the_engine_records(monkeypatch) -> None:
+    """engine.train hands the probe the conv layers' geometries under `operator`, none under `reshaped`."""
+    from lipbench.torch import engine
+
+    handed: list[object] = []
+    original = engine.measure_sde_terms
+
+    def spy(*args, **kwargs):
+        handed.append(kwargs.get("operators"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "measure_sde_terms", spy)
+    data = load_dataset("digits")
+    sde = {"record": ["sigma", "K", "sde"], "steps": 4, "record_every": 2}
+    for conv in ("operator", "reshaped"):
+        handed.clear()
+        record = train(
+            RunSpec("c", "r", scenario_from(DIGITS_CONVNET, **sde, lipschitz={"conv": conv}), None, 0, 0), data
+        )
+        assert record.ok and np.isfinite(record.metrics["sde_mu_1"]).all()
+        if conv == "operator":
+            assert handed and all(sorted(ops) == ["features.0", "features.3", "features.6"] for ops in handed)
+        else:
+            assert handed and all(ops is None for ops in handed)
