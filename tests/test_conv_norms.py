@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from torch import nn
 
+from lipbench.errors import LipbenchError
 from lipbench.suite import RunSpec
 from lipbench.torch import conv_operator, tracking
 from lipbench.torch.conv_operator import ConvGeometry, certified_bound, conv_geometries, dense, top_singular_pair
@@ -267,3 +268,19 @@ def test_under_the_sde_probe_the_conv_terms_are_of_the_operator_the_engine_recor
             assert handed and all(sorted(ops) == ["features.0", "features.3", "features.6"] for ops in handed)
         else:
             assert handed and all(ops is None for ops in handed)
+
+
+def test_a_grouped_conv_of_ones_own_model_asks_for_reshaped() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(64, 3))
+    sc = scenario_from(DIGITS_CONVNET)
+    recorder = Recorder(RunSpec("c", "r", sc, None, 0, 0), [0], torch.device("cpu"), "pkg:train", (2, 6, 6))
+    with pytest.raises(LipbenchError, match=r"pkg:train: .*groups=2.*set lipschitz\.conv: reshaped"):
+        recorder.record(0, model, loss=1.0)
+    reshaped = Recorder(
+        RunSpec("c", "r", scenario_from(DIGITS_CONVNET, lipschitz={"conv": "reshaped"}), None, 0, 0),
+        [0],
+        torch.device("cpu"),
+        "pkg:train",
+        (2, 6, 6),
+    )
+    assert reshaped.record(0, model, loss=1.0)

@@ -96,6 +96,8 @@ class Recorder:
     def _tracker(self, model: torch.nn.Module) -> SigmaTracker:
         try:
             return run_tracker(self.spec.scenario, model, self.input_shape or (), len(self.steps), self.device)
+        except LipbenchError as err:
+            raise LipbenchError(f"{self.source}: {err}") from None
         except Exception as err:  # the user's model on a batch of zeros of the dataset's shape
             raise LipbenchError(
                 f"{self.source}: the model's conv layers need their input size, found by one forward pass of two "

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lipbench.errors import LipbenchError
 from lipbench.suite import Scenario
 from lipbench.torch.conv_operator import (
     ConvGeometry,
@@ -203,5 +204,8 @@ def layer_geometries(
     or None."""
     layers = lipschitz_layers(model)
     convs = any(isinstance(m, torch.nn.Conv2d) for _, m in layers)
-    geoms = conv_geometries(model, tuple(input_shape)) if convs and conv != "reshaped" else {}
+    try:
+        geoms = conv_geometries(model, tuple(input_shape)) if convs and conv != "reshaped" else {}
+    except ValueError as err:  # a grouped or circularly padded Conv2d of the user's own model
+        raise LipbenchError(f"scenario.lipschitz.conv: {conv}: {err}; set lipschitz.conv: reshaped") from None
     return [geoms.get(name) for name, _ in layers]
