@@ -265,9 +265,11 @@ def test_under_the_sde_probe_the_conv_terms_are_of_the_operator_the_engine_recor
         )
         assert record.ok and np.isfinite(record.metrics["sde_mu_1"]).all()
         if conv == "operator":
-            assert handed and all(sorted(ops) == ["features.0", "features.3", "features.6"] for ops in handed)
+            assert handed and all(
+                sorted(ops) == ["features.0.weight", "features.3.weight", "features.6.weight"] for ops in handed
+            )
         else:
-            assert handed and all(ops is None for ops in handed)
+            assert handed and not any(handed)  # no layer as an operator
 
 
 def test_a_grouped_conv_of_ones_own_model_asks_for_reshaped() -> None:

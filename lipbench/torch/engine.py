@@ -16,7 +16,6 @@ import torch
 
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec
-from lipbench.torch.conv_operator import conv_geometries
 from lipbench.torch.data import Dataset
 from lipbench.torch.models import lipschitz_layers
 from lipbench.torch.optim import build as build_optimizer
@@ -66,11 +65,14 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     noise = GradientNoise([spec], [p.shape for p in model.parameters()], device)
     # Regularisers (mixup, label smoothing, auto-augment, FGSM): the batch and loss the step trains on.
     transform = BatchTransform(sc.regularisers, x_train, data.num_classes, device, run_seed(spec, Stream.REGULARISERS))
+    recorder = Recorder(sc, model, members=1, device=device)
+    tracker = run_tracker(sc, model, data.input_shape, len(recorder.marks), device)  # conv: the operator's norm
+    names = [f"{name}.weight" for name, _ in lipschitz_layers(model)]
     probe = None
     if "sde" in sc.record:  # the terms of the update the step applies (lipbench.torch.sde)
         probe = functools.partial(
             measure_sde_terms,
-            layer_names=[f"{name}.weight" for name, _ in lipschitz_layers(model)],
+            layer_names=names,
             lr=sc.optimizer.lr,
             batch_stats="contributions" if sc.model.batch_norm else "error",
             weight_decay=sc.optimizer.weight_decay,
@@ -78,12 +80,9 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
             gradient_noise_var=sc.gradient.noise_std**2 if sc.gradient.noise != "none" else 0.0,
             population=x_train.shape[0] if sc.sampling == "without_replacement" else None,
             # conv layers as operators on images, as the tracker measures them (`bound` refuses sde)
-            operators=conv_geometries(model, data.input_shape) if sc.lipschitz.conv == "operator" else None,
+            operators={n: g for n, g in zip(names, tracker.geometries, strict=True) if g is not None},
             operator_state=OperatorState(),
         )
-    recorder = Recorder(sc, model, members=1, device=device)
-    tracker = run_tracker(sc, model, data.input_shape, len(recorder.marks), device)
-    weights = [layer.weight for layer in layers]
 
     for step in range(sc.steps + 1):
         idx = sampler()[0]
@@ -99,7 +98,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
                 # operators' from the tracker, bracketed (the probe's agree with them within its tolerance)
                 measured = probe(model, x=xb, y=yb, loss_fn=transform.loss)
                 given, extras = torch.stack([t.sigma for t in measured.layers]).unsqueeze(0), measured.as_dict()
-            sigmas = tracker([w.detach().unsqueeze(0) for w in weights], recorder.alive, given)
+            sigmas = tracker([layer.weight.detach().unsqueeze(0) for layer in layers], recorder.alive, given)
             alive = recorder.write(sigmas, logits, y_mon.unsqueeze(0), extras)
             if not bool(alive[0]):  # host sync, once per record
                 break

@@ -5,10 +5,9 @@ sigma_l of every Linear and Conv2d layer of the model (lipbench.torch.tracking, 
 measures it: a conv layer as the operator on the dataset's input size, per `scenario.lipschitz.conv`),
 the loss the loop passes, and any other metric passed by keyword, in one device tensor; K and log K
 follow from the sigmas. Calls at other steps return False and cost nothing, so a loop may call it
-every step. The values cross to the host
-once, when the run ends; the only per-record host sync is the divergence check, as in lipbench's own
-loop: a non-finite sigma or loss raises `RunDiverged`, which ends the user's loop, and the run is
-reported diverged at that step.
+every step. The values cross to the host once, when the run ends; the only per-record host sync is
+the divergence check, as in lipbench's own loop: a non-finite sigma or loss raises `RunDiverged`,
+which ends the user's loop, and the run is reported diverged at that step.
 """
 
 from __future__ import annotations
