@@ -4,6 +4,7 @@ and what the engines record under each `scenario.lipschitz.conv`."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from lipbench.errors import LipbenchError
-from lipbench.suite import RunSpec
+from lipbench.suite import RunSpec, load_claim
 from lipbench.torch import conv_operator, tracking
 from lipbench.torch.conv_operator import ConvGeometry, certified_bound, conv_geometries, dense, top_singular_pair
 from lipbench.torch.data import load_dataset
@@ -286,3 +287,10 @@ def test_a_grouped_conv_of_ones_own_model_asks_for_reshaped() -> None:
         (2, 6, 6),
     )
     assert reshaped.record(0, model, loss=1.0)
+
+
+def test_the_default_setting_keeps_scenario_hashes_and_another_changes_them() -> None:
+    suite = Path(__file__).parent.parent / "suites" / "implications" / "unbounded_growth.yaml"
+    plain = load_claim(suite, "quick").scenario_hash()
+    assert load_claim(suite, "quick", ["scenario.lipschitz.conv=operator"]).scenario_hash() == plain
+    assert load_claim(suite, "quick", ["scenario.lipschitz.conv=reshaped"]).scenario_hash() != plain
