@@ -487,6 +487,7 @@ def open_session(claims: list[ResolvedClaim], args, device: str) -> Session:
         warn=warn,
         baselines=getattr(args, "baselines", None),
     )
+    session.env["engine"] = getattr(args, "engine", "per-run")
     session.prepare(claims)
     session.out = new_results_folder(args.out)
     return session

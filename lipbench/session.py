@@ -111,7 +111,7 @@ class Session:
     def _judge(self, outcome: ClaimOutcome, folder: Path):
         """Compare with the baseline, put the verdict on the outcome and into result.json."""
         try:
-            comparison = verdict_for(outcome, self.baselines_root(outcome.claim), self.env["device"])
+            comparison = verdict_for(outcome, self.baselines_root(outcome.claim), self.env["device"], self.env)
         except Exception as e:  # a broken comparison must never cost a result: say so, keep the status
             self.warn(f"lipbench: warning: no baseline comparison for {outcome.claim.name}: {type(e).__name__}: {e}")
             note = f"baseline comparison failed: {type(e).__name__}: {e}"
