@@ -1,4 +1,4 @@
-"""`lipbench explain`, `lipbench history` and the report's waterfall and history, on stored runs of synthetic records."""
+"""`lipbench explain`, `lipbench history`, the report's waterfall and history, on stored synthetic runs."""
 
 from __future__ import annotations
 
