@@ -22,10 +22,12 @@ Compare. Pick these parent-run metrics:
 - ``final.mean`` (mean final K, or the assertion's quantity, over all runs), ``runs``, ``seconds``;
 - ``baseline.<statistic>.z`` and ``baseline.<statistic>.change`` (the tolerance rule's z and
   its change, positive = better), e.g. ``baseline.log_ratio_extreme_values.z``;
+- ``tracked.<statistic>`` (and ``.se``), ``attribution.<statistic>.layer<l>`` (each layer's
+  contribution) and ``forces.<term>`` (the force split, summed over layers);
 
 and these tags as columns: ``lipbench.verdict`` (the final verdict), ``lipbench.status`` (the
 assertion's verdict before the baseline), ``lipbench.baseline`` (compared / not comparable /
-none), ``lipbench.comparison`` (the sentence), ``lipbench.scenario_hash``, ``lipbench.device``.
+none), ``lipbench.comparison`` (the sentence), ``lipbench.scenario_hash``, ``lipbench.device``, ``lipbench.git_commit``.
 Child runs carry step metrics ``K``, ``log_K``, ``sigma_<i>``, ``loss``, ``accuracy`` (plot them
 against step) and params ``sweep_value``, ``init_seed``, ``sampling_seed``.
 """
