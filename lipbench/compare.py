@@ -43,9 +43,11 @@ from typing import Any
 
 from rich.table import Table
 
+from lipbench import attribution
 from lipbench.baselines import changed_keys, compare_summaries
 from lipbench.errors import LipbenchError
 from lipbench.outcome import StatOutcome, Verdict, decide
+from lipbench.provenance import environment_differences
 from lipbench.results import find_results, load_result
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -150,8 +152,18 @@ def compare_rows(a: dict[tuple[str, str, str], Side], b: dict[tuple[str, str, st
             devices = [s.result.get("environment", {}).get("device") for s in (left, right)]
             if devices[0] != devices[1]:
                 row["notes"].append(f"devices differ ({devices[0]} vs {devices[1]}): compared as a new draw of seeds")
+            envs = [s.result.get("environment") or {} for s in (left, right)]
+            differences = environment_differences(*envs)
+            if differences:
+                row["notes"].append("environment differs: " + ", ".join(differences))
             changes, _, notes = compare_summaries(left.result["summary"], right.result["summary"])
             row["changes"], row["notes"] = changes, row["notes"] + notes
+            layers = attribution.compare(
+                left.result["summary"].get("attribution") or [], right.result["summary"].get("attribution") or []
+            )
+            moved = next((c.name for c in changes if c.outcome in (StatOutcome.REGRESSED, StatOutcome.IMPROVED)), None)
+            if moved and attribution.clause(layers, moved):
+                row["notes"].append(attribution.clause(layers, moved))
             row["judgement"] = JUDGEMENT[decide(changes)]
         rows.append(row)
     return rows

@@ -103,3 +103,16 @@ def test_mlflow_parent_run_carries_attribution_and_history_reads_it(tmp_path: Pa
 
     (runs,) = series(from_mlflow(uri, {claim.collection})).values()
     assert len(runs) == 2 and runs[0].tracked["late_growth"].se is not None
+
+
+def test_compare_lists_environment_differences_and_the_layers(tmp_path: Path, wide_console, capsys) -> None:
+    a = stored_run(tmp_path, "a", 1, commit=COMMITS[0], date="2026-01-01T00:00:00+00:00")
+    b = stored_run(tmp_path, "b", 2, rates=(0.002, 0.0, 0.0005), commit=COMMITS[1], date="2026-01-02T00:00:00+00:00")
+    result = next(b.rglob("result.json"))
+    data = json.loads(result.read_text())
+    data["environment"]["torch"] = "9.9"
+    result.write_text(json.dumps(data))
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "environment differs" in out and "→ 9.9" in out and "code: aaaaaaaaaaaa → bbbbbbbbbbbb" in out
+    assert "% layer 1" in out
