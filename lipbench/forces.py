@@ -147,22 +147,45 @@ def compare(base: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def clause(changes: list[dict[str, Any]], alpha: float = 0.005) -> str:
-    """One clause on the forces behind a change of log K: the drift term's change, and whether the noise
-    terms moved (Welch p < ``alpha``, the tolerance rule's), e.g. "drift int mu/sigma 0.9 → 0.3 (t = -5.1);
-    noise terms unchanged"."""
+def shares(changes: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Each force's share of the change of log K (summed over layers): the drift term ("mu" or "drift"),
+    "noise" (eps and beta^2 together), "disc", and "residual" or "remainder"; None without a change."""
+    totals = {c["term"]: c["change"] for c in changes if c["layer"] is None}
+    change = totals.get("observed")
+    if not change:
+        return None
+    groups = {"noise": [t for t in NOISE_TERMS if t in totals]}
+    groups |= {t: [t] for t in ("mu", "drift", "disc", "residual", "remainder") if t in totals}
+    return {name: sum(totals[t] for t in terms) / change for name, terms in groups.items() if terms}
+
+
+def clause(changes: list[dict[str, Any]], floor: float = 0.05) -> str:
+    """One clause on the forces behind a change of log K: each force's share of it, the drift term first,
+    e.g. "by force, the change of log K (1.6 → 0.06) is 98 % drift int mu/sigma (t = -20); noise terms
+    unchanged (under 5 %)". Shares under `floor` are left out."""
+    share = shares(changes)
+    if share is None:
+        return ""
     totals = {c["term"]: c for c in changes if c["layer"] is None}
     drift = totals.get("mu") or totals.get("drift")
-    if drift is None:
-        return ""
+    observed = totals["observed"]
     t = "" if drift["t"] is None else f", t = {drift['t']:.2g}"
-    text = f"{TERM_NAMES[drift['term']]} {drift['baseline']:.3g} → {drift['current']:.3g}{t}"
-    noise = [totals[k] for k in NOISE_TERMS if k in totals]
-    if noise:
-        moved = [c for c in noise if c["p"] is not None and c["p"] < alpha]
-        text += "; noise terms " + (
-            ", ".join(f"{TERM_NAMES[c['term']]} {c['baseline']:.3g} → {c['current']:.3g}" for c in moved)
-            if moved
-            else "unchanged"
+    parts = [
+        f"{100 * share[drift['term']]:.0f} % {TERM_NAMES[drift['term']]} "
+        f"({drift['baseline']:.3g} → {drift['current']:.3g}{t})"
+    ]
+    if "noise" in share:
+        noise = share["noise"]
+        parts.append(
+            f"noise terms {100 * noise:.0f} %"
+            if abs(noise) >= floor
+            else f"noise terms unchanged (under {100 * floor:.0f} %)"
         )
-    return text
+    parts += [
+        f"{TERM_NAMES[k]} {100 * v:.0f} %"
+        for k, v in share.items()
+        if k in ("disc", "residual", "remainder") and abs(v) >= floor
+    ]
+    return f"by force, the change of log K ({observed['baseline']:.3g} → {observed['current']:.3g}) is " + ", ".join(
+        parts
+    )

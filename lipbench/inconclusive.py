@@ -12,7 +12,6 @@ these runs' units (their spread, not the default one).
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from lipbench.assertions.base import (
     RNG_SEED,
     Assertion,
     AssertionResult,
+    Decision,
     Design,
 )
 
@@ -34,44 +34,63 @@ if TYPE_CHECKING:
 FACTORS = (2, 3, 4, 6, 8)  # the seed multiples tried for the sample size the design would need
 
 
-def intervals(spec: Assertion, frame: pd.DataFrame) -> list[tuple[float, float, float, float]] | None:
-    """(low, high, band low, band high) of every interval the equivalence test needs inside its band;
+EQUIVALENCE = ("power_law", "variance_scaling", "init_scaling", "sde_agreement", "variance_prediction", "invariance")
+
+Interval = tuple[np.ndarray, np.ndarray, float, float]  # low[R], high[R], band low, band high
+
+
+def intervals_of(spec: Assertion, d: Decision) -> list[Interval] | None:
+    """Every interval (over the decision's replicates) that the equivalence test needs inside its band;
     None for a test that is not an equivalence test."""
     test = spec.test
-    if test not in (
-        "power_law",
-        "variance_scaling",
-        "init_scaling",
-        "sde_agreement",
-        "variance_prediction",
-        "invariance",
-    ):
+    if test not in EQUIVALENCE:
         return None
-    d = spec.decide(spec.extract(frame))
     if test in ("power_law", "variance_scaling"):
         band = (spec.expected_exponent - spec.margin, spec.expected_exponent + spec.margin)
-        out = [(float(d.ci_low[0]), float(d.ci_high[0]), *band)]
+        out = [(d.ci_low, d.ci_high, *band)]
         if test == "variance_scaling":
-            out.append((float(d.extras["lo_p"][0]), float(d.extras["hi_p"][0]), *band))
+            out.append((d.extras["lo_p"], d.extras["hi_p"], *band))
         return out
     if test == "init_scaling":
         band = (1 - spec.tolerance, 1 + spec.tolerance)
-        return [(float(lo), float(hi), *band) for lo, hi in zip(d.extras["low"][0], d.extras["high"][0], strict=True)]
+        low, high = np.asarray(d.extras["low"]), np.asarray(d.extras["high"])  # [R, layer]
+        return [(low[:, k], high[:, k], *band) for k in range(low.shape[1])]
     if test == "sde_agreement":
-        return [(float(d.ci_low[0]), float(d.ci_high[0]), -spec.tolerance, spec.tolerance)]
+        return [(d.ci_low, d.ci_high, -spec.tolerance, spec.tolerance)]
     if test == "variance_prediction":
-        return [(float(d.ci_low[0]), float(d.ci_high[0]), 1 / spec.factor, spec.factor)]
-    if float(d.pvalue[0]) >= spec.alpha:  # invariance: the init spread not shown above the sampling spread
-        return [(math.inf, math.inf, 0.0, spec.max_relative_spread)]  # is not a question of width: FAIL
-    return [(float(d.ci_low[0]), float(d.ci_high[0]), 0.0, spec.max_relative_spread)]
+        return [(d.ci_low, d.ci_high, 1 / spec.factor, spec.factor)]
+    # invariance: an init spread not shown above the sampling spread is not a question of width: FAIL
+    shown = np.asarray(d.pvalue) < spec.alpha
+    return [(np.where(shown, d.ci_low, np.inf), np.where(shown, d.ci_high, np.inf), 0.0, spec.max_relative_spread)]
+
+
+def straddling(found: list[Interval]) -> np.ndarray:
+    """Per replicate: no interval lies outside its band and some interval crosses an edge of it."""
+    finite = np.all([np.isfinite(low) & np.isfinite(high) for low, high, _, _ in found], axis=0)
+    outside = np.any([(high < lo) | (low > hi) for low, high, lo, hi in found], axis=0)
+    crossing = np.any(
+        [((low < lo) & (lo <= high)) | ((low <= hi) & (hi < high)) for low, high, lo, hi in found], axis=0
+    )
+    return finite & ~outside & crossing
 
 
 def straddles(found: list[tuple[float, float, float, float]]) -> bool:
-    """No interval lies outside its band and some interval crosses an edge of it."""
-    finite = all(math.isfinite(v) for row in found for v in row[:2])
-    outside = any(high < lo or low > hi for low, high, lo, hi in found)
-    crossing = any(low < lo <= high or low <= hi < high for low, high, lo, hi in found)
-    return finite and not outside and crossing
+    """`straddling` of one replicate's intervals given as numbers."""
+    arrays = [(np.array([low]), np.array([high]), lo, hi) for low, high, lo, hi in found]
+    return bool(straddling(arrays)[0])
+
+
+def inconclusive_rate(
+    spec: Assertion, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str = "normal"
+) -> float | None:
+    """The share of `reps` simulated replicates (the calibration's generative model at `params`) that are
+    INCONCLUSIVE: not passed, with an interval straddling its band; None for a test without a band."""
+    data = spec.simulate(design, params, rng, reps, family)
+    d = spec.decide(data)
+    found = intervals_of(spec, d)
+    if found is None:
+        return None
+    return float(np.mean(~np.asarray(d.passed) & straddling(found)))
 
 
 def needed_seeds(claim: ResolvedClaim, result: AssertionResult) -> str:
@@ -109,7 +128,8 @@ def undecided(claim: ResolvedClaim, frame: pd.DataFrame, result: AssertionResult
     """Why a failed equivalence test is INCONCLUSIVE rather than FAIL; None when it is a FAIL (or passed)."""
     if result.passed:
         return None
-    found = intervals(claim.claim.assertion, frame)
-    if not found or not straddles(found):
+    spec = claim.claim.assertion
+    found = intervals_of(spec, spec.decide(spec.extract(frame)))
+    if not found or not straddling(found)[0]:
         return None
     return f"the interval straddles the margin: the design cannot decide; {needed_seeds(claim, result)}"

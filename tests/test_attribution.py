@@ -105,7 +105,7 @@ def test_a_planted_one_layer_break_is_explained(tmp_path: Path) -> None:
     assert late["layers"][0]["layer"] == 1 and late["layers"][0]["t"] < 0 and late["layers"][0]["p"] < 0.005
     assert late["layers"][0]["current_se"] > 0  # the frozen layer's own contribution, with its interval
     assert sum(row["change"] for row in late["layers"]) == pytest.approx(late["change"], abs=1e-9)
-    assert "layer 1" in result.explanation and "mini-batch drift" in result.explanation
+    assert "layer 1" in result.explanation and "% mini-batch drift" in result.explanation
     assert "torch: 2.0 → 2.1" in result.environment_differences and "environment differs" in result.sentence
     back = result.to_dict()
     assert back["attribution"][0]["layers"][0]["layer"] == 1 and back["explanation"] == result.explanation
@@ -119,8 +119,10 @@ def test_a_drift_change_is_not_blamed_on_noise(tmp_path: Path) -> None:
     changes = forces.compare(base["forces"], new["forces"])
     totals = {c["term"]: c for c in changes if c["layer"] is None}
     assert totals["mu"]["p"] < 0.005 and totals["mu"]["change"] < 0
+    share = forces.shares(changes)
+    assert share["mu"] > 0.9 and abs(share["noise"]) < 0.05
     text = forces.clause(changes)
-    assert text.startswith("drift int mu/sigma") and "noise terms unchanged" in text
+    assert f"is {100 * share['mu']:.0f} % drift int mu/sigma" in text and "noise terms unchanged" in text
 
 
 def test_a_format_2_baseline_still_compares_without_attribution(tmp_path: Path) -> None:

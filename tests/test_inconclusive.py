@@ -82,3 +82,19 @@ def test_an_expected_failure_stays_xfail(tmp_path: Path) -> None:
         "quick",
     )
     assert judge(claim, synthetic_records(claim, seed=3)).status == Verdict.XFAIL
+
+
+def test_inconclusive_rate_of_a_design_by_simulation() -> None:
+    """The calibration's measure: at the band's edge half the intervals straddle it; far inside, none do."""
+    import numpy as np
+
+    from lipbench.assertions import PowerLaw
+    from lipbench.assertions.base import Design
+    from lipbench.inconclusive import inconclusive_rate
+
+    spec = PowerLaw(expected_exponent=-1.0, margin=0.5)
+    design = Design(tuple(float(b) for b in (8, 16, 32, 64, 128, 256)), 2, 10, 2)
+    scenarios = spec.scenarios(spec.default_model(design))
+    at_edge = inconclusive_rate(spec, design, scenarios["null"], np.random.default_rng(0), 400)
+    inside = inconclusive_rate(spec, design, scenarios["alternative"], np.random.default_rng(0), 400)
+    assert 0.3 < at_edge <= 1.0 and at_edge > inside
