@@ -35,7 +35,6 @@ import numpy as np
 
 from lipbench.assertions.base import (
     Assertion,
-    AssertionDataError,
     crossed_grid,
     crossed_within_variance,
     jackknife_over_sampling_seeds,
@@ -138,7 +137,7 @@ def attribute(spec: Assertion, frame: pd.DataFrame) -> list[Attribution]:
         return []
     try:
         return [a for a in rule(spec, frame, layers_of(frame)) if a is not None]
-    except (AssertionDataError, KeyError, ValueError):  # the verdict itself says what is wrong with the data
+    except Exception:  # an attribution must never cost a verdict; the verdict says what is wrong with the data
         return []
 
 
@@ -410,7 +409,7 @@ def clause(changes: list[dict[str, Any]], statistic: str | None = None, top: int
         share = "" if row["share_of_change"] is None else f"{100 * row['share_of_change']:.0f} % "
         parts.append(f"{share}layer {row['layer']} ({row['baseline']:.3g} → {row['current']:.3g}{t})")
     more = len(chosen["layers"]) - top
-    tail = f" and {more} more layers (lipbench explain)" if more > 0 else ""
+    tail = f" and {more} more layer{'s' if more > 1 else ''} (lipbench explain)" if more > 0 else ""
     return (
         f"the change of {chosen['statistic']} ({chosen['baseline']:.3g} → {chosen['current']:.3g}) is "
         + ", ".join(parts)

@@ -106,7 +106,10 @@ def _stat(values: np.ndarray) -> dict[str, float | None]:
 
 def summarise(frame: pd.DataFrame) -> dict[str, Any] | None:
     """Mean and se over runs of every term, per layer and summed over layers (the change of log K)."""
-    split = force_split(frame)
+    try:
+        split = force_split(frame)
+    except Exception:  # a force split must never cost a verdict (a sigma of 0 has no log)
+        return None
     if split is None:
         return None
     terms = SDE_TERMS if "mu" in split else DRIFT_TERMS
