@@ -164,7 +164,7 @@ def shares(changes: list[dict[str, Any]]) -> dict[str, float] | None:
 
 def clause(changes: list[dict[str, Any]], floor: float = 0.05) -> str:
     """One clause on the forces behind a change of log K: each force's share of it, the drift term first,
-    e.g. "by force, the change of log K (1.6 → 0.06) is 98 % drift int mu/sigma (t = -20); noise terms
+    e.g. "by force, the change of log K over a run (1.6 → 0.06) is 98 % drift int mu/sigma (t = -20); noise terms
     unchanged (under 5 %)". Shares under `floor` are left out."""
     share = shares(changes)
     if share is None:
@@ -189,6 +189,5 @@ def clause(changes: list[dict[str, Any]], floor: float = 0.05) -> str:
         for k, v in share.items()
         if k in ("disc", "residual", "remainder") and abs(v) >= floor
     ]
-    return f"by force, the change of log K ({observed['baseline']:.3g} → {observed['current']:.3g}) is " + ", ".join(
-        parts
-    )
+    head = f"by force, the change of log K over a run ({observed['baseline']:.3g} → {observed['current']:.3g}) is "
+    return head + ", ".join(parts)
