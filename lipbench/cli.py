@@ -2,7 +2,7 @@
 
 Exit codes of `run` (for CI): 0 when every verdict is PASS, IMPROVED, NEW, XFAIL, SKIPPED or a
 non-strict XPASS or INCONCLUSIVE; 1 on any FAIL, REGRESSED, ERROR or strict XPASS or INCONCLUSIVE;
-2 bad input; with `--bisect` (or LIPBENCH_BISECT=1) 125 instead on ERROR or bad input. The verdicts are
+2 bad input; with LIPBENCH_BISECT=1 in the environment, 125 instead on ERROR or bad input. The verdicts are
 `lipbench.outcome.Verdict` (`lipbench run --help` lists them); the baseline tolerance rule is
 documented in `lipbench.baselines`.
 """
@@ -10,7 +10,6 @@ documented in `lipbench.baselines`.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -62,8 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: bad input is exit 2, or 125 for `git bisect run`
         return BISECT_SKIP if bisecting() and e.code == 2 else (e.code or 0)
-    if getattr(args, "bisect", False):
-        os.environ[ENV_BISECT] = "1"
     try:
         return args.func(args)
     except LipbenchError as e:
@@ -107,11 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selection(run)
     training(run)
-    run.add_argument(
-        "--bisect",
-        action="store_true",
-        help=f"exit 125 on ERROR or bad input, so `git bisect run` skips the commit (or set {ENV_BISECT}=1)",
-    )
     run.set_defaults(func=cmd_run)
 
     base = sub.add_parser("baseline", help="store or show the baselines runs are judged against")
@@ -211,7 +203,7 @@ def verdict_legend() -> str:
     """The verdicts of `run`, what each means and whether it fails the run (exit 1)."""
     width = max(len(v) for v in Verdict)
     lines = [f"  {v:<{width}}  {v.meaning}{_fails_text(v)}" for v in Verdict]
-    codes = "0 no verdict fails, 1 some verdict fails, 2 bad input; with --bisect 125 on ERROR or bad input"
+    codes = f"0 no verdict fails, 1 some verdict fails, 2 bad input; with {ENV_BISECT}=1, 125 on ERROR or bad input"
     return "verdicts:\n" + "\n".join(lines) + f"\n\nexit codes: {codes}"
 
 
