@@ -116,3 +116,35 @@ def test_compare_lists_environment_differences_and_the_layers(tmp_path: Path, wi
     out = capsys.readouterr().out
     assert "environment differs" in out and "→ 9.9" in out and "code: aaaaaaaaaaaa → bbbbbbbbbbbb" in out
     assert "% layer 1" in out
+
+
+def test_code_state_records_the_commit_and_uncommitted_changes(tmp_path: Path) -> None:
+    import subprocess
+
+    from lipbench.provenance import code_state, environment_differences
+
+    assert code_state(tmp_path) == {"git_commit": None, "git_dirty": None}  # not a repository
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=tmp_path, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True)
+        return done.stdout.decode().strip()
+
+    git("init", "-q")
+    (tmp_path / "f.py").write_text("x = 1\n")
+    git("add", "f.py")
+    git("commit", "-qm", "one")
+    clean = code_state(tmp_path)
+    assert clean == {"git_commit": git("rev-parse", "HEAD"), "git_dirty": False} and len(clean["git_commit"]) == 40
+    (tmp_path / "f.py").write_text("x = 2\n")
+    assert code_state(tmp_path)["git_dirty"] is True
+    (tmp_path / "untracked.txt").write_text("")
+    base = {"torch": "2.0", "device": "cpu", "dtype": "float32", "git_commit": clean["git_commit"], "date": "x"}
+    now = {**base, "torch": "2.1", "date": "y", "git_dirty": True}
+    assert environment_differences(base, now) == [
+        "torch: 2.0 → 2.1",
+        "code: uncommitted changes in the code under test",
+    ]
+    assert environment_differences(base, {**base, "git_commit": "f" * 40}) == [
+        f"code: {clean['git_commit'][:12]} → ffffffffffff"
+    ]
