@@ -135,10 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.set_defaults(func=cmd_compare)
 
     expl = sub.add_parser("explain", help="which layers and forces a claim's judged statistics come from")
-    expl.add_argument("results", metavar="RESULTS", help="results folder (or one claim's folder in it)")
+    expl.add_argument("results", metavar="RESULTS", help="results folder (or a claim's folder, or its MLflow run id)")
     expl.add_argument(
         "--against", default=None, metavar="BASELINE|RESULTS", help="a baseline file or folder, or a results folder"
     )
+    add_to_parser(expl, "tracking-uri")
     expl.set_defaults(func=cmd_explain)
 
     hist = sub.add_parser("history", help="each claim's tracked statistics over stored runs, by date and commit")
@@ -490,7 +491,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    explain(args.results, args.against, console)
+    explain(args.results, args.against, console, args.tracking_uri)
     return 0
 
 

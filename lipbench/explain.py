@@ -65,11 +65,12 @@ def _baseline(path: Path) -> dict[str, Any]:
         raise LipbenchError(str(e)) from None
 
 
-def explain(results: str, versus: str | None, console: Console) -> int:
-    """Print the tables of every claim under `results`; returns the number of claims explained."""
-    folders = find_results(results)
-    if not folders:
-        raise LipbenchError(f"{results}: holds no result.json; name a folder written by `lipbench run --out`")
+def explain(results: str, versus: str | None, console: Console, tracking_uri: str | None = None) -> int:
+    """Print the tables of every claim under `results` (a results folder or a claim's MLflow run id);
+    returns the number of claims explained."""
+    from lipbench.compare import load_side  # MLflow loads only when a run id is read
+
+    folders = load_side(results, tracking_uri)
     for folder in folders:
         data = load_result(folder)
         summary = summary_of(folder)

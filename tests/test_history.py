@@ -79,7 +79,7 @@ def test_history_marks_the_step_and_the_report_draws_it(tmp_path: Path, wide_con
     assert main(["history", str(suite), str(tmp_path / "nothing-here")]) == 2
 
 
-def test_mlflow_parent_run_carries_attribution_and_history_reads_it(tmp_path: Path, monkeypatch) -> None:
+def test_mlflow_parent_run_carries_attribution_and_history_reads_it(tmp_path: Path, wide_console, capsys) -> None:
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
 
@@ -103,6 +103,8 @@ def test_mlflow_parent_run_carries_attribution_and_history_reads_it(tmp_path: Pa
 
     (runs,) = series(from_mlflow(uri, {claim.collection})).values()
     assert len(runs) == 2 and runs[0].tracked["late_growth"].se is not None
+    assert main(["explain", parents[0].info.run_id, "--tracking-uri", uri]) == 0  # a claim's run id, too
+    assert "late_growth" in capsys.readouterr().out
 
 
 def test_compare_lists_environment_differences_and_the_layers(tmp_path: Path, wide_console, capsys) -> None:
