@@ -38,7 +38,7 @@ def waterfall(summary: dict[str, Any], comparison: dict[str, Any] | None, title:
         sides = [("now", NOW, [(c["value"], c["se"], c["df"]) for c in layers], 0.0)]
         if base:
             old = [
-                (base[c["layer"]]["baseline"], base[c["layer"]]["baseline_se"], None)
+                (base[c["layer"]]["baseline"], base[c["layer"]]["baseline_se"], base[c["layer"]].get("baseline_df"))
                 for c in layers
                 if c["layer"] in base
             ]
