@@ -141,3 +141,15 @@ def test_records_without_layers_have_no_attribution(tmp_path: Path) -> None:
     frame = records_frame(layered_records(claim))
     frame = frame.drop(columns=[c for c in frame if c.startswith("sigma_")])
     assert attribute(claim.claim.assertion, frame) == [] and attribution.layers_of(frame) == []
+
+
+def test_an_attribution_that_breaks_never_costs_the_verdict(tmp_path: Path, monkeypatch) -> None:
+    claim = claim_of(tmp_path, "growth")
+    outcome = judge(claim, layered_records(claim))
+
+    def broken(*args):
+        raise IndexError("planted")
+
+    monkeypatch.setitem(attribution.RULES, "growth_trend", broken)
+    summary = summarise(outcome)
+    assert summary["attribution"] == [] and summary["tracked"] and summary["forces"] is None
