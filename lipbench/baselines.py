@@ -59,16 +59,28 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lipbench import attribution, forces
 from lipbench.assertions import Tracked
 from lipbench.assertions.base import at_record
 from lipbench.errors import LipbenchError
 from lipbench.outcome import ClaimOutcome, Comparison, StatChange, StatOutcome, Verdict, decide
+from lipbench.provenance import EXPLAINING, environment_differences
 from lipbench.records import jsonable, records_frame
 from lipbench.suite import PROSE_KEYS, Claim, ResolvedClaim
 
 # 3: a conv layer's sigma is by default its operator norm (scenario.lipschitz.conv), not the reshaped kernel's;
-# 2: tracked statistics with standard errors from the assertion, and its units
+#    per-layer contributions (lipbench.attribution) and force terms. 2: tracked statistics with standard errors.
 BASELINE_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # a version 2 baseline compares without attribution, where K kept its meaning
+
+
+def conv_meaning_changed(outcome: ClaimOutcome) -> bool:
+    """Whether K of this claim's runs means something else than in a format 2 baseline: before format 3 a
+    conv layer's sigma was its reshaped kernel's; now it is, unless `lipschitz.conv: reshaped`, the operator's
+    norm or its bound. The runs' summaries name their conv layers (sigma_bracket_<l>)."""
+    if outcome.claim.scenario.lipschitz.conv == "reshaped":
+        return False
+    return any(key.startswith("sigma_bracket_") for record in outcome.records for key in record.summary)
 
 ALPHA = 0.005  # two-sided significance of a change: at most 0.5% false flags per statistic when only seeds change
 MIN_CHANGE = 0.10  # practical size: a tenth of the statistic's scale (asv's default factor 1.1)
@@ -154,12 +166,15 @@ def summarise(outcome: ClaimOutcome) -> dict[str, Any]:
             }
         )
     tracked = outcome.result.tracked if outcome.result is not None else ()
+    frame = records_frame(outcome.records)
     return {
         "quantity": quantity,
         "final_mean": float(final["value"].mean()) if len(final) else None,
         "runs": len(final),
         "per_sweep": per_sweep,
         "tracked": [t.to_dict() for t in tracked],
+        "attribution": attribution.summarise(spec, frame) if outcome.result is not None else [],
+        "forces": forces.summarise(frame) if not frame.empty else None,
     }
 
 
@@ -193,9 +208,7 @@ def build_baseline(outcome: ClaimOutcome, env: dict[str, Any], summary: dict[str
             "alpha": ALPHA,
             "min_change": MIN_CHANGE,
         },
-        "environment": {
-            k: env.get(k) for k in ("lipbench", "torch", "python", "device", "git_commit", "date") if k in env
-        },
+        "environment": {k: env.get(k) for k in (*EXPLAINING, "git_commit", "git_dirty", "date") if k in env},
         "scenario": scenario_dump(claim),
     }
 
@@ -216,9 +229,9 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise BaselineError(f"{path}: cannot be read as JSON ({e})") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != BASELINE_VERSION:
+    if version not in READABLE_VERSIONS:
         raise BaselineError(
-            f"{path}: schema_version {version!r}; this lipbench reads {BASELINE_VERSION}; "
+            f"{path}: schema_version {version!r}; this lipbench reads {' and '.join(map(str, READABLE_VERSIONS))}; "
             "store it again with `lipbench baseline update`"
         )
     return data
@@ -350,12 +363,14 @@ def judge_against(
     file_scenario: dict[str, Any] | None = None,
     summary: dict[str, Any] | None = None,
     problem: str | None = None,
+    env: dict[str, Any] | None = None,
 ) -> Comparison:
     """The verdict of `outcome` against `baseline` (None: there is none; `problem`: it could not be read).
 
-    `file_hash` / `file_scenario` describe the suite file's claim without `--set` overrides.
+    `file_hash` / `file_scenario` describe the suite file's claim without `--set` overrides; `env` is this
+    run's environment (`lipbench.results.environment`), whose differences from the baseline's are listed.
     """
-    status, where = outcome.status, None if path is None else _relative(path)
+    status, where, run_env = outcome.status, None if path is None else _relative(path), env
     if status in (Verdict.ERROR, Verdict.SKIPPED) or outcome.result is None:
         return Comparison(status, status, where, None)
     summary = summary if summary is not None else summarise(outcome)
@@ -369,6 +384,12 @@ def judge_against(
         hint = f"store one with `lipbench baseline update {file} --profile {profile}`"
         return Comparison(verdict, status, where, None, notes=(f"no baseline at {where}; {hint}",), summary=summary)
 
+    if baseline.get("schema_version") == 2 and conv_meaning_changed(outcome):
+        note = (
+            "not comparable: the baseline (format 2) took a conv layer's sigma of its reshaped kernel, this run of "
+            "the convolution operator (scenario.lipschitz.conv); run `lipbench baseline update` to store it again"
+        )
+        return Comparison(status, status, where, False, notes=(note,), summary=summary)
     run_hash = outcome.claim.scenario_hash()
     env = baseline.get("environment") or {}
     stored = baseline.get("scenario_hash")
@@ -393,13 +414,42 @@ def judge_against(
         notes.append(
             f"baseline taken on {env.get('device')!r}, this run on {device!r}: compared as a new draw of seeds"
         )
-    changes, sweep_changes, more = compare_summaries(baseline.get("summary") or {}, summary)
+    base_summary = baseline.get("summary") or {}
+    changes, sweep_changes, more = compare_summaries(base_summary, summary)
     notes += more
-    verdict = Verdict.FAIL if status == Verdict.FAIL else decide(changes)
-    return Comparison(verdict, status, where, True, tuple(notes), tuple(changes), tuple(sweep_changes), summary, env)
+    verdict = decide(changes)
+    if status == Verdict.FAIL or (status == Verdict.INCONCLUSIVE and verdict != Verdict.REGRESSED):
+        verdict = status
+    layers = attribution.compare(base_summary.get("attribution") or [], summary.get("attribution") or [])
+    moved = base_summary.get("forces") and summary.get("forces")
+    terms = forces.compare(base_summary["forces"], summary["forces"]) if moved else []
+    if baseline.get("schema_version") == 2:
+        notes.append("the baseline (format 2) holds no per-layer contributions: the change is not attributed")
+    return Comparison(
+        verdict,
+        status,
+        where,
+        True,
+        tuple(notes),
+        tuple(changes),
+        tuple(sweep_changes),
+        summary,
+        env,
+        attribution=tuple(layers),
+        forces=tuple(terms),
+        environment_differences=tuple(environment_differences(env, run_env or {})),
+        explanation=explain(changes, layers, terms) if verdict in (Verdict.REGRESSED, Verdict.IMPROVED) else "",
+    )
 
 
-def verdict_for(outcome: ClaimOutcome, root: str | Path, device: str) -> Comparison:
+def explain(changes: list[StatChange], layers: list[dict[str, Any]], terms: list[dict[str, Any]]) -> str:
+    """The clause of the verdict that names where the moved statistic's change comes from."""
+    moved = next((c.name for c in changes if c.outcome in (StatOutcome.REGRESSED, StatOutcome.IMPROVED)), None)
+    parts = [attribution.clause(layers, moved), forces.clause(terms)]
+    return "; ".join(p for p in parts if p)
+
+
+def verdict_for(outcome: ClaimOutcome, root: str | Path, device: str, env: dict[str, Any] | None = None) -> Comparison:
     """Find the claim's baseline under `root` and judge against it (what Session.finish_claim calls)."""
     claim = outcome.claim
     path = baseline_path(root, claim.collection, claim.name, claim.profile)
@@ -417,4 +467,5 @@ def verdict_for(outcome: ClaimOutcome, root: str | Path, device: str) -> Compari
         file_hash=claim.file_hash,
         file_scenario=scenario_dump(claim.file_claim) if claim.file_claim else None,
         problem=problem,
+        env=env,
     )

@@ -1,7 +1,8 @@
-"""`lipbench run | list | show | validate | baseline | compare | report`: a thin face over the library.
+"""`lipbench run | list | show | validate | baseline | compare | explain | history | report`: the CLI.
 
 Exit codes of `run` (for CI): 0 when every verdict is PASS, IMPROVED, NEW, XFAIL, SKIPPED or a
-non-strict XPASS; 1 on any FAIL, REGRESSED, ERROR or strict XPASS; 2 bad input. The verdicts are
+non-strict XPASS or INCONCLUSIVE; 1 on any FAIL, REGRESSED, ERROR or strict XPASS or INCONCLUSIVE;
+2 bad input; with LIPBENCH_BISECT=1 in the environment, 125 instead on ERROR or bad input. The verdicts are
 `lipbench.outcome.Verdict` (`lipbench run --help` lists them); the baseline tolerance rule is
 documented in `lipbench.baselines`.
 """
@@ -36,11 +37,14 @@ from lipbench.compare import compare_rows, load_side, print_compare, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
 from lipbench.executors import Interrupted, check_executor
+from lipbench.explain import explain
 from lipbench.folders import new_results_folder
+from lipbench.history import from_mlflow, from_results, print_history, series
 from lipbench.options import add_to_parser, default_profile
 from lipbench.outcome import StatOutcome, Verdict, exit_code
 from lipbench.progress import progress_for
-from lipbench.report import write_report
+from lipbench.provenance import BISECT_SKIP, ENV_BISECT, bisecting
+from lipbench.report import write_history_page, write_report
 from lipbench.results import environment, load_outcome, load_result
 from lipbench.runner import run_claims
 from lipbench.session import Session
@@ -53,12 +57,15 @@ errors = Console(stderr=True, highlight=False)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: bad input is exit 2, or 125 for `git bisect run`
+        return BISECT_SKIP if bisecting() and e.code == 2 else (e.code or 0)
     try:
         return args.func(args)
     except LipbenchError as e:
         errors.print(f"lipbench: error: {e}", markup=False, soft_wrap=True)
-        return e.exit_code
+        return BISECT_SKIP if bisecting() else e.exit_code
     except KeyboardInterrupt as e:
         if not isinstance(e, Interrupted):
             errors.print("lipbench: interrupted; finished claims are saved under the results folder")
@@ -127,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--tracking-uri", default=None, help="MLflow store of run ids (default MLFLOW_TRACKING_URI)")
     comp.set_defaults(func=cmd_compare)
 
+    expl = sub.add_parser("explain", help="which layers and forces a claim's judged statistics come from")
+    expl.add_argument("results", metavar="RESULTS", help="results folder (or a claim's folder, or its MLflow run id)")
+    expl.add_argument(
+        "--against", default=None, metavar="BASELINE|RESULTS", help="a baseline file or folder, or a results folder"
+    )
+    add_to_parser(expl, "tracking-uri")
+    expl.set_defaults(func=cmd_explain)
+
+    hist = sub.add_parser("history", help="each claim's tracked statistics over stored runs, by date and commit")
+    hist.add_argument("path", metavar="PATH", help="suite file or folder of them: the claims to show")
+    hist.add_argument("results", nargs="*", metavar="RESULTS_DIR", help="results folders (default: the MLflow store)")
+    add_to_parser(hist, "profile", help="only this profile (default: every profile)")
+    add_to_parser(hist, "tracking-uri")
+    hist.add_argument("--html", default=None, metavar="FILE", help="also write the figures to an HTML page")
+    hist.set_defaults(func=cmd_history, overrides=[])
+
     cache = sub.add_parser("cache", help="show or trim the cache of finished runs")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)
     info = cache_sub.add_parser("info", help="where the run cache is, its entries and size")
@@ -143,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("results", metavar="RESULTS_DIR", help="results folder (or a claim's MLflow run id)")
     rep.add_argument("--out", default=None, metavar="DIR", help="folder of report.html (default: RESULTS_DIR)")
     rep.add_argument("--tracking-uri", default=None, help="MLflow store of a run id (default MLFLOW_TRACKING_URI)")
+    rep.add_argument(
+        "--history", nargs="+", default=None, metavar="RESULTS_DIR", help="draw each claim's history from these runs"
+    )
     rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser("list", help="claims, profiles, runs and model-steps of suites; installed plugins")
@@ -178,7 +204,8 @@ def verdict_legend() -> str:
     """The verdicts of `run`, what each means and whether it fails the run (exit 1)."""
     width = max(len(v) for v in Verdict)
     lines = [f"  {v:<{width}}  {v.meaning}{_fails_text(v)}" for v in Verdict]
-    return "verdicts:\n" + "\n".join(lines) + "\n\nexit codes: 0 no verdict fails, 1 some verdict fails, 2 bad input"
+    codes = f"0 no verdict fails, 1 some verdict fails, 2 bad input; with {ENV_BISECT}=1, 125 on ERROR or bad input"
+    return "verdicts:\n" + "\n".join(lines) + f"\n\nexit codes: {codes}"
 
 
 def _fails_text(verdict: Verdict) -> str:
@@ -316,7 +343,7 @@ def cmd_run(args) -> int:
     for p in problems:
         errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
     if not claims:
-        return 2
+        return BISECT_SKIP if bisecting() else 2
     session = open_session(claims, args, device)
     console.print(
         f"lipbench: {len(claims)} claims, {sum(len(c.runs()) for c in claims)} runs, "
@@ -325,7 +352,7 @@ def cmd_run(args) -> int:
     )
     outcomes = execute(claims, args, device, session)
     print_table(outcomes)
-    return exit_code(outcomes, bad_input=bool(problems))
+    return exit_code(outcomes, bad_input=bool(problems), bisect=bisecting())
 
 
 def cmd_baseline_update(args) -> int:
@@ -463,10 +490,33 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    explain(args.results, args.against, console, args.tracking_uri)
+    return 0
+
+
+def cmd_history(args) -> int:
+    claims = [load_claim(file, args.profile) for file in suite_files([args.path])]
+    keys = {(c.collection, c.name, args.profile or "*") for c in claims}
+    if args.results:
+        points = from_results(args.results)
+    else:
+        points = from_mlflow(args.tracking_uri, {c.collection for c in claims})
+    found = series(points, keys)
+    if not found:
+        raise LipbenchError(f"no stored run of the claims in {args.path} ({', '.join(args.results) or 'MLflow store'})")
+    print_history(found, console)
+    if args.html:
+        path = write_history_page(found, args.html)
+        console.print(f"history: {path}", markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_report(args) -> int:
     folders = load_side(args.results, args.tracking_uri)
     source = Path(args.results) if Path(args.results).exists() else folders
-    path = write_report(source, args.out)
+    points = from_results(args.history) if args.history else None
+    path = write_report(source, args.out, history=points)
     console.print(f"report: {path}")
     return 0
 
@@ -487,6 +537,7 @@ def open_session(claims: list[ResolvedClaim], args, device: str) -> Session:
         warn=warn,
         baselines=getattr(args, "baselines", None),
     )
+    session.env["engine"] = getattr(args, "engine", "per-run")
     session.prepare(claims)
     session.out = new_results_folder(args.out)
     return session

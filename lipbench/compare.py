@@ -22,10 +22,12 @@ Compare. Pick these parent-run metrics:
 - ``final.mean`` (mean final K, or the assertion's quantity, over all runs), ``runs``, ``seconds``;
 - ``baseline.<statistic>.z`` and ``baseline.<statistic>.change`` (the tolerance rule's z and
   its change, positive = better), e.g. ``baseline.log_ratio_extreme_values.z``;
+- ``tracked.<statistic>`` (and ``.se``), ``attribution.<statistic>.layer<l>`` (each layer's
+  contribution) and ``forces.<term>`` (the force split, summed over layers);
 
 and these tags as columns: ``lipbench.verdict`` (the final verdict), ``lipbench.status`` (the
 assertion's verdict before the baseline), ``lipbench.baseline`` (compared / not comparable /
-none), ``lipbench.comparison`` (the sentence), ``lipbench.scenario_hash``, ``lipbench.device``.
+none), ``lipbench.comparison`` (the sentence), ``lipbench.scenario_hash``, ``lipbench.device``, ``lipbench.git_commit``.
 Child runs carry step metrics ``K``, ``log_K``, ``sigma_<i>``, ``loss``, ``accuracy`` (plot them
 against step) and params ``sweep_value``, ``init_seed``, ``sampling_seed``.
 """
@@ -41,9 +43,11 @@ from typing import Any
 
 from rich.table import Table
 
+from lipbench import attribution
 from lipbench.baselines import changed_keys, compare_summaries
 from lipbench.errors import LipbenchError
 from lipbench.outcome import StatOutcome, Verdict, decide
+from lipbench.provenance import environment_differences
 from lipbench.results import find_results, load_result
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -148,8 +152,18 @@ def compare_rows(a: dict[tuple[str, str, str], Side], b: dict[tuple[str, str, st
             devices = [s.result.get("environment", {}).get("device") for s in (left, right)]
             if devices[0] != devices[1]:
                 row["notes"].append(f"devices differ ({devices[0]} vs {devices[1]}): compared as a new draw of seeds")
+            envs = [s.result.get("environment") or {} for s in (left, right)]
+            differences = environment_differences(*envs)
+            if differences:
+                row["notes"].append("environment differs: " + ", ".join(differences))
             changes, _, notes = compare_summaries(left.result["summary"], right.result["summary"])
             row["changes"], row["notes"] = changes, row["notes"] + notes
+            layers = attribution.compare(
+                left.result["summary"].get("attribution") or [], right.result["summary"].get("attribution") or []
+            )
+            moved = next((c.name for c in changes if c.outcome in (StatOutcome.REGRESSED, StatOutcome.IMPROVED)), None)
+            if moved and attribution.clause(layers, moved):
+                row["notes"].append(attribution.clause(layers, moved))
             row["judgement"] = JUDGEMENT[decide(changes)]
         rows.append(row)
     return rows

@@ -2,9 +2,16 @@
 
 Every status and verdict is a member of `Verdict`, and its table (failing or not, colours, meaning)
 lives here and nowhere else. The runner gives a claim its *status* (PASS, FAIL, ERROR, XFAIL, XPASS,
-SKIPPED); the baseline comparison (`lipbench.baselines`) turns it into the final *verdict*, which
-adds REGRESSED, IMPROVED and NEW. Exit codes for CI: 0 when every verdict is PASS, IMPROVED, NEW,
-XFAIL, SKIPPED or a non-strict XPASS; 1 on any FAIL, REGRESSED, ERROR or strict XPASS; 2 on bad input.
+SKIPPED, INCONCLUSIVE); the baseline comparison (`lipbench.baselines`) turns it into the final
+*verdict*, which adds REGRESSED, IMPROVED and NEW. Exit codes for CI: 0 when every verdict is PASS,
+IMPROVED, NEW, XFAIL, SKIPPED or a non-strict XPASS or INCONCLUSIVE; 1 on any FAIL, REGRESSED, ERROR
+or strict XPASS or INCONCLUSIVE; 2 on bad input; 125 instead of 1 or 2 on ERROR or bad input when
+$LIPBENCH_BISECT is set (`git bisect run` skips such a commit).
+
+INCONCLUSIVE is an equivalence test whose interval straddles an edge of its margin: the design
+cannot decide, which is no evidence against the claim (FAIL is: the interval lies outside the
+margin). It does not fail a run unless the claim is strict, like XPASS; its baseline comparison
+still runs, so a tracked statistic that regressed makes it REGRESSED.
 
 Each tracked statistic of a comparison moves in one of the `StatOutcome` ways; `decide` is the one
 rule that turns those movements into REGRESSED, IMPROVED or PASS, for a baseline comparison and for
@@ -21,6 +28,7 @@ from typing import Any
 
 from lipbench.assertions import AssertionResult
 from lipbench.errors import LipbenchError
+from lipbench.provenance import BISECT_SKIP
 from lipbench.records import RunRecord, jsonable
 from lipbench.suite import ResolvedClaim
 
@@ -75,6 +83,14 @@ class Verdict(_Name):
     XFAIL = "XFAIL", False, False, "yellow", "#9a6700", "expected to fail (expect: fail), and it did"
     XPASS = "XPASS", False, True, "magenta", "#8250df", "expected to fail, but the assertion held"
     SKIPPED = "SKIPPED", False, False, "dim", "#6e7781", "not run: it needs a CUDA device and none is in use"
+    INCONCLUSIVE = (
+        "INCONCLUSIVE",
+        False,
+        True,
+        "yellow",
+        "#bf8700",
+        "the interval straddles the claim's margin: the design cannot decide (the sentence says how many seeds would)",
+    )
 
     def fails(self, strict: bool = False) -> bool:
         """Whether it fails a CI job, for a claim that is `strict` (only XPASS depends on it)."""
@@ -93,7 +109,7 @@ class Verdict(_Name):
             return None
 
 
-#: The runner's statuses (before any baseline comparison).
+#: The runner's statuses (before any baseline comparison); INCONCLUSIVE only for an equivalence test.
 STATUSES = (Verdict.PASS, Verdict.FAIL, Verdict.ERROR, Verdict.XFAIL, Verdict.XPASS, Verdict.SKIPPED)
 
 
@@ -165,6 +181,10 @@ class Comparison:
     sweep_changes: tuple[dict[str, Any], ...] = ()
     summary: dict[str, Any] = field(default_factory=dict)
     baseline_environment: dict[str, Any] = field(default_factory=dict)
+    attribution: tuple[dict[str, Any], ...] = ()  # lipbench.attribution.compare
+    forces: tuple[dict[str, Any], ...] = ()  # lipbench.forces.compare
+    environment_differences: tuple[str, ...] = ()
+    explanation: str = ""  # which layers and forces carry the change (REGRESSED, IMPROVED)
 
     @property
     def sentence(self) -> str:
@@ -172,7 +192,8 @@ class Comparison:
             Verdict.REGRESSED: "regressed against the baseline",
             Verdict.IMPROVED: "improved on the baseline",
         }.get(self.verdict, "")
-        parts = [p for p in (head, *(c.text() for c in self.changes), *self.notes) if p]
+        env = "environment differs: " + ", ".join(self.environment_differences) if self.environment_differences else ""
+        parts = [p for p in (head, self.explanation, *(c.text() for c in self.changes), env, *self.notes) if p]
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,6 +206,10 @@ class Comparison:
             "changes": [c.to_dict() for c in self.changes],
             "sweep_changes": [jsonable(s) for s in self.sweep_changes],
             "baseline_environment": jsonable(self.baseline_environment),
+            "attribution": [jsonable(a) for a in self.attribution],
+            "forces": [jsonable(f) for f in self.forces],
+            "environment_differences": list(self.environment_differences),
+            "explanation": self.explanation,
             "sentence": self.sentence,
         }
 
@@ -225,8 +250,12 @@ class ClaimOutcome:
         return self.result.sentence if self.result else ""
 
 
-def exit_code(outcomes: Iterable[ClaimOutcome], bad_input: bool = False) -> int:
-    """The exit code of a run: 2 on bad input, else 1 if any final verdict fails, else 0."""
+def exit_code(outcomes: Iterable[ClaimOutcome], bad_input: bool = False, bisect: bool = False) -> int:
+    """The exit code of a run: 2 on bad input, else 1 if any final verdict fails, else 0. With `bisect`,
+    bad input or an ERROR is 125: `git bisect run` skips a commit it cannot test."""
+    outcomes = list(outcomes)
+    if bisect and (bad_input or any(o.verdict == Verdict.ERROR for o in outcomes)):
+        return BISECT_SKIP
     if bad_input:
         return LipbenchError.exit_code
     return max((Verdict(o.verdict).exit_code(o.claim.claim.strict) for o in outcomes), default=0)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lipbench.errors import LipbenchError
+from lipbench.history import Point, history_figure, series
 from lipbench.outcome import Verdict
 from lipbench.results import find_results, load_outcome, load_result
 
@@ -35,8 +36,12 @@ td, th { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical
 """
 
 
-def write_report(results: str | Path | list[Path], out: str | Path | None = None) -> Path:
-    """Write `report.html` for the claims under `results` (a folder, or a list of claim folders); returns its path."""
+def write_report(
+    results: str | Path | list[Path], out: str | Path | None = None, history: list[Point] | None = None
+) -> Path:
+    """Write `report.html` for the claims under `results` (a folder, or a list of claim folders); returns its path.
+
+    With `history` (stored runs, `lipbench.history`), each claim's section also draws its history."""
     folders = results if isinstance(results, list) else find_results(results)
     if not folders:
         raise LipbenchError(f"{results}: holds no result.json; name a folder written by `lipbench run --out`")
@@ -47,7 +52,7 @@ def write_report(results: str | Path | list[Path], out: str | Path | None = None
         data = load_result(folder)
         verdict = data.get("verdict") or data["status"]
         counts[verdict] = counts.get(verdict, 0) + 1
-        sections.append(_section(folder, data, verdict))
+        sections.append(_section(folder, data, verdict) + _history_of(data, history))
     title = f"lipbench report — {html.escape(str(results if not isinstance(results, list) else 'claims'))}"
     tally = " ".join(f"{_badge(v)} {n}" for v, n in sorted(counts.items()))
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -71,6 +76,7 @@ def _section(folder: Path, data: dict[str, Any], verdict: str) -> str:
     sde_png = _png(folder / "sde_decomposition.png")  # claims recorded with the SDE probe (paper Fig. 3)
     if sde_png:
         image += _img(sde_png, f"SDE decomposition of {data['claim']}")
+    image += _waterfall(data)
     sentence = assertion.get("sentence") or data.get("error") or ""
     paper = f" <span class='muted'>(paper {esc(resolved['paper'])})</span>" if resolved.get("paper") else ""
     env_text = ", ".join(f"{k} {env[k]}" for k in ("device", "torch", "lipbench", "git_commit", "date") if env.get(k))
@@ -137,6 +143,47 @@ def _baseline(comparison: dict[str, Any], status: str, verdict: str) -> str:
             f"<th>z</th></tr>{cells}</table></details>"
         )
     return head + (f"<ul>{notes}</ul>" if notes else "") + table + sweep_table
+
+
+def _waterfall(data: dict[str, Any]) -> str:
+    """Each layer's contribution to the judged statistics, the baseline's beside this run's (lipbench.waterfall)."""
+    from lipbench.waterfall import waterfall  # matplotlib loads only when a figure is drawn
+
+    with tempfile.TemporaryDirectory() as tmp:
+        title = f"{data['claim']}: contributions by layer (95% intervals)"
+        drawn = waterfall(data.get("summary") or {}, data.get("baseline"), title, Path(tmp) / "w.png")
+        return _img(drawn.read_bytes(), f"contributions by layer of {data['claim']}") if drawn else ""
+
+
+def _history_of(data: dict[str, Any], history: list[Point] | None) -> str:
+    if not history:
+        return ""
+    key = (data["collection"], data["claim"], data["profile"])
+    runs = series(history, {key}).get(key)
+    return _history_section(runs) if runs else ""
+
+
+def _history_section(runs: list[Point]) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        drawn = history_figure(runs, Path(tmp) / "h.png")
+        png = drawn.read_bytes() if drawn else None
+    marks = "".join(
+        f"<li>{html.escape(p.date)} <code>{html.escape(p.code)}</code>: {html.escape(n)} {html.escape(why)}</li>"
+        for p in runs
+        for n, why in p.steps.items()
+    )
+    figure = _img(png, f"history of {runs[0].key[1]}") if png else ""
+    return f"<section><h2>history of {html.escape(runs[0].key[1])}</h2>{figure}<ul>{marks}</ul></section>"
+
+
+def write_history_page(found: dict[tuple[str, str, str], list[Point]], path: str | Path) -> Path:
+    """An HTML page of the history figures of `lipbench history` (one section per claim)."""
+    body = "".join(_history_section(runs) for runs in found.values())
+    page = f"<!doctype html><html><head><meta charset='utf-8'><style>{CSS}</style></head><body>{body}</body></html>\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 def _img(png: bytes, alt: str) -> str:

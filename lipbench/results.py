@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from lipbench import __version__
 from lipbench.assertions import AssertionResult
 from lipbench.errors import LipbenchError
 from lipbench.outcome import ClaimOutcome, Verdict
+from lipbench.provenance import code_state, runtime
 from lipbench.records import RunRecord
 from lipbench.suite import ResolvedClaim, claim_model, load_claim
 
@@ -27,15 +27,6 @@ RESULT_VERSION = 1
 def environment(device: str) -> dict[str, Any]:
     import torch  # for its version and the GPU's name; reading results needs no torch
 
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     kind = "cpu"
     if device.startswith("cuda") and torch.cuda.is_available():
         kind = torch.cuda.get_device_name()
@@ -44,7 +35,8 @@ def environment(device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": kind,
-        "git_commit": commit,
+        **runtime(),
+        **code_state(),  # the code under test: the repository of the working directory
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from lipbench.cache import RunCache, adopt, run_key
 from lipbench.executors import StopSignals, check_executor, run_units
+from lipbench.inconclusive import undecided
 from lipbench.outcome import ClaimOutcome, Verdict
 from lipbench.records import RunRecord, records_frame
 from lipbench.registry import ENGINES
@@ -176,8 +177,14 @@ def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) 
         return ClaimOutcome(claim, Verdict.ERROR, records, error=error, seconds=seconds)
     if claim.claim.expect == "fail":
         status = Verdict.XPASS if result.passed else Verdict.XFAIL
+    elif result.passed:
+        status = Verdict.PASS
     else:
-        status = Verdict.PASS if result.passed else Verdict.FAIL
+        why = undecided(claim, frame, result)
+        status = Verdict.FAIL if why is None else Verdict.INCONCLUSIVE
+        if why is not None:
+            sentence = result.sentence.replace("— FAIL", "— INCONCLUSIVE")
+            result = dataclasses.replace(result, sentence=f"{sentence} {why}.")
     return ClaimOutcome(claim, status, records, result=result, seconds=seconds)
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from lipbench import tracking
 from lipbench.baselines import default_root, verdict_for
+from lipbench.explain import as_json
+from lipbench.history import explain_tags
 from lipbench.outcome import ClaimOutcome, Comparison
 from lipbench.results import environment, save_outcome, update_result
 from lipbench.suite import ResolvedClaim
@@ -84,6 +86,7 @@ class Session:
                 sde = sde_figure(outcome, folder / "sde_decomposition.png")
         except Exception as e:  # a figure must never cost a result
             self.warn(f"lipbench: warning: no figure for {outcome.claim.name}: {e}")
+        (folder / "attribution.json").write_text(as_json(comparison.summary) + "\n")
         if self.mlflow:
             try:  # opening the store too: a broken MLflow never costs the claim its verdict
                 self.prepare([outcome.claim])
@@ -93,8 +96,13 @@ class Session:
                 if sde:
                     artifacts["sde_decomposition"] = sde
                 tags, metrics = _verdict_tags(comparison)
+                more_tags, more_metrics = explain_tags(comparison.summary, self.env)
+                artifacts["attribution"] = folder / "attribution.json"
                 run_id = self.trackers[outcome.claim.collection].log_claim(
-                    outcome, tags={"lipbench.device": self.env["device"], **tags}, artifacts=artifacts, metrics=metrics
+                    outcome,
+                    tags={"lipbench.device": self.env["device"], **tags, **more_tags},
+                    artifacts=artifacts,
+                    metrics={**metrics, **more_metrics},
                 )
                 (folder / "mlflow_run_id").write_text(run_id + "\n")
             except Exception as e:
@@ -111,7 +119,7 @@ class Session:
     def _judge(self, outcome: ClaimOutcome, folder: Path):
         """Compare with the baseline, put the verdict on the outcome and into result.json."""
         try:
-            comparison = verdict_for(outcome, self.baselines_root(outcome.claim), self.env["device"])
+            comparison = verdict_for(outcome, self.baselines_root(outcome.claim), self.env["device"], self.env)
         except Exception as e:  # a broken comparison must never cost a result: say so, keep the status
             self.warn(f"lipbench: warning: no baseline comparison for {outcome.claim.name}: {type(e).__name__}: {e}")
             note = f"baseline comparison failed: {type(e).__name__}: {e}"

@@ -31,6 +31,7 @@ TABLE = {
     Verdict.XFAIL: (False, False),
     Verdict.XPASS: (False, True),
     Verdict.SKIPPED: (False, False),
+    Verdict.INCONCLUSIVE: (False, True),
 }
 
 
@@ -76,6 +77,8 @@ def test_exit_code_of_a_mix(tmp_path: Path, verdicts: list[str], strict: bool, c
         outcomes.append(outcome)
     assert exit_code(outcomes) == code
     assert exit_code(outcomes, bad_input=True) == 2
+    assert exit_code(outcomes, bad_input=True, bisect=True) == 125  # git bisect run: skip this commit
+    assert exit_code(outcomes, bisect=True) == (125 if "ERROR" in verdicts else code)
 
 
 def test_an_outcome_starts_with_its_status_as_verdict(tmp_path: Path) -> None:
