@@ -66,7 +66,9 @@ from lipbench.outcome import ClaimOutcome, Comparison, StatChange, StatOutcome, 
 from lipbench.records import jsonable, records_frame
 from lipbench.suite import PROSE_KEYS, Claim, ResolvedClaim
 
-BASELINE_VERSION = 2  # 2: tracked statistics with standard errors from the assertion, and its units
+# 3: a conv layer's sigma is by default its operator norm (scenario.lipschitz.conv), not the reshaped kernel's;
+# 2: tracked statistics with standard errors from the assertion, and its units
+BASELINE_VERSION = 3
 
 ALPHA = 0.005  # two-sided significance of a change: at most 0.5% false flags per statistic when only seeds change
 MIN_CHANGE = 0.10  # practical size: a tenth of the statistic's scale (asv's default factor 1.1)

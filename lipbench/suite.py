@@ -270,6 +270,20 @@ class RegularisersSpec(Strict):
     fgsm_epsilon: Annotated[float, Field(ge=0)] = 0.0  # L-inf radius in model-input (standardised) units; 0: off
 
 
+class LipschitzSpec(Strict):
+    """How each layer's sigma_l is measured ([what K is](docs/science.md#what-k-is-for-a-convolution))."""
+
+    conv: Literal["operator", "reshaped", "bound"] = Field(
+        "operator",
+        description=(
+            "A Conv2d layer's sigma: `operator`, the norm of the convolution on images of its real input size "
+            "(a Krylov estimate from below, bracketed at the checks); `reshaped`, sigma_max of the kernel "
+            "reshaped to out x (in*kh*kw), as spectral normalisation takes it (not a bound); `bound`, a "
+            "certified upper bound of the operator norm, so that K bounds the network's Lipschitz constant."
+        ),
+    )
+
+
 RecordName = Literal["sigma", "K", "loss", "accuracy", "sde", "init"]
 
 
@@ -309,6 +323,7 @@ class Scenario(Strict):
     record: list[RecordName] = ["sigma", "K", "loss", "accuracy"]
     device: Literal["any", "cuda"] = "any"
     regularisers: RegularisersSpec = RegularisersSpec()
+    lipschitz: LipschitzSpec = LipschitzSpec()  # what a conv layer's sigma is: its operator norm by default
 
     @field_validator("run", mode="before")
     @classmethod
@@ -347,6 +362,16 @@ class Scenario(Strict):
             raise ValueError(
                 "init predicts sigma at lipbench's own initialisation of a built-in model; a factory model "
                 "initialises itself"
+            )
+        return value
+
+    @field_validator("lipschitz")
+    @classmethod
+    def _sde_of_sigma_max(cls, value: LipschitzSpec, info: ValidationInfo) -> LipschitzSpec:
+        if value.conv == "bound" and "sde" in info.data.get("record", ()):
+            raise ValueError(
+                "conv: bound makes a conv layer's sigma a certified upper bound, but the SDE terms (record: sde) "
+                "are derivatives of sigma_max itself; use lipschitz.conv: operator with sde"
             )
         return value
 

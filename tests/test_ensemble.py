@@ -24,7 +24,7 @@ from lipbench.torch.ensemble import (
     group_specs,
     train_ensemble,
 )
-from lipbench.torch.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
+from lipbench.torch.lipschitz import exact_spectral_norms, lanczos_spectral_norms, matrix_operator, top_singular
 from lipbench.torch.training import initial_model
 
 MLP: dict[str, Any] = {
@@ -143,7 +143,7 @@ def test_convnet_members_with_dropout_follow_engine_train_masks_and_all() -> Non
     data = data_for(specs[0].scenario)
     ours = train_ensemble(specs, data, exact_every=1)
     for record, s in zip(ours, specs, strict=True):
-        assert_same_run(record, train(s, data), rtol=1e-5)
+        assert_same_run(record, train(s, data))
 
 
 def test_grouped_convnet_gives_the_vmapped_modules_logits_and_gradients() -> None:
@@ -258,7 +258,7 @@ def test_lanczos_tracks_a_drifting_stack_below_1e3_and_never_overestimates() -> 
     for _ in range(20):  # each record: a drift, low-rank and full-rank, as SGD steps give
         W = W + 0.02 * torch.randn(4, 96, 1, generator=g) @ torch.randn(4, 1, 128, generator=g) / 10
         W = W + 0.002 * torch.randn(4, 96, 128, generator=g) / 20
-        est, vs = lanczos_spectral_norms([W], vs, default_lanczos_steps(10))
+        est, vs = lanczos_spectral_norms([matrix_operator(W)], vs, default_lanczos_steps(10))
         exact = torch.linalg.matrix_norm(W.double(), ord=2).float()
         assert ((est[:, 0] - exact).abs() / exact).max() < 1e-3
         assert (est[:, 0] <= exact * (1 + 1e-5)).all()

@@ -1,7 +1,8 @@
 """One training run: plain SGD, recording the layers' spectral norms every `record_every` steps.
 
 Read it top to bottom: seeds -> data -> model -> loop -> record. The pieces it shares with the
-ensemble engine (streams, batches, gradient noise, the records) are in lipbench.torch.training.
+ensemble engine (streams, batches, gradient noise, the records) are in lipbench.torch.training; the
+layers' sigmas (a conv layer's operator norm, warm-started between records) in lipbench.torch.tracking.
 Tensors stay on the device; the recorded values go into one preallocated device tensor and
 cross to the host once, at the end. The only per-record host sync is the divergence check.
 """
@@ -16,12 +17,12 @@ import torch
 from lipbench.records import RunRecord
 from lipbench.suite import RunSpec
 from lipbench.torch.data import Dataset
-from lipbench.torch.lipschitz import spectral_norms
 from lipbench.torch.models import lipschitz_layers
 from lipbench.torch.optim import build as build_optimizer
 from lipbench.torch.regularisers import BatchTransform
 from lipbench.torch.run_context import train_with_run_function
 from lipbench.torch.sde import measure_sde_terms
+from lipbench.torch.tracking import run_tracker
 from lipbench.torch.training import (
     MONITOR_SIZE,
     BatchSampler,
@@ -77,6 +78,8 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
             population=x_train.shape[0] if sc.sampling == "without_replacement" else None,
         )
     recorder = Recorder(sc, model, members=1, device=device)
+    tracker = run_tracker(sc, model, data.input_shape, len(recorder.marks), device)
+    weights = [layer.weight for layer in layers]
 
     for step in range(sc.steps + 1):
         idx = sampler()[0]
@@ -87,11 +90,11 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
             with torch.no_grad():
                 logits = model(x_mon).unsqueeze(0) if recorder.monitored else None  # 1 x n x classes: M = 1
             model.train()  # the probe sees what the step sees: dropout masks, batch statistics
-            if probe is None:
-                sigmas, extras = spectral_norms(layers), {}
-            else:  # sigma then comes from the probe's own decomposition
+            given, extras = None, {}
+            if probe is not None:  # the matrix sigmas then come from the probe's own decomposition
                 measured = probe(model, x=xb, y=yb, loss_fn=transform.loss)
-                sigmas, extras = torch.stack([t.sigma for t in measured.layers]), measured.as_dict()
+                given, extras = torch.stack([t.sigma for t in measured.layers]).unsqueeze(0), measured.as_dict()
+            sigmas = tracker([w.detach().unsqueeze(0) for w in weights], recorder.alive, given)
             alive = recorder.write(sigmas, logits, y_mon.unsqueeze(0), extras)
             if not bool(alive[0]):  # host sync, once per record
                 break
@@ -107,4 +110,5 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
 
     model.eval()
     summaries = test_accuracy(lambda _, x: model(x), data, device, recorder.finished())
+    summaries[0].update(tracker.summaries()[0])
     return recorder.records([spec], time.perf_counter() - started, summaries)[0]

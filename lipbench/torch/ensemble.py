@@ -23,12 +23,14 @@ What runs as an ensemble is decided per field and per allowed value of the scena
 there); a run the table keeps out (the SDE probe, mixup, AutoAugment, FGSM, or anything without
 a decision) trains alone with engine.train (`ensemble_obstacle` says why).
 
-Lipschitz tracking (`SigmaTracker`): at every record a warm-started power iteration,
-Krylov-accelerated (`lipschitz.lanczos_spectral_norms`: `lanczos_steps` Golub-Kahan-Lanczos
-steps, batched over members, the top Ritz vector kept between records), estimates each layer's
-sigma_max. The first and last records, and every `exact_every`-th, take an exact value instead;
+Lipschitz tracking (lipbench.torch.tracking.SigmaTracker, shared with engine.train): at every
+record a warm-started power iteration, Krylov-accelerated (`lipschitz.lanczos_spectral_norms`:
+`lanczos_steps` Golub-Kahan-Lanczos steps, batched over members, the top Ritz vector kept between
+records), estimates each layer's sigma_max, of its matrix or, for a conv layer, of the convolution
+as an operator on images (the members' kernels as the groups of one grouped convolution). The
+first and last records, and every `exact_every`-th, take an exact (or converged) value instead;
 there the estimate's relative error is measured and reported as summary["sigma_rel_err"] (its
-maximum over checks).
+maximum over checks), with the conv layers' certified brackets (summary["sigma_bracket_<l>"]).
 
 Divergence (lipbench.torch.training.Recorder): a member whose record holds a non-finite sigma or
 (recorded) loss is marked, its step factors drop to zero and its later rows are dropped; the
@@ -58,8 +60,8 @@ from lipbench.suite import RunSpec, Scenario
 from lipbench.torch.data import Dataset
 from lipbench.torch.engine import train
 from lipbench.torch.grouped import grouped_forward, groups
-from lipbench.torch.lipschitz import exact_spectral_norms, lanczos_spectral_norms, top_singular
 from lipbench.torch.models import lipschitz_layers
+from lipbench.torch.tracking import SigmaTracker, default_exact_every, default_lanczos_steps, layer_geometries
 from lipbench.torch.training import (
     MONITOR_SIZE,
     BatchSampler,
@@ -92,7 +94,6 @@ __all__ = [
     "unsupported",
 ]
 
-EXACT_EVERY_STEPS = 1000  # by default an exact SVD about every this many training steps
 MAX_MEMBERS = 256
 CPU_MEMORY_BUDGET = 2 * 1024**3  # bytes an ensemble may use on the CPU; on CUDA, half the free memory
 
@@ -194,6 +195,10 @@ ENSEMBLE_SUPPORT: dict[str, Decision] = {
         for policy in ("cifar10", "imagenet", "svhn")
     },
     "regularisers.fgsm_epsilon": Decision(False, "FGSM takes each run's own input gradient first"),
+    "lipschitz.conv": _SHARED,
+    "lipschitz.conv=operator": Decision(True, "the members' kernels are the groups of one grouped convolution"),
+    "lipschitz.conv=reshaped": Decision(True, "tracked as a stack of reshaped-kernel matrices"),
+    "lipschitz.conv=bound": Decision(True, "certified bounds of the members' kernels, batched"),
 }
 
 
@@ -321,22 +326,6 @@ def group_specs(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
     return order
 
 
-def default_exact_every(record_every: int) -> int:
-    """Records between exact SVD checks: about one check every EXACT_EVERY_STEPS training steps."""
-    return max(1, round(EXACT_EVERY_STEPS / record_every))
-
-
-def default_lanczos_steps(record_every: int) -> int:
-    """Krylov steps per record: 8 when recording every step, 12 when records are 3+ steps apart.
-
-    Measured on MLP/ConvNet trajectories early in training, where the top directions move most
-    (lr up to 0.2): recording every step, 8 steps keep the error below 5e-4 where 1 step (one
-    power iteration) is off by 5e-2 and 6 steps by up to 1.5e-3; records 10 or 100 SGD steps
-    apart need about 12 (1e-4; 16 steps: 1e-5).
-    """
-    return min(12, 8 + 2 * (record_every - 1))
-
-
 def default_max_members(spec: RunSpec, data: Dataset, device: torch.device | str) -> int:
     """How many members fit: a rough estimate of one member's bytes against a memory budget."""
     sc, device = spec.scenario, torch.device(device)
@@ -426,12 +415,21 @@ def _train_chunk(
         _fused_mlp_step if fuses(sc) else _autograd_step, members, smoothing=sc.regularisers.label_smoothing
     )
     recorder = Recorder(sc, members.base, M, device)
-    tracker = SigmaTracker(M, len(recorder.marks), lanczos_steps, exact_every, device)
+    tracker = SigmaTracker(
+        layer_geometries(members.base, data.input_shape, sc.lipschitz.conv),
+        sc.lipschitz.conv,
+        M,
+        len(recorder.marks),
+        device,
+        lanczos_steps=lanczos_steps,
+        exact_every=exact_every,
+        exact_matrices=False,
+    )
 
     for t in range(sc.steps + 1):
         if recorder.due(t):
             with torch.no_grad():
-                sigmas = tracker(members.matrices(), recorder.alive)
+                sigmas = tracker(members.layer_weights(), recorder.alive)
                 logits = members.monitor(x_mon) if recorder.monitored else None  # M x MONITOR_SIZE x classes
                 alive = recorder.write(sigmas, logits, y_mon)
                 factors = {name: f * alive for name, f in factors.items()}
@@ -444,8 +442,8 @@ def _train_chunk(
 
     members.base.eval()
     summaries = test_accuracy(members.forward_one, data, device, recorder.finished())
-    for summary, err in zip(summaries, tracker.rel_err.tolist(), strict=True):
-        summary["sigma_rel_err"] = err
+    for summary, tracked in zip(summaries, tracker.summaries(), strict=True):
+        summary.update(tracked)
     return recorder.records(specs, (time.perf_counter() - started) / M, summaries)  # the chunk's time, shared out
 
 
@@ -456,35 +454,6 @@ def _dropout_generator(spec: RunSpec, device: torch.device) -> torch.Generator:
     if device.type == "cpu":
         return generator.set_state(torch.get_rng_state())
     return generator.manual_seed(run_seed(spec, Stream.GLOBAL))
-
-
-class SigmaTracker:
-    """sigma_max of every layer of M stacked members at each record, and the error of its estimate.
-
-    The first record is exact (and the warm start); later ones take `lanczos_steps` Krylov steps from
-    the last top vectors. Every `exact_every`-th record and the last are exact instead, and measure
-    the estimate's relative error there: `rel_err`, its maximum per member over the checks.
-    """
-
-    def __init__(self, members: int, records: int, lanczos_steps: int, exact_every: int, device: torch.device):
-        self.records, self.lanczos_steps, self.exact_every = records, lanczos_steps, exact_every
-        self.rel_err = torch.zeros(members, device=device)
-        self.vectors: list[torch.Tensor] = []
-        self.row = 0
-
-    @torch.no_grad()
-    def __call__(self, mats: list[torch.Tensor], alive: torch.Tensor) -> torch.Tensor:
-        row, self.row = self.row, self.row + 1
-        if row == 0:
-            sigmas, self.vectors = top_singular(mats)
-            return sigmas
-        sigmas, self.vectors = lanczos_spectral_norms(mats, self.vectors, self.lanczos_steps)
-        if row % self.exact_every == 0 or row == self.records - 1:
-            exact = exact_spectral_norms(mats)
-            err = ((sigmas - exact).abs() / exact).amax(dim=1)
-            self.rel_err = torch.maximum(self.rel_err, torch.where(alive & torch.isfinite(err), err, 0.0))
-            sigmas = exact
-        return sigmas
 
 
 class _Members:
@@ -524,10 +493,10 @@ class _Members:
             return grouped_forward(self.base, self.params(), x, self.masks)
         return self.batches(self.params(), x)
 
-    def matrices(self) -> list[torch.Tensor]:
-        """Each layer's weight as M x out x (in * kh * kw)."""
+    def layer_weights(self) -> list[torch.Tensor]:
+        """Each Lipschitz layer's weight, M x out x in (Linear) or M x out x in x kh x kw (Conv2d)."""
         params = self.params()
-        return [params[name].detach().reshape(*params[name].shape[:2], -1) for name in self.weights]
+        return [params[name].detach() for name in self.weights]
 
     def monitor(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's logits on the same samples, in eval mode (M x n x classes)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -13,17 +16,22 @@ def layer_matrix(weight: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def spectral_norms(layers: list[nn.Module]) -> torch.Tensor:
-    """sigma_max of each layer's matrix, as one tensor on the layers' device (no host sync).
+    """sigma_max of each layer's matrix (a conv kernel reshaped: `layer_matrix`), one tensor on the layers' device."""
+    return matrix_norms([layer_matrix(m.weight) for m in layers])
+
+
+@torch.no_grad()
+def matrix_norms(mats: list[torch.Tensor]) -> torch.Tensor:
+    """sigma_max (..., L) of stacks of matrices (..., m, n) by LAPACK, in their precision; no host sync.
 
     A non-finite matrix (a diverged run) gives NaN: LAPACK's SVD would raise on it.
     """
     out = []
-    for m in layers:
-        W = layer_matrix(m.weight)
-        finite = torch.isfinite(W).all()
-        sigma = torch.linalg.matrix_norm(torch.where(finite, W, 0.0), ord=2)
+    for W in mats:
+        finite = torch.isfinite(W).flatten(-2).all(dim=-1)
+        sigma = torch.linalg.matrix_norm(torch.where(finite[..., None, None], W, 0.0), ord=2)
         out.append(torch.where(finite, sigma, torch.nan))
-    return torch.stack(out)
+    return torch.stack(out, dim=-1)
 
 
 def log_bound(sigmas: torch.Tensor) -> torch.Tensor:
@@ -80,15 +88,25 @@ def _orthogonalise(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return x
 
 
+#: A linear map W given by its products on stacks of flat vectors: (v (..., n) -> W v (..., m), u -> W^T u).
+Operator = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def matrix_operator(W: torch.Tensor) -> Operator:
+    """A stack of matrices W (..., m, n) as an Operator."""
+    return functools.partial(_matvec, W), functools.partial(_matvec, W.mT)
+
+
 @torch.no_grad()
 def lanczos_spectral_norms(
-    mats: list[torch.Tensor], vs: list[torch.Tensor], steps: int = 16
+    ops: list[Operator], vs: list[torch.Tensor], steps: int = 16
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Warm-started sigma_max of stacks of layer matrices: a Krylov-accelerated power iteration; no host sync.
+    """Warm-started sigma_max of stacks of linear operators: a Krylov-accelerated power iteration; no host sync.
 
-    `mats[l]` is (..., m_l, n_l) (e.g. members x out x in), `vs[l]` its start vectors (..., n_l),
+    `ops[l]` is a (matvec, rmatvec) pair on stacks of flat vectors (`matrix_operator` of members x out x in
+    matrices, or `conv_operator.operator` of a convolution on images), `vs[l]` its start vectors (..., n_l),
     kept between calls: the returned vectors (the top Ritz vectors) warm-start the next call.
-    Each call runs `steps` Golub-Kahan-Lanczos steps from v (2 matrix-vector products each, as a
+    Each call runs `steps` Golub-Kahan-Lanczos steps from v (2 operator products each, as a
     power-iteration step; capped at min(m, n) - 1) with full reorthogonalisation, and returns
     sigma_max of the small bidiagonal B = U^T W V, a Rayleigh-Ritz value that never exceeds the
     true sigma_max. Plain power iteration converges like (s2/s1)^(2k): after a record interval
@@ -96,28 +114,27 @@ def lanczos_spectral_norms(
     more; the Krylov space over the same products is not. Returns (..., L) estimates and vectors.
     """
     sigmas, out = [], []
-    for W, v in zip(mats, vs, strict=True):
-        m, n = W.shape[-2:]
-        k = max(1, min(steps, m - 1, n - 1))
-        batch = v.shape[:-1]
-        V = W.new_zeros(*batch, k + 1, n)  # right Lanczos vectors, as rows
-        U = W.new_zeros(*batch, k, m)  # left Lanczos vectors, as rows
-        B = W.new_zeros(*batch, k, k + 1)  # upper bidiagonal: alphas on the diagonal, betas above
+    for (matvec, rmatvec), v in zip(ops, vs, strict=True):
         v, _ = _unit(v)
+        u = matvec(v)  # (..., m)
+        (m, n), batch = (u.shape[-1], v.shape[-1]), v.shape[:-1]
+        k = max(1, min(steps, m - 1, n - 1))
+        V = v.new_zeros(*batch, k + 1, n)  # right Lanczos vectors, as rows
+        U = v.new_zeros(*batch, k, m)  # left Lanczos vectors, as rows
+        B = v.new_zeros(*batch, k, k + 1)  # upper bidiagonal: alphas on the diagonal, betas above
         V[..., 0, :] = v
-        u = _matvec(W, v)  # (..., m)
         for j in range(k):
             u, alpha = _unit(_orthogonalise(u, U))
             U[..., j, :] = u
-            w = _matvec(W.mT, u) - alpha.unsqueeze(-1) * V[..., j, :]
+            w = rmatvec(u) - alpha.unsqueeze(-1) * V[..., j, :]
             w, beta = _unit(_orthogonalise(w, V))
             V[..., j + 1, :] = w
             B[..., j, j], B[..., j, j + 1] = alpha, beta
             if j + 1 < k:
-                u = _matvec(W, w) - beta.unsqueeze(-1) * u
+                u = matvec(w) - beta.unsqueeze(-1) * u
         lam, ritz = _top_eigenpair(B.double().mT @ B.double())  # sigma_max(B)^2 and its right vector
-        sigmas.append(lam.clamp_min(0).sqrt().to(W.dtype))
-        out.append((ritz.to(W.dtype).unsqueeze(-2) @ V).squeeze(-2))  # the top Ritz vector, the next warm start
+        sigmas.append(lam.clamp_min(0).sqrt().to(v.dtype))
+        out.append((ritz.to(v.dtype).unsqueeze(-2) @ V).squeeze(-2))  # the top Ritz vector, the next warm start
     return torch.stack(sigmas, dim=-1), out
 
 

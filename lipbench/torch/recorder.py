@@ -1,9 +1,11 @@
 """The recorder a run function's loop calls: `recorder.record(step, model, loss=...)`.
 
 At each step of `recorder.steps` (every `scenario.record_every` steps and the last one) it stores
-sigma_max of every Linear and Conv2d layer of the model, the loss the loop passes, and any other
-metric passed by keyword, in one device tensor; K and log K follow from the sigmas. Calls at other
-steps return False and cost nothing, so a loop may call it every step. The values cross to the host
+sigma_l of every Linear and Conv2d layer of the model (lipbench.torch.tracking, as lipbench's own loop
+measures it: a conv layer as the operator on the dataset's input size, per `scenario.lipschitz.conv`),
+the loss the loop passes, and any other metric passed by keyword, in one device tensor; K and log K
+follow from the sigmas. Calls at other steps return False and cost nothing, so a loop may call it
+every step. The values cross to the host
 once, when the run ends; the only per-record host sync is the divergence check, as in lipbench's own
 loop: a non-finite sigma or loss raises `RunDiverged`, which ends the user's loop, and the run is
 reported diverged at that step.
@@ -19,16 +21,25 @@ import torch
 
 from lipbench.errors import LipbenchError, RunDiverged
 from lipbench.records import RunRecord
-from lipbench.torch.lipschitz import spectral_norms
 from lipbench.torch.models import lipschitz_layers
+from lipbench.torch.tracking import SigmaTracker, run_tracker
 from lipbench.torch.training import bound_columns, test_accuracy
 
 
 class Recorder:
     """Records one run of a run function (see the module docstring)."""
 
-    def __init__(self, spec, steps: list[int], device: torch.device, source: str = "the run function") -> None:
-        self.spec, self.device, self.source = spec, torch.device(device), source
+    def __init__(
+        self,
+        spec,
+        steps: list[int],
+        device: torch.device,
+        source: str = "the run function",
+        input_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        """`input_shape` (C, H, W): the images the model's conv layers see, from the dataset."""
+        self.spec, self.device, self.source, self.input_shape = spec, torch.device(device), source, input_shape
+        self.tracker: SigmaTracker | None = None
         self.steps: tuple[int, ...] = tuple(steps)
         self.names: list[str] = []  # metric columns after the sigmas, fixed by the first record
         self.layers: int = 0
@@ -60,6 +71,7 @@ class Recorder:
                 raise LipbenchError(f"{self.source} passed a model without Linear or Conv2d layers to record")
             self.layers, self.names = len(layers), list(values)
             self.buffer = torch.full((len(self.steps), self.layers + len(self.names)), math.nan, device=self.device)
+            self.tracker = self._tracker(model)
         elif len(layers) != self.layers or list(values) != self.names:
             raise LipbenchError(
                 f"{self.source} changed what it records at step {step}: {len(layers)} layers and {list(values)}, "
@@ -67,7 +79,8 @@ class Recorder:
             )
         with torch.no_grad():
             row = self.buffer[self.row]
-            row[: self.layers] = spectral_norms(layers)
+            weights = [layer.weight.detach().unsqueeze(0) for layer in layers]
+            row[: self.layers] = self.tracker(weights, torch.ones(1, dtype=torch.bool, device=self.device))[0]
             for i, name in enumerate(self.names):
                 value = values[name]
                 row[self.layers + i] = value.detach().float() if torch.is_tensor(value) else float(value)
@@ -79,6 +92,16 @@ class Recorder:
             sigma_ok = bool(torch.isfinite(row[: self.layers]).all())
             raise RunDiverged(self.spec.run_id, step, "loss" if sigma_ok else "K")
         return True
+
+    def _tracker(self, model: torch.nn.Module) -> SigmaTracker:
+        try:
+            return run_tracker(self.spec.scenario, model, self.input_shape or (), len(self.steps), self.device)
+        except Exception as err:  # the user's model on a batch of zeros of the dataset's shape
+            raise LipbenchError(
+                f"{self.source}: the model's conv layers need their input size, found by one forward pass of two "
+                f"zero images of the dataset's shape {self.input_shape}, which failed ({err}); make the model take "
+                "the dataset's images, or set scenario.lipschitz.conv: reshaped"
+            ) from err
 
     def finish(self, data) -> RunRecord:
         """The run's record (the one transfer to the host), with the test accuracy of the last model recorded."""
@@ -94,6 +117,7 @@ class Recorder:
         metrics.update(bound_columns(values[:, : self.layers]))
         self.model.eval()
         [summary] = test_accuracy(lambda _, x: self.model(x), data, self.device, [self.diverged_at is None])
+        summary.update(self.tracker.summaries()[0])
         spec = self.spec
         return RunRecord(
             claim=spec.claim,

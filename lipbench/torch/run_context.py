@@ -132,7 +132,9 @@ def train_with_run_function(spec: RunSpec, data: Dataset, device: torch.device) 
         generators=Generators(init_gen, sampling_gen, labels_gen, noise_gen),
         options=dict(sc.run.kwargs),
     )
-    recorder = Recorder(spec, record_steps(sc.steps, sc.record_every), device, source=reference)
+    recorder = Recorder(
+        spec, record_steps(sc.steps, sc.record_every), device, source=reference, input_shape=data.input_shape
+    )
     with contextlib.suppress(RunDiverged):  # the recorder marked the step; the loop just ends there
         factories.call(factories.resolve(reference), "run", (context, recorder), sc.run.kwargs)
     return recorder.finish(context.data)
