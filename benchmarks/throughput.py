@@ -11,7 +11,11 @@ CIFAR shape (3x32x32, the paper's ConvNet), with the same runs (seeds x learning
 - ensemble: lipbench.torch.ensemble.train_ensemble, all runs as one vectorised program, recording
   sigma and K (as the naive loop; no monitor loss) at the same steps, test accuracy at the end;
 - per-run: lipbench.torch.engine.train, one run at a time (reported, not in the ratios; it also
-  records loss and accuracy on 1024 training samples at every record).
+  records loss and accuracy on 1024 training samples at every record);
+- vmap (the ConvNet): the ensemble with vmap over one module instead of grouped convolutions.
+
+The ConvNet runs at 1x8x8, 1x28x28 and 3x32x32. Per shape, engine and `lipschitz.conv` method it also
+reports the cost of one sigma record against one training step (see `sigma_costs`).
 
 Each method's time is the best of `--repeats` interleaved rounds (the machine may be shared).
 Tracking overhead: the ensemble on the MLP workload recording sigma and K every step (no loss
@@ -383,7 +387,7 @@ def time_claims(device: torch.device, overrides: list[str], data_root: str | Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="small sizes: about 10 minutes on 2 shared CPU cores")
     parser.add_argument("--claims", action="store_true", help="also time each claim of suites/implications (paper)")
     parser.add_argument("--force", action="store_true", help="time the claims even on a CPU")
     parser.add_argument(
