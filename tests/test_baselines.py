@@ -302,7 +302,7 @@ def test_baseline_file_round_trip(tmp_path: Path) -> None:
     path = write_baseline(data, bl.baseline_path(tmp_path / "b", "coll", "batch", "quick"))
     assert path == tmp_path / "b" / "coll" / "batch.quick.json"
     text = path.read_text()
-    assert text.startswith('{\n  "schema_version": 2,\n  "collection": "coll",')  # indent 2, fixed order
+    assert text.startswith('{\n  "schema_version": 3,\n  "collection": "coll",')  # indent 2, fixed order
     back = read_baseline(path)
     assert back == json.loads(json.dumps(data))
     assert list(back) == [
@@ -324,7 +324,7 @@ def test_baseline_file_round_trip(tmp_path: Path) -> None:
     )
     assert path.read_text() == text  # the same records give the same bytes (fixed bootstrap seed)
     assert back["tolerance"]["alpha"] == bl.ALPHA and back["summary"]["tracked"][0]["target"] == -1.0
-    path.write_text(text.replace('"schema_version": 2', '"schema_version": 99'))
+    path.write_text(text.replace('"schema_version": 3', '"schema_version": 99'))
     with pytest.raises(bl.BaselineError, match="schema_version 99"):
         read_baseline(path)
 
@@ -365,7 +365,7 @@ def test_old_format_baseline_is_not_comparable(tmp_path: Path) -> None:
     outcome = synthetic_outcome(tmp_path / "coll", "label_noise")
     path = tmp_path / "b.json"
     write_baseline(build_baseline(outcome, {"device": "cpu"}), path)
-    path.write_text(path.read_text().replace('"schema_version": 2', '"schema_version": 1'))
+    path.write_text(path.read_text().replace('"schema_version": 3', '"schema_version": 1'))
     result = verdict_for(outcome, tmp_path / "none", "cpu")
     assert result.comparable is None
     try:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lipbench.torch.conv_operator import ConvGeometry, adjoint, apply, conv_geometries, dense
+from lipbench.torch.conv_operator import ConvGeometry, adjoint, apply, conv_geometries, dense, top_singular_pair
 from lipbench.torch.models import ConvNet
 
 GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, map)
@@ -51,3 +51,57 @@ def test_the_convnet_layers_see_their_real_input_size(shape) -> None:
     c, n = shape[0], shape[1]
     assert [g.in_shape for g in geoms.values()] == [(c, n, n), (32, n // 2, n // 2), (64, n // 4, n // 4)]
     assert list(geoms.values())[-1].out_shape == (128, (n // 4 + 1) // 2, (n // 4 + 1) // 2)
+
+
+def _aligned(a: torch.Tensor, b: torch.Tensor) -> float:
+    """1 - |cos| of two images: 0 when they span the same line (singular vectors have no sign)."""
+    return 1 - abs(float((a.flatten() @ b.flatten()) / (a.norm() * b.norm())))
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "s", "p", "d", "n"), GEOMETRIES)
+def test_top_singular_pair_is_the_dense_operators(cin, cout, k, s, p, d, n) -> None:
+    torch.manual_seed(2)
+    conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d).double()
+    geom = ConvGeometry.of(conv, (cin, n, n))
+    W = conv.weight.detach()
+    U, S, Vh = torch.linalg.svd(dense(W, geom))
+    sigma, u, v = top_singular_pair(W, geom)
+    assert sigma.shape == () and u.shape == geom.out_shape and v.shape == geom.in_shape
+    assert abs(sigma.item() - S[0].item()) <= 1e-12 * S[0].item()
+    # The vectors' error is the residual over the spectral gap: a tight tolerance pins them down too.
+    sigma, u, v = top_singular_pair(W, geom, tol=1e-14)
+    # A v = sigma u and A^T u = sigma v: a singular pair of the top value (the dilated layer's is 4-fold).
+    torch.testing.assert_close(apply(W, v.unsqueeze(0), geom)[0], sigma * u, rtol=0, atol=1e-12)
+    torch.testing.assert_close(adjoint(W, u.unsqueeze(0), geom)[0], sigma * v, rtol=0, atol=1e-12)
+    if S[0] - S[1] > 1e-3 * S[0]:
+        assert _aligned(v, Vh[0]) < 1e-12 and _aligned(u, U[:, 0]) < 1e-12
+    assert abs(u.norm().item() - 1) < 1e-12 and abs(v.norm().item() - 1) < 1e-12
+    sigma32, _, _ = top_singular_pair(W.float(), geom)
+    assert sigma32.dtype == torch.float32
+    assert abs(sigma32.item() - S[0].item()) <= 1e-5 * S[0].item()
+
+
+def test_top_singular_pair_vectorises_members_and_gives_nan_for_a_diverged_one() -> None:
+    torch.manual_seed(3)
+    geom = ConvGeometry.of(nn.Conv2d(3, 4, 3, stride=2, padding=1), (3, 7, 7))
+    kernels = torch.randn(2, 3, 4, 3, 3, 3, dtype=torch.float64)
+    kernels[1, 2, 0, 0, 0, 0] = torch.inf
+    sigma, u, v = top_singular_pair(kernels, geom)
+    assert sigma.shape == (2, 3) and u.shape == (2, 3, *geom.out_shape) and v.shape == (2, 3, *geom.in_shape)
+    assert sigma[1, 2].isnan() and u[1, 2].isnan().all() and v[1, 2].isnan().all()
+    for i, j in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]:
+        exact = torch.linalg.matrix_norm(dense(kernels[i, j], geom), 2)
+        assert abs(sigma[i, j].item() - exact.item()) <= 1e-12 * exact.item()
+
+
+def test_top_singular_pair_warm_start_needs_one_step() -> None:
+    # From the converged v, a single Lanczos step of one cycle already gives sigma to rounding: the warm start
+    # is used (a cold start with the same budget is far off on this near-degenerate spectrum).
+    torch.manual_seed(4)
+    geom = ConvGeometry.of(nn.Conv2d(8, 16, 3, padding=1), (8, 6, 6))
+    W = torch.randn(16, 8, 3, 3, dtype=torch.float64)
+    sigma, _, v = top_singular_pair(W, geom)
+    warm, _, _ = top_singular_pair(W, geom, v, max_iter=1, krylov=1)
+    cold, _, _ = top_singular_pair(W, geom, max_iter=1, krylov=1)
+    assert abs(warm.item() - sigma.item()) <= 1e-12 * sigma.item()
+    assert abs(cold.item() - sigma.item()) > 1e-3 * sigma.item()

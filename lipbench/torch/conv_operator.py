@@ -5,7 +5,8 @@ The operator's matrix (the doubly block-Toeplitz unrolling) is never built in tr
 are `conv2d` and `conv_transpose2d` (with the `output_padding` that maps back onto the input's exact size).
 Both take a stack of members: kernels `(..., out, in, kh, kw)` and images `(..., B, C, H, W)` with the same
 leading member axes; members become the groups of one grouped convolution, so a whole ensemble costs one call.
-`dense` unrolls the operator for tests and small layers.
+`dense` unrolls the operator for tests and small layers. `top_singular_pair` gives the operator's top singular
+value and images (Lanczos on A^T A with apply/adjoint, warm-startable).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipbench.torch.lipschitz import Operator, _per_matrix, lanczos_spectral_norms
+from lipbench.torch.lipschitz import Operator, _per_matrix
 
 __all__ = [
     "ConvGeometry",
@@ -190,40 +191,6 @@ def operator(kernel: torch.Tensor, geom: ConvGeometry) -> Operator:
     return matvec, rmatvec
 
 
-CYCLE_STEPS = 32  # Krylov steps per restart of `top_singular_pair`
-
-
-@torch.no_grad()
-def top_singular_pair(
-    kernel: torch.Tensor, geom: ConvGeometry, v0: torch.Tensor | None = None, *, tol: float = 1e-7, max_iter: int = 500
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """sigma_max of the operator, converged, and its top singular images: (sigma (...), u (..., out, H', W'),
-    v (..., C, H, W)) for kernels (..., out, in, kh, kw), member axes optional.
-
-    Restarted Golub-Kahan-Lanczos (`lipschitz.lanczos_spectral_norms`, CYCLE_STEPS steps a cycle, each
-    cycle started from the last top Ritz vector) from `v0` (default: a fixed random image), until no
-    member's estimate rises by more than `tol` relative over a cycle, or `max_iter` operator-product
-    pairs. The estimate never exceeds sigma_max and does not fall from cycle to cycle. One host sync per
-    cycle (the convergence test). A non-finite kernel gives NaN.
-    """
-    lead, dtype = kernel.shape[:-4], kernel.dtype
-    kernel = kernel.double()  # float32 rounding (about 3e-7 per cycle) would hide the convergence test
-    if v0 is None:
-        g = torch.Generator(device=kernel.device).manual_seed(0)
-        v0 = torch.randn(*lead, *geom.in_shape, generator=g, device=kernel.device, dtype=kernel.dtype)
-    op, v = operator(kernel, geom), v0.reshape(*lead, geom.in_numel).double()
-    sigma = kernel.new_zeros(lead)
-    for _ in range(max(1, math.ceil(max_iter / CYCLE_STEPS))):
-        new, (v,) = lanczos_spectral_norms([op], [v], CYCLE_STEPS)
-        new = new[..., 0]
-        rise, sigma = new - sigma, new
-        if not bool((rise > tol * sigma).any()):  # NaN compares False: a non-finite member counts as done
-            break
-    v = F.normalize(v, dim=-1)
-    u = F.normalize(op[0](v), dim=-1)
-    return sigma.to(dtype), u.reshape(*lead, *geom.out_shape).to(dtype), v.reshape(*lead, *geom.in_shape).to(dtype)
-
-
 #: Float64 rounding of the FFT and of the small eigenproblems is below 1e-13 relative, and storing the
 #: bound in float32 moves it by at most 6e-8: the certified bound is inflated by this factor to cover both.
 ROUNDING_MARGIN = 1 + 1e-6
@@ -294,3 +261,79 @@ def _members_dense(kernel: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
     basis = torch.eye(geom.in_numel, dtype=kernel.dtype, device=kernel.device).reshape(-1, *geom.in_shape)
     columns = apply(kernel, basis.expand(*kernel.shape[:-4], *basis.shape), geom)
     return columns.reshape(*kernel.shape[:-4], geom.in_numel, geom.out_numel).mT
+
+
+def top_singular_pair(
+    kernel: torch.Tensor,
+    geom: ConvGeometry,
+    v0: torch.Tensor | None = None,
+    *,
+    tol: float = 1e-7,
+    max_iter: int = 500,
+    krylov: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The operator's top singular value and images: kernels (..., out, in, kh, kw) -> sigma (...),
+    u (..., out, H', W'), v (..., C, H, W), with A v = sigma u, |u| = |v| = 1, in the kernel's dtype; member axes
+    are vectorised.
+
+    Lanczos on A^T A (one `apply` and one `adjoint` per step, full reorthogonalisation), restarted from the Ritz
+    vector every `krylov` steps, from v0 (..., C, H, W) when given (the previous record's v: a warm start) or a
+    fixed random image. A cycle ends with the one host sync the loop has: every member's Ritz residual
+    |A^T A v - sigma^2 v| (Lanczos' estimate) at most tol * sigma^2, or `max_iter` steps in all, ends it. Where a
+    kernel is not finite (or overflows), sigma, u and v are NaN; nothing raises. sigma is exact to about tol^2 / gap
+    (relative), the vectors to about tol / gap, gap = 1 - sigma_2^2 / sigma^2: callers that need the vectors
+    (the SDE terms' first-order terms) pass a tighter tol.
+    """
+    lead = kernel.shape[:-4]
+    members, n = math.prod(lead), geom.in_numel
+    kern = kernel.reshape(members, *kernel.shape[-4:])
+    bad = ~torch.isfinite(kern).flatten(1).all(dim=1)  # (M,)
+    kern = torch.where(bad[:, None, None, None, None], 0.0, kern)
+    if v0 is None:
+        v0 = torch.randn(members, n, generator=torch.Generator().manual_seed(0), dtype=kernel.dtype)
+    v = v0.to(kernel.device, kernel.dtype).reshape(members, n)
+    v = torch.where(torch.isfinite(v).all(dim=1, keepdim=True), v, 1.0)  # a NaN warm start is no start
+
+    def gram(x: torch.Tensor) -> torch.Tensor:  # (M, n) -> A^T A x
+        ax = apply(kern, x.reshape(members, 1, *geom.in_shape), geom)
+        return adjoint(kern, ax, geom).reshape(members, n)
+
+    k = min(krylov, n)
+    tiny, eps = torch.finfo(kernel.dtype).tiny, torch.finfo(kernel.dtype).eps
+    for _ in range(max(1, -(-max_iter // k))):
+        basis = torch.zeros(members, k, n, dtype=kernel.dtype, device=kernel.device)
+        alpha = torch.zeros(members, k, dtype=kernel.dtype, device=kernel.device)
+        beta = torch.zeros_like(alpha)
+        q = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
+        for j in range(k):
+            basis[:, j] = q
+            w = gram(q)
+            bad = bad | ~torch.isfinite(w).all(dim=1)
+            w = torch.where(bad[:, None], 0.0, w)
+            alpha[:, j] = (w * q).sum(dim=1)
+            for _ in range(2):  # full reorthogonalisation, twice (Kahan's "twice is enough")
+                w = w - torch.einsum("mk,mkn->mn", torch.einsum("mkn,mn->mk", basis[:, : j + 1], w), basis[:, : j + 1])
+            norm = w.norm(dim=1)
+            # An exhausted Krylov space (an invariant subspace found) leaves rounding noise that is no new
+            # direction: it ends with beta = 0 and q = 0, so T decouples and its top Ritz pair is exact.
+            live = norm > 64 * eps * alpha[:, : j + 1].abs().amax(dim=1)
+            beta[:, j] = torch.where(live, norm, 0.0)
+            q = torch.where(live[:, None], w / norm[:, None].clamp_min(tiny), 0.0)
+        tri = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
+        theta, vecs = torch.linalg.eigh(tri)
+        top, coef = theta[:, -1], vecs[:, :, -1]
+        v = torch.einsum("mk,mkn->mn", coef, basis)
+        residual = (beta[:, -1] * coef[:, -1]).abs()
+        if k == n or bool(((residual <= tol * top.abs()) | bad).all()):  # host sync, once per cycle
+            break
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
+    av = apply(kern, v.reshape(members, 1, *geom.in_shape), geom).reshape(members, -1)
+    sigma = av.norm(dim=1)
+    u = av / sigma[:, None].clamp_min(tiny)
+    nan = torch.full_like(sigma, torch.nan)
+    sigma, u, v = (
+        torch.where(bad, nan, sigma),
+        torch.where(bad[:, None], nan[:, None], u),
+        torch.where(bad[:, None], nan[:, None], v),
+    )
+    return sigma.reshape(lead), u.reshape(*lead, *geom.out_shape), v.reshape(*lead, *geom.in_shape)

@@ -21,7 +21,7 @@ from lipbench.torch.models import lipschitz_layers
 from lipbench.torch.optim import build as build_optimizer
 from lipbench.torch.regularisers import BatchTransform
 from lipbench.torch.run_context import train_with_run_function
-from lipbench.torch.sde import measure_sde_terms
+from lipbench.torch.sde import OperatorState, measure_sde_terms
 from lipbench.torch.tracking import run_tracker
 from lipbench.torch.training import (
     MONITOR_SIZE,
@@ -65,21 +65,24 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     noise = GradientNoise([spec], [p.shape for p in model.parameters()], device)
     # Regularisers (mixup, label smoothing, auto-augment, FGSM): the batch and loss the step trains on.
     transform = BatchTransform(sc.regularisers, x_train, data.num_classes, device, run_seed(spec, Stream.REGULARISERS))
+    recorder = Recorder(sc, model, members=1, device=device)
+    tracker = run_tracker(sc, model, data.input_shape, len(recorder.marks), device)  # conv: the operator's norm
+    names = [f"{name}.weight" for name, _ in lipschitz_layers(model)]
     probe = None
     if "sde" in sc.record:  # the terms of the update the step applies (lipbench.torch.sde)
         probe = functools.partial(
             measure_sde_terms,
-            layer_names=[f"{name}.weight" for name, _ in lipschitz_layers(model)],
+            layer_names=names,
             lr=sc.optimizer.lr,
             batch_stats="contributions" if sc.model.batch_norm else "error",
             weight_decay=sc.optimizer.weight_decay,
             gradient_scale=sc.gradient.scale,
             gradient_noise_var=sc.gradient.noise_std**2 if sc.gradient.noise != "none" else 0.0,
             population=x_train.shape[0] if sc.sampling == "without_replacement" else None,
+            # conv layers as operators on images, as the tracker measures them (`bound` refuses sde)
+            operators={n: g for n, g in zip(names, tracker.geometries, strict=True) if g is not None},
+            operator_state=OperatorState(),
         )
-    recorder = Recorder(sc, model, members=1, device=device)
-    tracker = run_tracker(sc, model, data.input_shape, len(recorder.marks), device)
-    weights = [layer.weight for layer in layers]
 
     for step in range(sc.steps + 1):
         idx = sampler()[0]
@@ -91,10 +94,11 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
                 logits = model(x_mon).unsqueeze(0) if recorder.monitored else None  # 1 x n x classes: M = 1
             model.train()  # the probe sees what the step sees: dropout masks, batch statistics
             given, extras = None, {}
-            if probe is not None:  # the matrix sigmas then come from the probe's own decomposition
+            if probe is not None:  # the matrix sigmas then come from the probe's own decomposition; conv
+                # operators' from the tracker, bracketed (the probe's agree with them within its tolerance)
                 measured = probe(model, x=xb, y=yb, loss_fn=transform.loss)
                 given, extras = torch.stack([t.sigma for t in measured.layers]).unsqueeze(0), measured.as_dict()
-            sigmas = tracker([w.detach().unsqueeze(0) for w in weights], recorder.alive, given)
+            sigmas = tracker([layer.weight.detach().unsqueeze(0) for layer in layers], recorder.alive, given)
             alive = recorder.write(sigmas, logits, y_mon.unsqueeze(0), extras)
             if not bool(alive[0]):  # host sync, once per record
                 break

@@ -366,7 +366,7 @@ def train_ensemble(
 
     Specs are grouped by `ensemble_key` (those that cannot be vectorised train alone with
     engine.train); each group is split into chunks of at most `max_members`. `lanczos_steps`
-    (Krylov steps per record) and `exact_every` (records between exact SVDs) default to
+    (Krylov steps per record) and `exact_every` (records between exact checks) default to
     `default_lanczos_steps(record_every)` and `default_exact_every(record_every)`.
     """
     if max_members is not None and max_members < 1:

@@ -5,10 +5,9 @@ sigma_l of every Linear and Conv2d layer of the model (lipbench.torch.tracking, 
 measures it: a conv layer as the operator on the dataset's input size, per `scenario.lipschitz.conv`),
 the loss the loop passes, and any other metric passed by keyword, in one device tensor; K and log K
 follow from the sigmas. Calls at other steps return False and cost nothing, so a loop may call it
-every step. The values cross to the host
-once, when the run ends; the only per-record host sync is the divergence check, as in lipbench's own
-loop: a non-finite sigma or loss raises `RunDiverged`, which ends the user's loop, and the run is
-reported diverged at that step.
+every step. The values cross to the host once, when the run ends; the only per-record host sync is
+the divergence check, as in lipbench's own loop: a non-finite sigma or loss raises `RunDiverged`,
+which ends the user's loop, and the run is reported diverged at that step.
 """
 
 from __future__ import annotations
@@ -96,6 +95,8 @@ class Recorder:
     def _tracker(self, model: torch.nn.Module) -> SigmaTracker:
         try:
             return run_tracker(self.spec.scenario, model, self.input_shape or (), len(self.steps), self.device)
+        except LipbenchError as err:
+            raise LipbenchError(f"{self.source}: {err}") from None
         except Exception as err:  # the user's model on a batch of zeros of the dataset's shape
             raise LipbenchError(
                 f"{self.source}: the model's conv layers need their input size, found by one forward pass of two "

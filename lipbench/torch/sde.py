@@ -23,6 +23,18 @@ The terms describe the update SGD really applies, W <- W - lr (scale * g_hat + n
 `gradient_scale`, `gradient_noise_var` (i.i.d. noise per entry) and `weight_decay` enter mu, beta2,
 eps and disc in closed form; `population` applies the without-replacement factor (N - b)/(N - 1)
 to the sampling noise.
+
+A Conv2d listed in `operators` is measured as the linear map on images of its real input size (its padding,
+stride and dilation; lipbench.torch.conv_operator), not as its reshaped kernel: sigma, u (output image) and
+v (input image) are that operator's, d sigma/dW = D is the kernel gradient of <u, conv(v; W)>, and Q is the
+second derivative of the operator's sigma_max along conv(.; e). For any layer the terms are the same functions
+of d sigma/dW and Q (see `_terms`):
+
+    mu    = -lr <D, drift>        beta2 = lr^2 (a^2 f / b) Var_i <g_i, D> + lr^2 v |D|^2
+    eps   = lr^2 / 2 ((a^2 f / b) mean_i Q(g_i - G) + v E[Q(z)])   (z: i.i.d. unit noise per kernel entry)
+
+with D = u1 v1^T (|D| = 1) for a matrix. How Q is solved for the operator (an exact eigendecomposition of
+A^T A for small inputs, Lanczos and conjugate gradients on convolutions above) is in lipbench.torch.sde_conv.
 """
 
 from __future__ import annotations
@@ -36,10 +48,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from lipbench.torch.conv_operator import ConvGeometry
 from lipbench.torch.lipschitz import layer_matrix
+from lipbench.torch.sde_conv import OperatorState, operator_parts
 
 __all__ = [
     "LayerTerms",
+    "OperatorState",
     "SDETerms",
     "hessian_quadratic_form",
     "hessian_trace",
@@ -334,27 +349,47 @@ class _Update:
 
 
 def _terms(
-    W: torch.Tensor, G: torch.Tensor, sp: _Spectrum, proj: torch.Tensor, q: torch.Tensor, up: _Update
+    sigma: torch.Tensor,
+    proj: torch.Tensor,
+    q: torch.Tensor,
+    drift_proj: torch.Tensor,
+    drift_q: torch.Tensor,
+    grad_sq: torch.Tensor | float,
+    noise_q: torch.Tensor | float,
+    up: _Update,
 ) -> LayerTerms:
-    """LayerTerms from u1^T g_i v1 (b) and Q(g_i - G) (b) of the loss gradients, for the update `up`."""
-    b, lr, s1 = proj.shape[0], up.lr, sp.s1
+    """LayerTerms for the update `up` from the projections of the gradient of sigma (d sigma / dW, for a matrix
+    u1 v1^T): <g_i, d sigma/dW> (proj, b), Q(g_i - G) (q, b), <drift, d sigma/dW>, Q(drift), |d sigma/dW|^2 and
+    E[Q(z)] for z with i.i.d. unit-variance entries (the noise's share; unused without injected noise)."""
+    b, lr = proj.shape[0], up.lr
     sampling = up.scale**2 * up.fpc / b  # Cov[scale * g_hat] = scale^2 * fpc * Sigma / b
-    noise_q = up.noise_var * _trace(sp) if up.noise_var else 0.0
-    drift = up.scale * G + up.weight_decay * W if up.weight_decay else up.scale * G
-    mu = -lr * (sp.u1 @ drift @ sp.v1)
+    mu = -lr * drift_proj
     mu_var = lr**2 * sampling * proj.var(correction=1)  # the sampling variance of this batch's mu
     # G here is the batch mean, so Q(drift) carries the noise's curvature too: E[Q(a g_hat)] =
     # Q(a G) + sampling tr(H Sigma), tr(H Sigma) estimated without bias by sum_i Q(g_i - g_hat)/(b - 1).
     # Subtracting it leaves an unbiased estimate of lr^2/2 Q(a G + wd W) (eps is the noise's share).
-    disc = lr**2 / 2 * (_quad_of(sp, drift) - sampling * q.sum() / (b - 1))
+    disc = lr**2 / 2 * (drift_q - sampling * q.sum() / (b - 1))
     return LayerTerms(
-        sigma=s1,
+        sigma=sigma,
         mu=mu,
-        beta2=mu_var + lr**2 * up.noise_var,
-        eps=lr**2 / 2 * (sampling * q.mean() + noise_q),
+        beta2=mu_var + lr**2 * up.noise_var * grad_sq,
+        eps=lr**2 / 2 * (sampling * q.mean() + up.noise_var * noise_q),
         disc=disc,
-        log_disc=disc / s1 - (mu.square() - mu_var) / (2 * s1.square()),  # E[mu_hat^2] = mu^2 + mu_var
+        log_disc=disc / sigma - (mu.square() - mu_var) / (2 * sigma.square()),  # E[mu_hat^2] = mu^2 + mu_var
     )
+
+
+def _drift(W: torch.Tensor, G: torch.Tensor, up: _Update) -> torch.Tensor:
+    return up.scale * G + up.weight_decay * W if up.weight_decay else up.scale * G
+
+
+def _matrix_parts(
+    W: torch.Tensor, G: torch.Tensor, sp: _Spectrum, proj: torch.Tensor, q: torch.Tensor, up: _Update
+) -> LayerTerms:
+    """LayerTerms of a matrix layer from u1^T g_i v1 (b) and Q(g_i - G) (b); d sigma/dW = u1 v1^T has norm 1."""
+    drift = _drift(W, G, up)
+    noise_q = _trace(sp) if up.noise_var else 0.0
+    return _terms(sp.s1, proj, q, sp.u1 @ drift @ sp.v1, _quad_of(sp, drift), 1.0, noise_q, up)
 
 
 def _linear_terms(W: torch.Tensor, G: torch.Tensor, delta: torch.Tensor, xin: torch.Tensor, up: _Update) -> LayerTerms:
@@ -367,7 +402,7 @@ def _linear_terms(W: torch.Tensor, G: torch.Tensor, delta: torch.Tensor, xin: to
     proj = (du1 * xv1).sum(dim=1)  # b: u1^T g_i v1
     Ev1 = torch.einsum("btm,bt->bm", delta, xv1) - G @ sp.v1  # b x m: (g_i - G) v1
     Etu1 = torch.einsum("btn,bt->bn", xin, du1) - sp.u1 @ G  # b x n: (g_i - G)^T u1
-    return _terms(W, G, sp, proj, _quad(sp, Ev1, Etu1), up)
+    return _matrix_parts(W, G, sp, proj, _quad(sp, Ev1, Etu1), up)
 
 
 def _matrix_terms(W: torch.Tensor, g: torch.Tensor, up: _Update) -> LayerTerms:
@@ -375,7 +410,22 @@ def _matrix_terms(W: torch.Tensor, g: torch.Tensor, up: _Update) -> LayerTerms:
     G = g.mean(dim=0)
     sp = _spectrum(W)
     proj = torch.einsum("m,bmn,n->b", sp.u1, g, sp.v1)  # b: u1^T g_i v1
-    return _terms(W, G, sp, proj, _quad_of(sp, g - G), up)
+    return _matrix_parts(W, G, sp, proj, _quad_of(sp, g - G), up)
+
+
+def _operator_terms(
+    W: torch.Tensor,
+    geom: ConvGeometry,
+    G: torch.Tensor,
+    factors: tuple[torch.Tensor, torch.Tensor],
+    up: _Update,
+    state: OperatorState | None,
+    name: str,
+) -> LayerTerms:
+    """A Conv2d's terms taken of its operator on images (lipbench.torch.sde_conv)."""
+    drift = _drift(W.reshape(G.shape), G, up)
+    parts = operator_parts(W, geom, G, *factors, drift, noise=bool(up.noise_var), state=state, name=name)
+    return _terms(parts.sigma, parts.proj, parts.q, parts.drift_proj, parts.drift_q, parts.grad_sq, parts.noise_q, up)
 
 
 BatchStats = Literal["error", "contributions"]
@@ -394,6 +444,8 @@ def measure_sde_terms(
     gradient_scale: float = 1.0,
     gradient_noise_var: float = 0.0,
     population: int | None = None,
+    operators: dict[str, ConvGeometry] | None = None,
+    operator_state: OperatorState | None = None,
 ) -> SDETerms:
     """mu, beta^2, eps (and the discrete term disc) of the SDE model for the named layer weights on (x, y).
 
@@ -412,6 +464,11 @@ def measure_sde_terms(
     The update is W <- W - lr (gradient_scale * g_hat + noise + weight_decay * W), noise with
     i.i.d. entries of variance gradient_noise_var; `population` = N when batches are drawn
     without replacement from N samples (sampling noise times (N - b)/(N - 1)).
+
+    `operators` maps a Conv2d's weight name (or its module name, as `conv_geometries` gives them) to the
+    layer's geometry: that layer is measured as its operator on images (lipbench.torch.sde_conv), the others as
+    their (reshaped) weight matrix. `operator_state`, kept by the caller across records, carries each operator's
+    last v (the warm start of its Lanczos iteration) and the generator of the noise-trace probes.
     """
     b = x.shape[0]
     if b < 2:
@@ -432,6 +489,13 @@ def measure_sde_terms(
         module = model.get_submodule(prefix)
         if _factorable(module) and attr == "weight":
             linears[n] = module
+    geoms = {}
+    for n in layer_names:
+        geom = (operators or {}).get(n) or (operators or {}).get(n.rpartition(".")[0])
+        if geom is not None:
+            if n not in linears or not isinstance(linears[n], nn.Conv2d):
+                raise ValueError(f"operators[{n!r}]: only the weight of a Conv2d can be measured as an operator")
+            geoms[n] = geom
     others = [n for n in layer_names if n not in linears]
     if others and batch_stats == "contributions":
         raise ValueError(f"batch_stats='contributions' needs Linear or Conv2d weights; {others} are neither")
@@ -440,7 +504,11 @@ def measure_sde_terms(
     if linears:
         factors, G = _linear_factors(model, linears, x, y, loss_fn)
         for n in linears:
-            terms[n] = _linear_terms(layer_matrix(named[n].detach()), G[n], *factors[n], up)
+            W = named[n].detach()
+            if n in geoms:
+                terms[n] = _operator_terms(W, geoms[n], G[n], factors[n], up, operator_state, n)
+            else:
+                terms[n] = _linear_terms(layer_matrix(W), G[n], *factors[n], up)
     if others:
         grads = per_sample_grads(model, others, x, y, loss_fn)
         for n in others:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lipbench.errors import LipbenchError
 from lipbench.suite import Scenario
 from lipbench.torch.conv_operator import (
     ConvGeometry,
@@ -142,9 +143,8 @@ class SigmaTracker:
         if self.conv == "bound" and not check:
             return certified_bound(kernel, geom), None, None
         if self.conv == "bound" or row == 0:  # the converged estimate, from the last one's vectors
-            start = self.vectors[layer]
-            exact, _, v = top_singular_pair(kernel, geom, None if start is None else start.view(-1, *geom.in_shape))
-            self.vectors[layer], estimate = v.flatten(1), None
+            exact, self.vectors[layer] = _converged(kernel, geom, self.vectors[layer])
+            estimate = None
         else:
             estimate, (self.vectors[layer],) = lanczos_spectral_norms(
                 [operator(kernel, geom)], [self.vectors[layer]], self.steps
@@ -152,8 +152,7 @@ class SigmaTracker:
             estimate = estimate[:, 0]
             if not check:
                 return estimate, None, None
-            exact, _, v = top_singular_pair(kernel, geom, self.vectors[layer].view(-1, *geom.in_shape))
-            self.vectors[layer] = v.flatten(1)
+            exact, self.vectors[layer] = _converged(kernel, geom, self.vectors[layer])
         bound = certified_bound(kernel, geom)
         err = None if estimate is None else (estimate - exact).abs() / exact
         return (bound if self.conv == "bound" else exact), err, (bound - exact) / exact
@@ -168,6 +167,16 @@ class SigmaTracker:
             summary.update({f"sigma_bracket_{layer}": w for layer, w in zip(self.convs, widths, strict=True)})
             out.append(summary)
         return out
+
+
+def _converged(
+    kernel: torch.Tensor, geom: ConvGeometry, start: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The converged sigma_max (M,) of stacked kernels and its right singular images (M, C*H*W), the next warm
+    start. In float64: float32 rounding of A^T A v (about 1e-7 sigma^2) would keep the residual test from passing."""
+    v0 = None if start is None else start.double().view(-1, *geom.in_shape)
+    sigma, _, v = top_singular_pair(kernel.double(), geom, v0)
+    return sigma.to(kernel.dtype), v.flatten(1).to(kernel.dtype)
 
 
 def run_tracker(
@@ -195,5 +204,8 @@ def layer_geometries(
     or None."""
     layers = lipschitz_layers(model)
     convs = any(isinstance(m, torch.nn.Conv2d) for _, m in layers)
-    geoms = conv_geometries(model, tuple(input_shape)) if convs and conv != "reshaped" else {}
+    try:
+        geoms = conv_geometries(model, tuple(input_shape)) if convs and conv != "reshaped" else {}
+    except ValueError as err:  # a grouped or circularly padded Conv2d of the user's own model
+        raise LipbenchError(f"scenario.lipschitz.conv: {conv}: {err}; set lipschitz.conv: reshaped") from None
     return [geoms.get(name) for name, _ in layers]
