@@ -333,7 +333,7 @@ def sigma_costs(w: Workload, device: torch.device, rounds: int) -> list[SigmaCos
         loss.backward()
         opt.step()
 
-    members = ensemble._Members([initial_model(s, data) for s in specs], device, masks=[])  # no dropout
+    members = ensemble._Members([initial_model(s, data) for s in specs], device)  # no dropout: no mask generators
     factors = step_factors(specs, device)
 
     def ensemble_step() -> None:

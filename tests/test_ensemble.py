@@ -151,7 +151,7 @@ def test_grouped_convnet_gives_the_vmapped_modules_logits_and_gradients() -> Non
     data = data_for(sc)
     specs = [spec(sc, i, i) for i in range(3)]
     models = [initial_model(s, data).double() for s in specs]  # float64: the two differ by rounding alone
-    members = ensemble._Members(models, torch.device("cpu"), [])
+    members = ensemble._Members(models, torch.device("cpu"))
     x = torch.randn(3, 8, *data.input_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     leaves = list(members.leaves.values())
     grouped = members.train_logits(x)

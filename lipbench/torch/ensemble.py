@@ -465,7 +465,9 @@ class _Members:
     parameters as the module sees them (views).
     """
 
-    def __init__(self, modules: list[torch.nn.Module], device: torch.device, masks: list[torch.Generator]) -> None:
+    def __init__(
+        self, modules: list[torch.nn.Module], device: torch.device, masks: Sequence[torch.Generator] = ()
+    ) -> None:
         self.base = modules[0].to(device)  # the skeleton functional_call fills with a member's parameters
         if list(self.base.buffers()):
             raise ValueError("the ensemble cannot stack module buffers (batch norm must not track running stats)")

@@ -93,6 +93,8 @@ def _dropout_mask(
     h: torch.Tensor, M: int, p: float, generators: Sequence[torch.Generator], grouped: bool
 ) -> torch.Tensor:
     """Each member's inverted-dropout mask, drawn as nn.Dropout draws it on one member's activations."""
+    if len(generators) != M:
+        raise ValueError(f"dropout needs one generator per member: {M} members, {len(generators)} generators")
     shape = (h.shape[0], h.shape[1] // M, *h.shape[2:]) if grouped else h.shape[1:]
     draws = [torch.empty(shape, device=h.device, dtype=h.dtype).bernoulli_(1 - p, generator=g) for g in generators]
     mask = torch.stack(draws, dim=1).flatten(1, 2) if grouped else torch.stack(draws)
