@@ -45,8 +45,8 @@ def run_claims(
     """Train every run of every claim (in parallel when workers > 1) and judge each claim.
 
     `engine`: "per-run" trains each run alone (engine.train); "ensemble" trains the runs of a claim
-    that can share one (lipbench.torch.ensemble.group_specs) as one vectorised ensemble, a unit of work
-    for one worker; "auto" does so for groups of two or more runs.
+    that can share one (lipbench.torch.ensemble.group_specs) as vectorised ensembles, each group split
+    between the workers (`_units`); "auto" does so for groups of two or more runs.
 
     `executor` ("local" or "ray", `lipbench.executors`) trains the units; runs that are equal
     (`lipbench.cache.run_key`) are trained once and shared by every claim that needs them;
