@@ -122,13 +122,18 @@ def test_only_the_plain_mlp_is_fused() -> None:
     assert not fuses(scenario(CONVNET))
 
 
-def test_convnet_members_with_batch_norm_and_uniform_noise_follow_engine_train() -> None:
+def convnet_members() -> list[RunSpec]:
+    """One grouped ConvNet ensemble with batch norm: seeds, learning rate, label noise and noise std differ."""
     sc = {"model": {"batch_norm": True}, "sampling": "without_replacement", "gradient": {"noise": "uniform"}}
-    specs = [
+    return [
         spec(scenario(CONVNET, **sc), 0, 0),
         spec(scenario(CONVNET, **sc, label_noise=0.2, optimizer={"lr": 0.02}), 1, 2),
         spec(scenario(CONVNET, **{**sc, "gradient": {"noise": "uniform", "noise_std": 0.01}}), 2, 1),
     ]
+
+
+def test_convnet_members_with_batch_norm_and_uniform_noise_follow_engine_train() -> None:
+    specs = convnet_members()
     assert len(group_specs(specs)) == 1
     data = data_for(specs[0].scenario)
     ours = train_ensemble(specs, data, exact_every=1)
@@ -303,7 +308,7 @@ def _synchronizing_calls(fn) -> int:
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("members", [mlp_members, smoothed_mlp_members])
+@pytest.mark.parametrize("members", [mlp_members, smoothed_mlp_members, convnet_members])
 def test_cuda_ensemble_follows_engine_train_on_cuda(members) -> None:
     specs = members()
     data = data_for(specs[0].scenario)
