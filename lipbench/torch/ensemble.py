@@ -128,7 +128,7 @@ ENSEMBLE_SUPPORT: dict[str, Decision] = {
     "model.hidden": _SHARED,
     "model.width": _SHARED,
     "model.dropout": Decision(True, "every member its own masks: the ConvNet's are engine.train's, the MLP's not"),
-    "model.batch_norm": Decision(True, "batch statistics without running ones, which vmap keeps per member"),
+    "model.batch_norm": Decision(True, "batch statistics without running ones, per member and channel"),
     "model.init": _SHARED,
     "model.init=default": _RUNS,
     "model.init=normal": _RUNS,

@@ -9,10 +9,10 @@ M x b x features and the Linear layers are batched matmuls. Autograd differentia
 
 Why not `vmap` over one module: vmap also ends in grouped convolutions, but in the default memory layout,
 where a CPU's grouped convolution and max-pooling go plane by plane; here the grouped tensor is kept
-channels-last. Measured (benchmarks/throughput.py, model-steps per second against a naive per-run loop, one
-thread on the shared 2-core CPU): at 1x8x8 (batch 32, 5 runs) grouped 1.78x, vmap 1.24x; at 1x28x28 1.25x
-and 0.96x; at 3x32x32 1.45x and 0.85x. The convolutions' FLOPs stay those of the loop: the larger the maps,
-the less of a step the ensemble can save.
+channels-last. Measured (model-steps per second against a naive per-run loop, one thread on the shared
+2-core CPU, two comparisons; benchmarks/README.md): at 1x8x8 (batch 32, 5 runs) grouped 1.78-1.82x, vmap
+1.24-1.67x; at 1x28x28 1.01-1.25x and 0.85-0.96x; at 3x32x32 1.10-1.45x and 0.85-0.99x. The convolutions'
+FLOPs stay those of the loop: the larger the maps, the less of a step the ensemble can save.
 
 Dropout: each member draws its masks from its own generator, seeded as engine.train seeds torch's global
 generator for that run, in the order engine.train's forward pass draws them; on the CPU (where dropout is a
