@@ -457,7 +457,8 @@ def _dropout_generator(spec: RunSpec, device: torch.device) -> torch.Generator:
 
 
 class _Members:
-    """The members' parameters, stacked along a leading member axis, and their vmapped forward passes.
+    """The members' parameters, stacked along a leading member axis, and their forward passes (vmapped; the
+    ConvNet's training pass as grouped convolutions, `train_logits`).
 
     Trained in place. Linear weights are kept as M x in x out, so that their gradient (x^T delta,
     from the batched matmul) comes out contiguous and the update is a streaming subtraction; a
