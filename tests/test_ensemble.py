@@ -12,7 +12,7 @@ import torch
 from builders import scenario_from
 
 from lipbench.records import RunRecord
-from lipbench.runner import run_claims
+from lipbench.runner import _units, run_claims
 from lipbench.suite import RunSpec, Scenario, load_claim
 from lipbench.torch import ensemble
 from lipbench.torch.data import Dataset, load_dataset
@@ -25,6 +25,7 @@ from lipbench.torch.ensemble import (
     train_ensemble,
 )
 from lipbench.torch.lipschitz import exact_spectral_norms, lanczos_spectral_norms, matrix_operator, top_singular
+from lipbench.torch.training import initial_model
 
 MLP: dict[str, Any] = {
     "model": {"name": "mlp", "hidden": [32, 16]},
@@ -121,18 +122,73 @@ def test_only_the_plain_mlp_is_fused() -> None:
     assert not fuses(scenario(CONVNET))
 
 
-def test_convnet_members_with_batch_norm_and_uniform_noise_follow_engine_train() -> None:
+def convnet_members() -> list[RunSpec]:
+    """One grouped ConvNet ensemble with batch norm: seeds, learning rate, label noise and noise std differ."""
     sc = {"model": {"batch_norm": True}, "sampling": "without_replacement", "gradient": {"noise": "uniform"}}
-    specs = [
+    return [
         spec(scenario(CONVNET, **sc), 0, 0),
         spec(scenario(CONVNET, **sc, label_noise=0.2, optimizer={"lr": 0.02}), 1, 2),
         spec(scenario(CONVNET, **{**sc, "gradient": {"noise": "uniform", "noise_std": 0.01}}), 2, 1),
     ]
+
+
+def test_convnet_members_with_batch_norm_and_uniform_noise_follow_engine_train() -> None:
+    specs = convnet_members()
     assert len(group_specs(specs)) == 1
     data = data_for(specs[0].scenario)
     ours = train_ensemble(specs, data, exact_every=1)
     for record, s in zip(ours, specs, strict=True):
         assert_same_run(record, train(s, data))
+
+
+def test_convnet_members_with_dropout_follow_engine_train_masks_and_all() -> None:
+    """The grouped ConvNet draws each member's dropout masks where engine.train draws that run's (CPU)."""
+    sc = {"model": {"dropout": True, "batch_norm": True}}
+    specs = [spec(scenario(CONVNET, **sc), 0, 0), spec(scenario(CONVNET, **sc, optimizer={"lr": 0.02}), 1, 2)]
+    data = data_for(specs[0].scenario)
+    ours = train_ensemble(specs, data, exact_every=1)
+    for record, s in zip(ours, specs, strict=True):
+        assert_same_run(record, train(s, data))
+
+
+def test_grouped_convnet_gives_the_vmapped_modules_logits_and_gradients() -> None:
+    sc = scenario(CONVNET, model={"batch_norm": True, "width": 3})
+    data = data_for(sc)
+    specs = [spec(sc, i, i) for i in range(3)]
+    models = [initial_model(s, data).double() for s in specs]  # float64: the two differ by rounding alone
+    members = ensemble._Members(models, torch.device("cpu"))
+    x = torch.randn(3, 8, *data.input_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    leaves = list(members.leaves.values())
+    grouped = members.train_logits(x)
+    vmapped = members.batches(members.params(), x)
+    torch.testing.assert_close(grouped, vmapped, rtol=1e-10, atol=1e-12)
+    ref_grads = torch.autograd.grad(vmapped.sum(), leaves)
+    for ours, ref in zip(torch.autograd.grad(grouped.sum(), leaves), ref_grads, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("members", [mlp_members, "convnet_dropout"])
+def test_a_part_of_a_group_trains_its_runs_as_the_whole_group_does(members) -> None:
+    """What `runner._units` relies on when it splits a group between workers."""
+    if members == "convnet_dropout":
+        sc = scenario(CONVNET, model={"dropout": True}, steps=10)
+        specs = [spec(sc, i, 3 - i) for i in range(3)]
+    else:
+        specs = members()
+    assert ensemble.members_independent(specs[0].scenario)
+    data = data_for(specs[0].scenario)
+    whole = train_ensemble(specs, data)
+    parts = train_ensemble(specs[0::2], data) + train_ensemble(specs[1::2], data)
+    for a in whole:
+        [b] = [p for p in parts if p.run_id == a.run_id]
+        for key in a.metrics:
+            np.testing.assert_allclose(a.metrics[key], b.metrics[key], rtol=1e-6, atol=1e-7, err_msg=key)
+        assert a.summary["test_accuracy"] == b.summary["test_accuracy"]
+
+
+def test_the_mlps_dropout_masks_tie_its_members_together() -> None:
+    assert not ensemble.members_independent(scenario(MLP, model={"dropout": True}))
+    assert ensemble.members_independent(scenario(CONVNET, model={"dropout": True}))
 
 
 def test_chunks_give_the_same_runs_as_one_ensemble() -> None:
@@ -252,7 +308,7 @@ def _synchronizing_calls(fn) -> int:
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("members", [mlp_members, smoothed_mlp_members])
+@pytest.mark.parametrize("members", [mlp_members, smoothed_mlp_members, convnet_members])
 def test_cuda_ensemble_follows_engine_train_on_cuda(members) -> None:
     specs = members()
     data = data_for(specs[0].scenario)
@@ -293,6 +349,18 @@ def test_run_claims_with_the_ensemble_engine_matches_per_run(write_suite, engine
     for a, b in zip(ours.records, per_run.records, strict=True):
         assert a.run_id == b.run_id
         np.testing.assert_allclose(a.metrics["K"], b.metrics["K"], rtol=1e-4)
+
+
+def test_units_split_every_group_between_the_workers_unless_its_members_share_masks() -> None:
+    growth = [RunSpec("growth", f"g{i}", scenario(CONVNET, steps=40), None, i, 0) for i in range(5)]
+    noisy = [RunSpec("noisy", f"n{i}", scenario(MLP), None, i, 0) for i in range(4)]
+    dropout = [RunSpec("drop", f"d{i}", scenario(MLP, model={"dropout": True}), None, i, 0) for i in range(3)]
+    units = _units(growth + noisy + dropout, "auto", n_workers=2)
+    assert sorted(len(u) for u in units) == [2, 2, 2, 3, 3]  # growth 3 + 2, noisy 2 + 2, dropout whole
+    assert sorted(s.run_id for u in units for s in u) == sorted(s.run_id for s in growth + noisy + dropout)
+    assert all(len({s.claim for s in u}) == 1 for u in units)
+    assert [len(u) for u in _units(growth, "ensemble", n_workers=8)] == [1] * 5  # at most one run a part
+    assert len(_units(growth, "per-run", n_workers=1)) == 5
 
 
 def test_run_claims_refuses_an_unknown_engine(write_suite) -> None:

@@ -98,7 +98,8 @@ def conv_geometries(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
     """The geometry of every Conv2d of `model` (by module name) on inputs of `input_shape` (C, H, W).
 
     Found by one forward pass of two zero images (batch norm in training mode needs more than one value per
-    channel); the model's mode and buffers (batch norm's running statistics) are restored.
+    channel); the model's mode and buffers (batch norm's running statistics) are restored, and so is torch's
+    global generator (the pass's dropout draws must not shift a run's dropout masks).
     """
     found: dict[str, ConvGeometry] = {}
 
@@ -116,7 +117,7 @@ def conv_geometries(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None else torch.float32
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             model.train()
             model(torch.zeros(2, *input_shape, device=device, dtype=dtype))
     finally:

@@ -2,19 +2,21 @@
 
 Runs that share everything but their seeds and a few numbers (`ensemble_key`) become the members
 of one ensemble. Their parameters are stacked along a leading member axis; the forward pass is
-`torch.func.vmap` over `functional_call` of one module, and one backward pass through the sum of
-the members' losses gives every member its own gradient (no member's loss depends on another's).
-The plain MLP (no dropout) skips autograd: `_fused_mlp_step` writes its backward pass out with
-batched matmuls and accumulates each weight gradient straight into the weights.
+`torch.func.vmap` over `functional_call` of one module (the ConvNet: members as the groups of grouped
+convolutions, lipbench.torch.grouped), and one backward pass through the sum of the members' losses
+gives every member its own gradient (no member's loss depends on another's). The plain MLP (no
+dropout) skips autograd: `_fused_mlp_step` writes its backward pass out with batched matmuls and
+accumulates each weight gradient straight into the weights.
 
 Each member keeps what engine.train gives a run, from the same pieces (lipbench.torch.training), so
 the same seeds give the same trajectory within float tolerance: its initial weights (built and
 `initialise`d on the CPU from its init seed), its streams (batches, epoch permutations, gradient
 noise and label corruption, each from the member's own generator in engine.train's order), the
 same recorded columns, and its own learning rate, weight decay, label noise, gradient scale and
-noise std. Dropout masks are the exception: under vmap (randomness="different") every member
-draws its own masks from the global generator, seeded from the first member's seeds, so an
-ensemble repeats itself but its masks are not engine.train's.
+noise std. The ConvNet's dropout masks too (each member its own generator, where engine.train's
+global generator stands on the CPU). The MLP's dropout masks are the exception: under vmap
+(randomness="different") every member draws its own masks from the global generator, seeded from
+the first member's seeds, so an ensemble repeats itself but its masks are not engine.train's.
 
 What runs as an ensemble is decided per field and per allowed value of the scenario schema, in
 `ENSEMBLE_SUPPORT` (a test fails when the schema gains a field or a value without a decision
@@ -57,6 +59,7 @@ from lipbench.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULES
 from lipbench.suite import RunSpec, Scenario
 from lipbench.torch.data import Dataset
 from lipbench.torch.engine import train
+from lipbench.torch.grouped import grouped_forward, groups
 from lipbench.torch.models import lipschitz_layers
 from lipbench.torch.tracking import SigmaTracker, default_exact_every, default_lanczos_steps, layer_geometries
 from lipbench.torch.training import (
@@ -65,8 +68,10 @@ from lipbench.torch.training import (
     Factors,
     GradientNoise,
     Recorder,
+    Stream,
     initial_model,
     member_labels,
+    run_seed,
     seed_global,
     step_factors,
     test_accuracy,
@@ -84,6 +89,7 @@ __all__ = [
     "ensemble_obstacle",
     "fuses",
     "group_specs",
+    "members_independent",
     "train_ensemble",
     "unsupported",
 ]
@@ -118,11 +124,11 @@ _RUNS = Decision(True, "vectorised")
 ENSEMBLE_SUPPORT: dict[str, Decision] = {
     "model.name": _SHARED,
     "model.name=mlp": Decision(True, "vectorised; without dropout trained by the hand-written `_fused_mlp_step`"),
-    "model.name=convnet": Decision(True, "vectorised through vmap and autograd"),
+    "model.name=convnet": Decision(True, "members as the groups of grouped convolutions, through autograd"),
     "model.hidden": _SHARED,
     "model.width": _SHARED,
-    "model.dropout": Decision(True, "vmap draws every member its own masks (not engine.train's)"),
-    "model.batch_norm": Decision(True, "batch statistics without running ones, which vmap keeps per member"),
+    "model.dropout": Decision(True, "every member its own masks: the ConvNet's are engine.train's, the MLP's not"),
+    "model.batch_norm": Decision(True, "batch statistics without running ones, per member and channel"),
     "model.init": _SHARED,
     "model.init=default": _RUNS,
     "model.init=normal": _RUNS,
@@ -391,8 +397,13 @@ def _train_chunk(
 ) -> list[RunRecord]:
     started = time.perf_counter()
     sc, M, b = specs[0].scenario, len(specs), specs[0].scenario.optimizer.batch_size
-    members = _Members([initial_model(s, data) for s in specs], device)  # each initialised as engine.train's
-    seed_global(specs[0])  # dropout masks under vmap: every member its own, from the first member's seeds
+    models, masks = [], []
+    for spec in specs:  # each initialised as engine.train's, and its dropout generator where engine.train's is
+        seed_global(spec)
+        models.append(initial_model(spec, data))  # building the modules draws from the global generator
+        masks.append(_dropout_generator(spec, device))
+    members = _Members(models, device, masks)
+    seed_global(specs[0])  # the MLP's dropout masks under vmap: every member its own, from the first member's seeds
     x_train, y_train = data.x_train.to(device), member_labels(specs, data, device)  # y_train: M x N
     x_mon, y_mon = x_train[:MONITOR_SIZE], y_train[:, :MONITOR_SIZE]
     sampler = BatchSampler(specs, x_train.shape[0], sc, device)
@@ -436,8 +447,18 @@ def _train_chunk(
     return recorder.records(specs, (time.perf_counter() - started) / M, summaries)  # the chunk's time, shared out
 
 
+def _dropout_generator(spec: RunSpec, device: torch.device) -> torch.Generator:
+    """A member's ConvNet dropout generator: on the CPU, torch's global generator as engine.train leaves it
+    after building the run's model (so the masks are engine.train's); on CUDA, seeded from the same stream."""
+    generator = torch.Generator(device=device)
+    if device.type == "cpu":
+        return generator.set_state(torch.get_rng_state())
+    return generator.manual_seed(run_seed(spec, Stream.GLOBAL))
+
+
 class _Members:
-    """The members' parameters, stacked along a leading member axis, and their vmapped forward passes.
+    """The members' parameters, stacked along a leading member axis, and their forward passes (vmapped; the
+    ConvNet's training pass as grouped convolutions, `train_logits`).
 
     Trained in place. Linear weights are kept as M x in x out, so that their gradient (x^T delta,
     from the batched matmul) comes out contiguous and the update is a streaming subtraction; a
@@ -445,7 +466,9 @@ class _Members:
     parameters as the module sees them (views).
     """
 
-    def __init__(self, modules: list[torch.nn.Module], device: torch.device) -> None:
+    def __init__(
+        self, modules: list[torch.nn.Module], device: torch.device, masks: Sequence[torch.Generator] = ()
+    ) -> None:
         self.base = modules[0].to(device)  # the skeleton functional_call fills with a member's parameters
         if list(self.base.buffers()):
             raise ValueError("the ensemble cannot stack module buffers (batch norm must not track running stats)")
@@ -456,6 +479,7 @@ class _Members:
             self.leaves[name] = (stacked.mT.contiguous() if stacked.dim() == 3 else stacked).requires_grad_()
         self.transposed = {name for name in self.names if self.leaves[name].dim() == 3}
         self.weights = [f"{name}.weight" for name, _ in lipschitz_layers(self.base)]
+        self.masks = masks  # the ConvNet's dropout generators, one per member (lipbench.torch.grouped)
         self.batches = vmap(self._forward, in_dims=(0, 0), randomness="different")  # x: M x b x ...
         self.shared = vmap(self._forward, in_dims=(0, None), randomness="different")  # x: n x ...
 
@@ -464,6 +488,13 @@ class _Members:
 
     def params(self) -> dict[str, torch.Tensor]:
         return {name: leaf.mT if name in self.transposed else leaf for name, leaf in self.leaves.items()}
+
+    def train_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's logits on its own batch x (M x b x ...), in training mode: the ConvNet as grouped
+        convolutions (lipbench.torch.grouped: faster than vmap on a CPU), other models through vmap."""
+        if groups(self.base):
+            return grouped_forward(self.base, self.params(), x, self.masks)
+        return self.batches(self.params(), x)
 
     def layer_weights(self) -> list[torch.Tensor]:
         """Each Lipschitz layer's weight, M x out x in (Linear) or M x out x in x kh x kw (Conv2d)."""
@@ -501,7 +532,7 @@ def _autograd_step(members: _Members, x: torch.Tensor, y: torch.Tensor, factors:
     the step is one subtraction (plus lr * wd * p where there is weight decay).
     """
     leaves = list(members.leaves.values())
-    logits = members.batches(members.params(), x)  # M x b x classes
+    logits = members.train_logits(x)  # M x b x classes
     losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none", label_smoothing=smoothing)
     updates = torch.autograd.grad((losses.view(y.shape).mean(1) * factors["gradient"]).sum(), leaves)
     with torch.no_grad():
@@ -509,6 +540,12 @@ def _autograd_step(members: _Members, x: torch.Tensor, y: torch.Tensor, factors:
             for p, d in zip(leaves, updates, strict=True):
                 d.add_(p * _per_member(factors["decay"], p))
         torch._foreach_sub_(leaves, updates)
+
+
+def members_independent(scenario: Scenario) -> bool:
+    """Whether a member trains the same in any ensemble (alone, or with any other members): all but the MLP
+    with dropout, whose masks under vmap come from one generator shared by the ensemble."""
+    return scenario.model.name != "mlp" or not scenario.model.dropout
 
 
 def fuses(scenario: Scenario) -> bool:
