@@ -18,6 +18,16 @@ class SuiteError(LipbenchError):
         super().__init__(f"{where}: {message}")
 
 
+class DocumentError(LipbenchError):
+    """A JSON file lipbench reads (a result, a baseline, a cache entry) that is unreadable, of the wrong
+    shape or of another format version: names the file, the key path and the fix."""
+
+    def __init__(self, file: str | object, key: str, message: str) -> None:
+        self.file, self.key, self.message = str(file), key, message
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(f"{where}: {message}")
+
+
 class DatasetUnavailable(LipbenchError):
     """A dataset that is not on disk and may not be downloaded; the message says how to get it."""
 

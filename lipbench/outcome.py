@@ -226,10 +226,14 @@ class ClaimOutcome:
 
 
 def exit_code(outcomes: Iterable[ClaimOutcome], bad_input: bool = False) -> int:
-    """The exit code of a run: 2 on bad input, else 1 if any final verdict fails, else 0."""
-    if bad_input:
+    """The exit code of an invocation: 2 when input was refused and nothing ran; else 1 if any final verdict
+    fails or some input was refused (`bad_input`: a malformed file beside claims that ran, an ERROR of its
+    own), else 0."""
+    outcomes = list(outcomes)
+    if bad_input and not outcomes:
         return LipbenchError.exit_code
-    return max((Verdict(o.verdict).exit_code(o.claim.claim.strict) for o in outcomes), default=0)
+    code = max((Verdict(o.verdict).exit_code(o.claim.claim.strict) for o in outcomes), default=0)
+    return max(code, Verdict.ERROR.exit_code()) if bad_input else code
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

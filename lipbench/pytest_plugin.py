@@ -22,8 +22,10 @@ hooks, and only when a suite file is collected or a claim runs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +35,9 @@ import pytest
 
 from lipbench import pytest_xdist
 from lipbench.discovery import SUITE_SUFFIXES, is_base_file
-from lipbench.errors import LipbenchWarning, SuiteError
+from lipbench.errors import LipbenchWarning
 from lipbench.folders import RESULTS_ROOT, unique_name
-from lipbench.options import SHARED_OPTIONS, add_to_pytest, default_profile
+from lipbench.options import SHARED_OPTIONS, add_to_pytest
 from lipbench.registry import RAY_INSTALL
 
 SLOW_STEPS = 200_000
@@ -82,16 +84,13 @@ class Settings:
     ray_address: str | None = None
     cache_dir: str | None = None
     no_cache: bool = False
-    cache: Any = None
     baselines: str | None = None
     slow_steps: int = SLOW_STEPS
     threads: int | None = None
     experiment_ids: dict[str, str] = field(default_factory=dict)
     gpus: list[str] | None = None
-    profile: str | None = None
-    device: str | None = None
-    device_error: str | None = None
-    session: Any = None
+    invocation: Any = None  # lipbench.invocation.Invocation, opened when the first claim runs
+    invocation_error: str | None = None
     names: dict[tuple[str, str], Path] = field(default_factory=dict)
 
 
@@ -213,13 +212,15 @@ class SuiteFile(pytest.File):
     """One suite file: one claim, resolved for the session's profile."""
 
     def collect(self):
-        from lipbench.suite import load_claim, name_taken  # the schema loads only once a suite file is collected
+        # The schema loads only once a suite file is collected.
+        from lipbench.invocation import load_claims
+        from lipbench.suite import name_taken
 
         settings = self.config.stash[SETTINGS]
-        try:
-            claim = load_claim(self._suite_path(), _profile(settings))
-        except SuiteError as e:
-            raise self.CollectError(str(e)) from None
+        claims, problems = load_claims([self._suite_path()], settings.profile_option)
+        if problems:
+            raise self.CollectError(str(problems[0]))
+        [claim] = claims
         key = (claim.collection, claim.name)
         other = settings.names.setdefault(key, self.path)
         if other != self.path:
@@ -238,12 +239,6 @@ class SuiteFile(pytest.File):
         return Path(os.path.relpath(self.path, base)) if base in self.path.parents else self.path
 
 
-def _profile(settings: Settings) -> str:
-    if settings.profile is None:
-        settings.profile = settings.profile_option or default_profile(settings.device_option)
-    return settings.profile
-
-
 # ------------------------------------------------------------------ running
 
 
@@ -258,34 +253,18 @@ class ClaimItem(pytest.Item):
     def runtest(self) -> None:
         # The runner and the baselines (pandas, scipy) load only once a claim runs.
         from lipbench.outcome import Verdict, exit_code
-        from lipbench.runner import run_claims
 
         settings = self.config.stash[SETTINGS]
-        device = _device(settings)
-        if device is None:
-            raise ClaimFailed(self, Verdict.ERROR, str(settings.device_error))
-        session = _session(settings, device)
+        run = _invocation(settings, self.claim)
+        if run is None:
+            raise ClaimFailed(self, Verdict.ERROR, str(settings.invocation_error))
         if settings.threads is not None:
             import torch  # a claim is about to train: torch is needed now
 
             torch.set_num_threads(settings.threads)
         folders: list[Path] = []
-
-        def done(outcome: Any) -> None:
-            folders.append(session.finish_claim(outcome))
-
         workers = settings.workers if settings.workers is not None else (1 if settings.threads is not None else None)
-        [outcome] = run_claims(
-            [self.claim],
-            device=device,
-            workers=workers,
-            data_root=settings.data_root,
-            engine=settings.engine,
-            executor=settings.executor,
-            ray_address=settings.ray_address,
-            cache=_cache(settings),
-            on_claim_done=done,
-        )
+        [outcome] = run.run([self.claim], workers=workers, on_claim_done=lambda _, folder: folders.append(folder))
         self.outcome = outcome
         folder = folders[0] if folders else None
         verdict, strict, comparison = outcome.verdict, self.claim.claim.strict, outcome.comparison
@@ -314,40 +293,33 @@ class ClaimItem(pytest.Item):
         return self.path, None, f"lipbench claim {self.name} [{self.claim.profile}]"
 
 
-def _device(settings: Settings) -> str | None:
-    if settings.device is None and settings.device_error is None:
-        from lipbench.torch.engine import resolve_device  # torch, only once a claim runs
+def _invocation(settings: Settings, claim: Any) -> Any:
+    """The invocation of this pytest process (lipbench.invocation, as `lipbench run` opens it), opened when
+    the first claim runs; None when an input is refused (`settings.invocation_error` says why)."""
+    if settings.invocation is None and settings.invocation_error is None:
+        from lipbench.errors import LipbenchError
+        from lipbench.invocation import Invocation, Options
 
-        try:
-            settings.device = str(resolve_device(settings.device_option))
-        except RuntimeError as e:
-            settings.device_error = str(e).replace("--device", "--lipbench-device")
-    return settings.device
-
-
-def _session(settings: Settings, device: str) -> Any:
-    if settings.session is None:
-        from lipbench.session import Session  # the runner's modules, only once a claim runs
-
-        settings.session = Session(
-            settings.out,
-            device,
-            tracking_uri=settings.tracking_uri,
-            mlflow=settings.mlflow,
+        options = Options.of(settings)
+        options = dataclasses.replace(
+            options,
+            device=settings.device_option,
+            no_mlflow=not settings.mlflow,
+            out=settings.out,
             experiment_ids=settings.experiment_ids,
-            warn=_warn,
-            baselines=settings.baselines,
         )
-    return settings.session
+        try:
+            settings.invocation = Invocation(options, [claim], warn=_warn)
+        except LipbenchError as e:
+            settings.invocation_error = _pytest_flags(str(e))
+    return settings.invocation
 
 
-def _cache(settings: Settings) -> Any:
-    """The run cache of this process (None with --lipbench-no-cache), shared by all its claims."""
-    if settings.cache is None and not settings.no_cache:
-        from lipbench.cache import RunCache
-
-        settings.cache = RunCache(settings.cache_dir)
-    return settings.cache
+def _pytest_flags(text: str) -> str:
+    """A message of the CLI with this face's option names (`--device` -> `--lipbench-device`)."""
+    for option in SHARED_OPTIONS:
+        text = re.sub(rf"(?<![\w-])--{option.name}\b", f"--lipbench-{option.name}", text)
+    return text
 
 
 def _warn(text: str) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from lipbench.devices import has_nvidia_driver
 from lipbench.discovery import collection_of, suite_files
 from lipbench.errors import LipbenchWarning, StoreError, SuiteError
 
@@ -110,7 +111,7 @@ def configure_worker(settings: Settings, workerinput: dict[str, Any]) -> None:
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries; torch is imported only if a driver is there."""
-    if not (Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia[0-9]*"))):
+    if not has_nvidia_driver():
         return []
     import torch  # only with an NVIDIA driver present: the plugin loads without torch
 

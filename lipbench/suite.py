@@ -422,7 +422,8 @@ def claim_model(data: Any) -> type[Claim]:
     is left to `Claim`, whose error lists every test; `factories.FactoryError` when the plugin's cannot
     be used.
     """
-    test = data.get("assertion", {}).get("test") if isinstance(data, dict) else None
+    assertion = data.get("assertion") if isinstance(data, dict) else None
+    test = assertion.get("test") if isinstance(assertion, dict) else None  # another type: the schema says so
     if not isinstance(test, str) or test in ASSERTIONS:
         return Claim
     plugin = assertion_model(test)
@@ -610,13 +611,24 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+#: The label of a claim resolved without a profile (the file's own settings); `--profile default` names it.
+BASE_PROFILE = "default"
+
+
 def load_claim(
-    path: str | Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path,
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    fallback: str | None = None,
 ) -> ResolvedClaim:
-    """Load and validate one suite file; every profile is validated, `profile` is resolved."""
+    """Load and validate one suite file; every profile is validated, `profile` is resolved.
+
+    Without `profile` the claim is resolved for `fallback` when the file has that profile, else for
+    the file's own settings (labelled "default"); `lipbench.invocation.PROFILE_RULE` is the rule.
+    """
     path = Path(path)
     raw, layers = _read_suite(path)
-    return resolve_claim(path, raw, layers, profile, overrides)
+    return resolve_claim(path, raw, layers, profile, overrides, fallback)
 
 
 def claim_from_mapping(
@@ -624,6 +636,7 @@ def claim_from_mapping(
     profile: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     collection: str = "python",
+    fallback: str | None = None,
 ) -> ResolvedClaim:
     """A claim written in Python, as the mapping a suite file would hold, validated exactly like one.
 
@@ -631,17 +644,28 @@ def claim_from_mapping(
     """
     data = copy.deepcopy(dict(data))
     path = Path(collection) / f"{data.get('name', 'claim')}.yaml"
-    return resolve_claim(path, data, [(path, data)], profile, overrides)
+    return resolve_claim(path, data, [(path, data)], profile, overrides, fallback)
 
 
 def resolve_claim(
-    path: Path, raw: dict[str, Any], layers: list[Layer], profile: str | None, overrides: list[str] | tuple[str, ...]
+    path: Path,
+    raw: dict[str, Any],
+    layers: list[Layer],
+    profile: str | None,
+    overrides: list[str] | tuple[str, ...],
+    fallback: str | None = None,
 ) -> ResolvedClaim:
     """Validate a suite's mapping (every profile) and resolve `profile` and `overrides`; `path` names it."""
     raw = dict(raw)
     profiles = raw.pop("profiles", None) or {}
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise SuiteError(path, "profiles", "must map profile names to mappings of overrides")
+    if BASE_PROFILE in profiles:
+        raise SuiteError(path, f"profiles.{BASE_PROFILE}", "is the name of the file's own settings; rename it")
+    if profile is None and fallback in profiles:
+        profile = fallback
+    elif profile == BASE_PROFILE:
+        profile = None
     raw.setdefault("name", path.stem.replace(" ", "_").lower())
     try:
         sets = [parse_override(o) for o in overrides]
@@ -667,7 +691,8 @@ def resolve_claim(
         for key, value in sets:
             data = _apply_set(path, data, key, value)
         claim = _validate(path, data, origin, body, sets, layers)
-    return ResolvedClaim(claim, path, profile or "default", collection_of(path), tuple(profiles), unset[profile or ""])
+    label = profile or BASE_PROFILE
+    return ResolvedClaim(claim, path, label, collection_of(path), tuple(profiles), unset[profile or ""])
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -958,7 +983,7 @@ def _explain(err: dict[str, Any], data: dict[str, Any], loc: tuple[str, ...]) ->
         return f"names no test; add `test:` with one of {', '.join(available_tests())}"
     if kind == "string_pattern_mismatch" and ".".join(loc) in PATTERN_HELP:
         return f"{PATTERN_HELP['.'.join(loc)]} (got {err['input']!r})"
-    if kind == "model_type":
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
         allowed = _allowed_keys(data, loc)
         keys = f" (keys: {', '.join(allowed)})" if allowed else ""
         return f"must be a mapping{keys}, got {type(err['input']).__name__}"
