@@ -34,6 +34,8 @@ class RunResult:
 
     outcomes: list[ClaimOutcome]
     out: Path
+    trained: int = 0  # runs this call trained
+    reused: int = 0  # runs this call took from the run cache
 
     @property
     def verdicts(self) -> dict[str, Verdict]:
@@ -115,7 +117,9 @@ def run(
         baselines=baselines,
     )
     invocation = Invocation(options, resolved, warn=_warn)
-    return RunResult(invocation.run(resolved), invocation.out)
+    outcomes = invocation.run(resolved)
+    cache = invocation.cache
+    return RunResult(outcomes, invocation.out, cache.trained if cache else len(resolved), cache.reused if cache else 0)
 
 
 def _warn(text: str) -> None:

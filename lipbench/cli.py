@@ -183,7 +183,15 @@ def _fails_text(verdict: Verdict) -> str:
 
 def print_whole(table: Table) -> None:
     """A table on stdout; into a file or a pipe (a CI log) at its full width, so no name or number is cut."""
-    console.print(table, width=None if console.is_terminal else WHOLE_WIDTH)
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width
+    console.width = WHOLE_WIDTH  # (a `width` given to print is capped at the console's)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def styled(verdict: str) -> str:
@@ -318,7 +326,14 @@ def cmd_run(args) -> int:
     )
     outcomes = execute(claims, run)
     print_table(outcomes, problems)
+    print_addresses(run, outcomes)
     return exit_code(outcomes, bad_input=bool(problems))
+
+
+def print_addresses(run: invocation.Invocation, outcomes) -> None:
+    """After an invocation that logged to MLflow: where its runs are in the UI."""
+    for line in run.session.addresses(outcomes):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_baseline_update(args) -> int:
@@ -335,6 +350,7 @@ def cmd_baseline_update(args) -> int:
     )
     outcomes = execute(claims, run)
     print_table(outcomes)
+    print_addresses(run, outcomes)
     env = environment(run.device)
     refused = 0
     for o in outcomes:

@@ -253,6 +253,7 @@ class ClaimItem(pytest.Item):
     def runtest(self) -> None:
         # The runner and the baselines (pandas, scipy) load only once a claim runs.
         from lipbench.outcome import Verdict, exit_code
+        from lipbench.tracking import runs_table
 
         settings = self.config.stash[SETTINGS]
         run = _invocation(settings, self.claim)
@@ -272,6 +273,11 @@ class ClaimItem(pytest.Item):
         self.user_properties += [("lipbench_verdict", str(verdict)), ("lipbench_sentence", message)]
         if folder is not None:
             self.user_properties.append(("lipbench_results", str(folder)))
+            run_id = folder / "mlflow_run_id"
+            if outcome.fails and run_id.is_file() and self.claim.collection in run.session.trackers:
+                tracker = run.session.trackers[self.claim.collection]
+                page = runs_table(tracker.uri, tracker.experiment_id, run_id.read_text().strip())
+                self.user_properties.append(("lipbench_mlflow", f"{verdict} {self.claim.name}: {page}"))
         if verdict == Verdict.SKIPPED:
             pytest.skip(outcome.sentence or "skipped by lipbench")
         if verdict == Verdict.XPASS and strict:
@@ -339,6 +345,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from lipbench.tracking import runs_table  # (mlflow itself is not imported)
+
     settings = config.stash.get(SETTINGS, None)
     if settings is None:
         return
@@ -348,5 +356,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for report in reports
         for name, _ in getattr(report, "user_properties", ())
     )
-    if ran:
-        terminalreporter.write_line(f"lipbench: results in {settings.out}")
+    if not ran:
+        return
+    terminalreporter.write_line(f"lipbench: results in {settings.out}")
+    if settings.mlflow and settings.experiment_ids and settings.tracking_uri:
+        for name, experiment_id in sorted(settings.experiment_ids.items()):
+            terminalreporter.write_line(f"mlflow: runs of {name}: {runs_table(settings.tracking_uri, experiment_id)}")
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "lipbench_mlflow" and getattr(report, "when", None) == "call":
+                    terminalreporter.write_line(f"mlflow: {value}")
