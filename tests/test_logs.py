@@ -30,7 +30,7 @@ def _lipbench(*args: str, cwd: Path, log: Path) -> int:
 
 def test_run_and_calibrate_piped_to_a_file_print_whole_lines(write_suite, tmp_path: Path) -> None:
     good = write_suite(LONG)
-    weak = write_suite(f"{LONG}-weak", {"seeds": {"init": 1}, "assertion": {"alpha": 0.01}})  # an ERROR, untrained
+    write_suite(f"{LONG}-weak", {"seeds": {"init": 1}, "assertion": {"alpha": 0.01}})  # an ERROR, untrained
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = tmp_path / "run.log"
     argv = ["run", str(good.parent), "--workers", "1", "--out", str(tmp_path / "out"), "--tracking-uri", uri]

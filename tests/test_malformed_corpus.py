@@ -184,3 +184,11 @@ def test_a_path_that_is_not_a_folder_is_one_line(tmp_path: Path, capsys) -> None
     file.write_text("x")
     assert main(["compare", str(file / "a"), str(file / "b")]) == 2
     _one_line(capsys, f"{file}/a")
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_workers_below_one_is_refused(workers: str, write_suite, tmp_path: Path, capsys) -> None:
+    argv = ["run", str(write_suite("tiny")), "--no-mlflow", "--workers", workers, "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    _one_line(capsys, f"--workers must be at least 1, not {workers}")
+    assert not (tmp_path / "out").exists()
