@@ -32,11 +32,12 @@ from lipbench.baselines import (
 )
 from lipbench.cache import RunCache
 from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
-from lipbench.compare import compare_rows, load_side, print_compare, sides
+from lipbench.compare import compare_rows, compare_table, load_side, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
 from lipbench.executors import Interrupted
 from lipbench.folders import writable_folder
+from lipbench.numbers import fmt
 from lipbench.options import add_to_parser
 from lipbench.outcome import StatOutcome, Verdict, exit_code
 from lipbench.progress import progress_for
@@ -432,7 +433,7 @@ def cmd_baseline_show(args) -> int:
                 f"{data['collection']}/{data['claim']}",
                 profile,
                 styled(data["status"]),
-                f"{a['statistic_name']} = {a['statistic']:.3g}" if a.get("statistic") is not None else "-",
+                f"{a['statistic_name']} = {fmt(a['statistic'])}" if a.get("statistic") is not None else "-",
                 tracked or "-",
                 f"{env.get('date', '-')}\n{env.get('device', '-')} @ {env.get('git_commit') or '-'}",
                 f"{data['scenario_hash']}\n{same}",
@@ -466,7 +467,7 @@ def cmd_cache_prune(args) -> int:
 
 def cmd_compare(args) -> int:
     rows = compare_rows(sides(args.a, args.tracking_uri), sides(args.b, args.tracking_uri))
-    print_compare(rows, console, args.a, args.b)
+    print_whole(compare_table(rows, args.a, args.b))
     return 0
 
 
@@ -534,9 +535,9 @@ def print_table(outcomes, problems: list[SuiteError] = ()) -> None:
         table.add_column(col)
     for o in outcomes:
         r, verdict, comparison = o.result, o.verdict, o.comparison
-        stat = f"{r.statistic_name} = {r.statistic:.3g}" if r else "-"
-        thr = f"{r.threshold:.3g}" if r else "-"
-        p = f"{r.pvalue:.2g}" if r and r.pvalue is not None else "-"
+        stat = f"{r.statistic_name} = {fmt(r.statistic)}" if r else "-"
+        thr = fmt(r.threshold) if r else "-"
+        p = fmt(r.pvalue, 2, missing="-") if r else "-"
         table.add_row(
             o.claim.name,
             o.claim.profile,
@@ -575,11 +576,11 @@ def _versus(comparison) -> str:
         return "new" if comparison is not None and comparison.verdict == Verdict.NEW else "-"
     if not comparison.comparable:
         return "not comparable"
-    zs = [c for c in comparison.changes if c.z is not None]
-    if not zs:
+    tested = [c for c in comparison.changes if c.t is not None]
+    if not tested:
         return StatOutcome.NOT_COMPARED
-    worst = max(zs, key=lambda c: abs(c.z))
-    return f"{worst.name}: t = {worst.z:.2g}"
+    worst = max(tested, key=lambda c: abs(c.t))
+    return f"{worst.name}: t = {fmt(worst.t, 2)}"
 
 
 if __name__ == "__main__":

@@ -81,9 +81,9 @@ class ChangeDoc(_Doc):
     baseline: Number
     current: Number
     change: Number
-    z: Number
+    t: Number = None  # Welch's t ("z" and "z_critical" in files of an older lipbench)
     size: Number
-    z_critical: Number
+    t_critical: Number = None
     min_change: float
     outcome: str
 

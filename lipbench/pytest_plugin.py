@@ -27,7 +27,6 @@ import importlib.util
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +37,9 @@ from lipbench.discovery import SUITE_SUFFIXES, is_base_file
 from lipbench.errors import LipbenchWarning
 from lipbench.folders import RESULTS_ROOT, unique_name
 from lipbench.options import SHARED_OPTIONS, add_to_pytest
+from lipbench.pytest_settings import SLOW_STEPS, Settings
 from lipbench.registry import RAY_INSTALL
 
-SLOW_STEPS = 200_000
 MARKERS = (
     "lipbench: a claim of a lipbench suite file, run as a test",
     "gpu: needs a CUDA device (scenario.device: cuda)",
@@ -65,33 +64,6 @@ class ClaimFailed(Exception):
         if self.folder is not None:
             lines.append(f"  results: {self.folder}")
         return "\n".join(lines)
-
-
-@dataclass
-class Settings:
-    """Plugin state of one pytest process, kept in `config.stash`."""
-
-    suite_paths: list[Path] = field(default_factory=list)
-    device_option: str = "auto"
-    profile_option: str | None = None
-    mlflow: bool = True
-    tracking_uri: str | None = None
-    out: Path = Path("lipbench-results")
-    workers: int | None = None
-    data_root: str | None = None
-    engine: str = "per-run"
-    executor: str = "local"
-    ray_address: str | None = None
-    cache_dir: str | None = None
-    no_cache: bool = False
-    baselines: str | None = None
-    slow_steps: int = SLOW_STEPS
-    threads: int | None = None
-    experiment_ids: dict[str, str] = field(default_factory=dict)
-    gpus: list[str] | None = None
-    invocation: Any = None  # lipbench.invocation.Invocation, opened when the first claim runs
-    invocation_error: str | None = None
-    names: dict[tuple[str, str], Path] = field(default_factory=dict)
 
 
 SETTINGS = pytest.StashKey[Settings]()

@@ -15,16 +15,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from lipbench.devices import has_nvidia_driver
 from lipbench.discovery import collection_of, suite_files
 from lipbench.errors import LipbenchWarning, StoreError, SuiteError
-
-if TYPE_CHECKING:
-    from lipbench.pytest_plugin import Settings
+from lipbench.pytest_settings import Settings
 
 WORKERINPUT_KEY = "lipbench"
 

@@ -153,7 +153,7 @@ def _verdict_tags(comparison) -> tuple[dict[str, str], dict[str, float]]:
     if comparison.summary.get("final_mean") is not None:
         metrics["final.mean"] = float(comparison.summary["final_mean"])
     for change in comparison.changes:
-        for key in ("z", "change"):
+        for key in ("t", "change"):
             value = getattr(change, key)
             if value is not None and abs(value) != float("inf") and value == value:
                 metrics[f"baseline.{change.name}.{key}"] = float(value)

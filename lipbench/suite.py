@@ -21,7 +21,6 @@ or kept in a folder whose name starts with `_` (e.g. `suites/_base/`); a folder 
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import hashlib
 import json
@@ -30,7 +29,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator
@@ -40,6 +39,7 @@ from lipbench import factories
 from lipbench.assertions import ASSERTIONS, Assertion, AssertionSpec, assertion_model, available_tests
 from lipbench.discovery import collection_of
 from lipbench.errors import SuiteError
+from lipbench.factories import did_you_mean as _did_you_mean
 from lipbench.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULES
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -80,7 +80,27 @@ def _builtin_only(model: type[BaseModel], builtins: tuple[str, ...], value: Any,
     return value
 
 
-class ModelSpec(Strict):
+class CallableSpec(Strict):
+    """A `name` (built in, an installed plugin's, or an importable "package.module:callable") with the
+    `kwargs` of a callable: the name is resolved and the keywords checked against its signature when
+    the file is loaded. Subclasses say which `KIND` of callable and which `BUILTINS` they have."""
+
+    KIND: ClassVar[str]
+    BUILTINS: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        return _callable_name(cls.KIND, cls.BUILTINS, value)
+
+    @field_validator("kwargs", check_fields=False)
+    @classmethod
+    def _known_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
+        return _callable_kwargs(cls.KIND, cls.BUILTINS, value, info)
+
+
+class ModelSpec(CallableSpec):
+    KIND, BUILTINS = "model", MODELS
     name: str = Field(
         description=(
             f"A built-in network ({', '.join(f'`{m}`' for m in MODELS)}; [the networks](docs/science.md#networks) "
@@ -98,16 +118,6 @@ class ModelSpec(Strict):
     init: Literal["default", "normal"] = "default"
     init_std: Annotated[float, Field(gt=0)] = 0.01
 
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        return _callable_name("model", MODELS, value)
-
-    @field_validator("kwargs")
-    @classmethod
-    def _model_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
-        return _callable_kwargs("model", MODELS, value, info)
-
     @field_validator("hidden", "width", "dropout", "batch_norm", "init", "init_std")
     @classmethod
     def _builtin_model_keys(cls, value: Any, info: ValidationInfo) -> Any:
@@ -121,7 +131,8 @@ class ModelSpec(Strict):
         return value
 
 
-class DatasetSpec(Strict):
+class DatasetSpec(CallableSpec):
+    KIND, BUILTINS = "dataset", DATASETS
     name: str = Field(
         description=(
             f"A built-in dataset ({', '.join(f'`{d}`' for d in DATASETS)}), an installed plugin's dataset, or "
@@ -138,24 +149,16 @@ class DatasetSpec(Strict):
     synthetic_classes: Annotated[int, Field(ge=2)] = 10
     synthetic_size: Annotated[int, Field(gt=0)] = 2048
 
-    @field_validator("name")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        return _callable_name("dataset", DATASETS, value)
-
-    @field_validator("kwargs")
-    @classmethod
-    def _dataset_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
-        return _callable_kwargs("dataset", DATASETS, value, info)
-
     @field_validator("synthetic_shape", "synthetic_classes", "synthetic_size")
     @classmethod
     def _builtin_dataset_keys(cls, value: Any, info: ValidationInfo) -> Any:
         return _builtin_only(cls, DATASETS, value, info)
 
 
-class ScheduleSpec(Strict):
+class ScheduleSpec(CallableSpec):
     """The learning rate over training, stepped once per training step (torch.optim.lr_scheduler)."""
+
+    KIND, BUILTINS = "schedule", SCHEDULES
 
     name: str = Field(
         "constant",
@@ -174,16 +177,6 @@ class ScheduleSpec(Strict):
     gamma: Annotated[float, Field(gt=0, le=1)] | None = Field(None, validate_default=True)  # `step`, `exponential`
     min_lr: Annotated[float, Field(ge=0)] = 0.0  # `cosine` and `linear`: the learning rate at the last step
 
-    @field_validator("name")
-    @classmethod
-    def _known_schedule(cls, value: str) -> str:
-        return _callable_name("schedule", SCHEDULES, value)
-
-    @field_validator("kwargs")
-    @classmethod
-    def _schedule_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
-        return _callable_kwargs("schedule", SCHEDULES, value, info)
-
     @field_validator("step_size", "gamma", "min_lr")
     @classmethod
     def _applies(cls, value: Any, info: ValidationInfo) -> Any:
@@ -201,7 +194,8 @@ class ScheduleSpec(Strict):
         return self.name == "constant" and self.warmup_steps == 0
 
 
-class OptimizerSpec(Strict):
+class OptimizerSpec(CallableSpec):
+    KIND, BUILTINS = "optimizer", OPTIMIZERS
     name: str = Field(
         "sgd",
         description=(
@@ -222,24 +216,13 @@ class OptimizerSpec(Strict):
     eps: Annotated[float, Field(gt=0)] | None = None  # `adam` and `adamw` (torch's default 1e-8)
     schedule: ScheduleSpec = ScheduleSpec()  # the learning rate over training
 
-    @field_validator("name")
-    @classmethod
-    def _known_optimizer(cls, value: str) -> str:
-        return _callable_name("optimizer", OPTIMIZERS, value)
-
-    @field_validator("kwargs")
-    @classmethod
-    def _optimizer_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
-        return _callable_kwargs("optimizer", OPTIMIZERS, value, info)
-
     @field_validator("momentum", "nesterov", "betas", "eps")
     @classmethod
     def _applies(cls, value: Any, info: ValidationInfo) -> Any:
-        users = {"momentum": "sgd", "nesterov": "sgd", "betas": ("adam", "adamw"), "eps": ("adam", "adamw")}
+        users = {"momentum": ("sgd",), "nesterov": ("sgd",), "betas": ("adam", "adamw"), "eps": ("adam", "adamw")}
         name, allowed = info.data.get("name"), users[info.field_name]
-        if name is not None and value not in (None, 0.0, False) and name not in allowed:
-            which = allowed if isinstance(allowed, str) else " and ".join(allowed)
-            raise ValueError(f"{info.field_name} applies to optimizer {which}, not {name!r}")
+        if name is not None and value not in (None, 0.0, False) and name not in allowed:  # a tuple: no substring test
+            raise ValueError(f"{info.field_name} applies to optimizer {' and '.join(allowed)}, not {name!r}")
         if info.field_name == "nesterov" and value and not info.data.get("momentum"):
             raise ValueError("nesterov needs momentum above 0 (torch.optim.SGD refuses it without)")
         return value
@@ -273,8 +256,10 @@ class RegularisersSpec(Strict):
 RecordName = Literal["sigma", "K", "loss", "accuracy", "sde", "init"]
 
 
-class RunFunctionSpec(Strict):
+class RunFunctionSpec(CallableSpec):
     """Your own training loop, called with the run context and a recorder ([guide](docs/extending.md))."""
+
+    KIND = "run"
 
     name: str = Field(
         description=(
@@ -284,16 +269,6 @@ class RunFunctionSpec(Strict):
     kwargs: Kwargs = Field(
         default_factory=dict, validate_default=True, description="Options handed to the function (`context.options`)."
     )
-
-    @field_validator("name")
-    @classmethod
-    def _known_run(cls, value: str) -> str:
-        return _callable_name("run", (), value)
-
-    @field_validator("kwargs")
-    @classmethod
-    def _run_kwargs(cls, value: Kwargs, info: ValidationInfo) -> Kwargs:
-        return _callable_kwargs("run", (), value, info)
 
 
 class Scenario(Strict):
@@ -1026,8 +1001,3 @@ def _test_model(test: Any) -> type[Assertion] | None:
         return assertion_model(test) if isinstance(test, str) else None
     except factories.FactoryError:
         return None
-
-
-def _did_you_mean(word: str, choices: Any) -> str:
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""

@@ -60,7 +60,7 @@ def test_tolerance_edges(z: float, size: float, expected: str) -> None:
     scale = abs(change) / size  # so that |change| / scale == size exactly
     result = compare_tracked(tracked(1.0, SE, scale=scale), tracked(1.0 + change, SE))
     assert result.outcome == expected
-    assert result.z == pytest.approx(z)
+    assert result.t == pytest.approx(z)
     assert result.size == pytest.approx(size)
 
 
@@ -78,7 +78,7 @@ def test_direction_lower_and_closer() -> None:
     assert same.change == pytest.approx(0.0) and same.outcome != "regressed"
     away = compare_tracked(tracked(-1.0, 0.01, "closer", 1.0, -1.0), tracked(-1.5, 0.01, "closer", 1.0, -1.0))
     assert away.outcome == "regressed" and away.change == pytest.approx(-0.5)
-    assert away.z < 0  # the sign of z says better (+) or worse (-), for "closer" too
+    assert away.t < 0  # the sign of t says better (+) or worse (-), for "closer" too
 
 
 def test_missing_or_zero_errors() -> None:
@@ -118,7 +118,7 @@ def test_verdict_mapping(tmp_path: Path) -> None:
     h = outcome.claim.scenario_hash()
     assert judge_against(outcome, None, device="cpu").verdict == NEW
     same = judge_against(outcome, base, device="cpu", file_hash=h)
-    assert same.verdict == PASS and same.comparable and all(c.z == 0 for c in same.changes)
+    assert same.verdict == PASS and same.comparable and all(c.t == 0 for c in same.changes)
 
     weaker = synthetic_outcome(tmp_path / "coll", "label_noise", strength=0.5)
     assert weaker.status == PASS  # the assertion still holds ...
@@ -436,7 +436,7 @@ def test_mlflow_verdict_tags_and_run_ids(tmp_path: Path, wide_console, capsys) -
     first, second = (client.get_run(i).data for i in ids)
     assert first.tags["lipbench.verdict"] == NEW and first.tags["lipbench.baseline"] == "none"
     assert second.tags["lipbench.verdict"] == REGRESSED and second.tags["lipbench.baseline"] == "compared"
-    assert second.metrics["baseline.log_ratio_extreme_values.z"] < 0
+    assert second.metrics["baseline.log_ratio_extreme_values.t"] < 0
     assert "final.mean" in second.metrics and "assertion.statistic" in second.metrics
     capsys.readouterr()
     assert main(["compare", ids[0], ids[1], "--tracking-uri", uri]) == 0
