@@ -34,7 +34,7 @@ from pydantic_core import PydanticUndefined
 
 from lipbench import suite
 from lipbench.assertions import ASSERTIONS
-from lipbench.suite import Claim
+from lipbench.suite import Claim, nested_models
 
 __all__ = ["NOTES", "REFERENCE", "main", "suite_reference"]
 
@@ -203,18 +203,6 @@ def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
-def _models_in(tp: Any) -> list[type[BaseModel]]:
-    """The pydantic models an annotation refers to (through unions, Annotated, lists, Optional)."""
-    if _is_model(tp):
-        return [tp]
-    out: list[type[BaseModel]] = []
-    if typing.get_origin(tp) is Literal:
-        return out
-    for arg in typing.get_args(tp):
-        out += [m for m in _models_in(arg) if m not in out]
-    return out
-
-
 def _metadata(tp: Any) -> tuple[Any, list[Any]]:
     """(the bare type, the constraint objects of its Annotated layers)."""
     meta: list[Any] = []
@@ -371,7 +359,7 @@ def _registry() -> tuple[str, dict[str, type[BaseModel]]]:
     registry = {str(name): model for name, model in ASSERTIONS.items()}
     models = set(registry.values())
     key = next(
-        (n for n, f in Claim.model_fields.items() if set(_models_in(f.annotation)) & models),
+        (n for n, f in Claim.model_fields.items() if set(nested_models(f.annotation)) & models),
         "assertion",
     )
     return key, registry
@@ -390,7 +378,7 @@ def _sections(root: type[BaseModel], skip: str) -> list[tuple[str, type[BaseMode
         for name, field in model.model_fields.items():
             if not path and name == skip:
                 continue
-            for sub in _models_in(field.annotation):
+            for sub in nested_models(field.annotation):
                 walk(sub, f"{path}.{name}" if path else name)
 
     walk(root, "")
@@ -410,7 +398,7 @@ def _table(
             kind, allowed = custom
         else:
             kind, allowed = render.type_of(field.annotation), render.allowed(field.annotation, list(field.metadata))
-        nested = _models_in(field.annotation)
+        nested = nested_models(field.annotation)
         anchor = anchors.get(nested[0]) if len(nested) == 1 else None
         cells = [_code(shown), kind, _default(field, anchor), allowed, _description(key, name, field, source)]
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")

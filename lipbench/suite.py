@@ -389,6 +389,19 @@ class Claim(Strict):
         return value
 
 
+def nested_models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's annotation refers to (through unions, Annotated, lists, Optional):
+    the one walk of the schema, for error messages and for the generated reference."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    if typing.get_origin(annotation) is Literal:
+        return out
+    for arg in typing.get_args(annotation):
+        out += [m for m in nested_models(arg) if m not in out]
+    return out
+
+
 def claim_model(data: Any) -> type[Claim]:
     """The model a claim's mapping validates against: `Claim`, or `Claim` holding an installed plugin's test.
 
@@ -988,12 +1001,8 @@ def _field_model(model: type[BaseModel], key: str, node: Any) -> Any:
     if issubclass(model, Claim) and key == "assertion":
         return _test_model(node.get("test")) if isinstance(node, dict) else None
     field = model.model_fields.get(key)
-    if field is None:
-        return None
-    for candidate in (field.annotation, *typing.get_args(field.annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+    found = nested_models(field.annotation) if field is not None else []
+    return found[0] if found else None
 
 
 def _test_model(test: Any) -> type[Assertion] | None:
