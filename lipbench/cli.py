@@ -1,8 +1,10 @@
 """`lipbench run | list | show | validate | baseline | compare | report`: a thin face over the library.
 
 Exit codes of `run` (for CI): 0 when every verdict is PASS, IMPROVED, NEW, XFAIL, SKIPPED or a
-non-strict XPASS; 1 on any FAIL, REGRESSED, ERROR or strict XPASS; 2 bad input. The verdicts are
-`lipbench.outcome.Verdict` (`lipbench run --help` lists them); the baseline tolerance rule is
+non-strict XPASS; 1 on any FAIL, REGRESSED, ERROR or strict XPASS (a malformed file beside claims that
+ran counts as an ERROR); 2 when input was refused and nothing trained. Every command goes through
+`lipbench.invocation` for its claims: one profile rule, every input checked before anything trains.
+The verdicts are `lipbench.outcome.Verdict` (`lipbench run --help` lists them); the baseline tolerance rule is
 documented in `lipbench.baselines`.
 """
 
@@ -173,7 +175,11 @@ def verdict_legend() -> str:
     """The verdicts of `run`, what each means and whether it fails the run (exit 1)."""
     width = max(len(v) for v in Verdict)
     lines = [f"  {v:<{width}}  {v.meaning}{_fails_text(v)}" for v in Verdict]
-    return "verdicts:\n" + "\n".join(lines) + "\n\nexit codes: 0 no verdict fails, 1 some verdict fails, 2 bad input"
+    codes = (
+        "exit codes: 0 no verdict fails, 1 some verdict fails (or a file was refused beside claims that ran), "
+        "2 input refused and nothing trained"
+    )
+    return "verdicts:\n" + "\n".join(lines) + "\n\n" + codes
 
 
 def _fails_text(verdict: Verdict) -> str:

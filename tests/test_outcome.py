@@ -211,7 +211,8 @@ def test_run_help_lists_every_verdict_with_its_meaning_and_exit_code() -> None:
         line = next(line for line in text.splitlines() if line.split()[:1] == [str(verdict)])
         assert verdict.meaning in line
         assert ("(fails the run" in line) == verdict.fails(strict=True), line
-    assert "exit codes: 0 no verdict fails, 1 some verdict fails, 2 bad input" in text
+    assert "exit codes: 0 no verdict fails, 1 some verdict fails" in text
+    assert "2 input refused and nothing trained" in text
 
 
 def test_report_legend_and_badges_say_what_a_verdict_means() -> None:
