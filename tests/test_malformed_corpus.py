@@ -179,11 +179,14 @@ def test_a_folder_that_cannot_be_made_is_refused_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_path_that_is_not_a_folder_is_one_line(tmp_path: Path, capsys) -> None:
+def test_a_path_that_is_not_a_folder_is_one_line(finished, tmp_path: Path, capsys) -> None:
     file = tmp_path / "file"
     file.write_text("x")
     assert main(["compare", str(file / "a"), str(file / "b")]) == 2
     _one_line(capsys, f"{file}/a")
+    _, run, _ = finished
+    assert main(["report", str(run), "--out", str(file / "report")]) == 2  # an OSError, caught by main
+    assert _one_line(capsys, f"{file}/report: ").endswith("Not a directory")
 
 
 @pytest.mark.parametrize("workers", ["0", "-2"])
