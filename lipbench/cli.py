@@ -265,7 +265,7 @@ def cmd_list(args) -> int:
     elif not args.paths:
         raise LipbenchError("lipbench list needs suite files or folders (PATH ...), or --plugins")
     claims, problems = load_claims(args)
-    table = Table(title=f"claims ({invocation.PROFILE_RULE})")
+    table = Table(title=f"claims (profile: the one named, else {invocation.FALLBACK_PROFILE} where the file has it)")
     for col in ("collection", "claim", "profile", "profiles", "test", "sweep", "runs", "model-steps"):
         table.add_column(col, justify="right" if col in ("runs", "model-steps") else "left")
     for c in claims:
