@@ -1,4 +1,4 @@
-"""Model-steps per second: a naive per-run training loop against lipbench's engines (issue 5).
+"""Model-steps per second: a naive per-run training loop against lipbench's engines.
 
     python benchmarks/throughput.py [--device cpu|cuda] [--quick] [--claims [--force]]
 
@@ -20,7 +20,7 @@ reports the cost of one sigma record against one training step (see `sigma_costs
 Each method's time is the best of `--repeats` interleaved rounds (the machine may be shared).
 Tracking overhead: the ensemble on the MLP workload recording sigma and K every step (no loss
 or accuracy) against recording only at the first and last step: (t_every - t_none) / t_none.
-SDE probe (issue 6): its cost per record with engine.train on the MLP workload, as a multiple of a
+SDE probe: its cost per record with engine.train on the MLP workload, as a multiple of a
 plain training step (see `probe_cost`).
 `--claims` also times `lipbench run suites/implications --profile paper`, claim by claim (real
 datasets; meaningful on a GPU, so on a CPU only with --force). The last line is always
@@ -264,8 +264,8 @@ def probe_cost(w: Workload, runs: int, steps: int, device: torch.device, repeats
     The probe's cost: runs with the probe at every step (sigma and K then come from the probe's own
     decomposition) against the same runs recording only at their ends. The plain step: runs of
     5 x `steps` against runs of `steps`, both recording only at their ends, so the fixed costs
-    (setup, the end records, test accuracy) cancel. Their ratio is what issue 6 bounds (at most 3
-    on a GPU).
+    (setup, the end records, test accuracy) cancel. Their ratio is what the probe's budget bounds
+    (at most 3 on a GPU).
     """
     w = Workload(w.name, w.model, w.shape, runs, steps, steps, w.batch_size, w.train_size)
     data = make_data(w)

@@ -2,34 +2,30 @@
 
     import lipbench
 
-    result = lipbench.run("suites/implications/label_corruption.yaml", profile="quick")
+    result = lipbench.run("suites/implications/label_corruption.yaml")  # profile: quick, as `lipbench run`
     result = lipbench.run({"schema_version": 1, "name": "mine", "claim": "...", "scenario": {...}, ...})
     result.passed, result.verdicts, result.records  # a pandas DataFrame, one row per recorded step
 
 A claim is a suite file or folder, a mapping written as a suite file would be (validated the same
 way; a problem raises the same one-line `SuiteError`), or an already loaded `ResolvedClaim`. The
-runs go through the runner and the session the CLI uses: the same assertions, baseline verdicts,
-results folder and (when `mlflow=True`) MLflow logging.
+claims go through `lipbench.invocation`, as from the CLI: the same profile rule, input checks,
+executor, run cache (a second call trains nothing), assertions, baseline verdicts, results folder and
+(when `mlflow=True`) MLflow logging.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from lipbench.discovery import suite_files
+from lipbench.errors import LipbenchWarning
+from lipbench.invocation import ClaimSource, Invocation, Options, load_claims
 from lipbench.outcome import ClaimOutcome, Verdict, exit_code
 from lipbench.records import records_frame
-from lipbench.runner import run_claims
-from lipbench.session import Session
-from lipbench.suite import ResolvedClaim, claim_from_mapping, load_claim, without_duplicates
-
-ClaimSource = str | Path | Mapping[str, Any] | ResolvedClaim
+from lipbench.suite import ResolvedClaim
 
 
 @dataclass
@@ -38,6 +34,8 @@ class RunResult:
 
     outcomes: list[ClaimOutcome]
     out: Path
+    trained: int = 0  # runs this call trained
+    reused: int = 0  # runs this call took from the run cache
 
     @property
     def verdicts(self) -> dict[str, Verdict]:
@@ -47,7 +45,7 @@ class RunResult:
     @property
     def passed(self) -> bool:
         """True when no verdict is FAIL, ERROR or REGRESSED (and no strict claim passed unexpectedly)."""
-        return exit_code(self.outcomes, bad_input=False) == 0
+        return exit_code(self.outcomes) == 0
 
     @property
     def records(self) -> pd.DataFrame:
@@ -61,59 +59,68 @@ class RunResult:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def __getitem__(self, name: str) -> ClaimOutcome:
-        return next(o for o in self.outcomes if o.claim.name == name)
+        for o in self.outcomes:
+            if o.claim.name == name:
+                return o
+        raise KeyError(f"no claim {name!r} in this result; it has {', '.join(o.claim.name for o in self.outcomes)}")
 
 
 def load(
     *claims: ClaimSource, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> list[ResolvedClaim]:
-    """The claims named, resolved for `profile` (default: the file's own settings) and `overrides`."""
-    resolved: list[ResolvedClaim] = []
-    for source in claims:
-        if isinstance(source, ResolvedClaim):
-            resolved.append(source)
-        elif isinstance(source, Mapping):
-            resolved.append(claim_from_mapping(dict(source), profile, overrides))
-        else:
-            resolved += [load_claim(f, profile, overrides) for f in suite_files([source])]
-    unique, duplicates = without_duplicates(resolved)
-    if duplicates:  # the rule of `lipbench run`: names differ within a collection
-        raise duplicates[0]
-    return unique
+    """The claims named, resolved by the profile rule of every face (`lipbench.invocation.PROFILE_RULE`) and
+    `overrides`; the first problem raises its one-line `SuiteError`."""
+    resolved, problems = load_claims(claims, profile, overrides)
+    if problems:
+        raise problems[0]
+    return resolved
 
 
 def run(
     *claims: ClaimSource,
-    profile: str | None = "quick",
+    profile: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     device: str = "auto",
     workers: int | None = 1,
     engine: str = "per-run",
+    executor: str = "local",
+    ray_address: str | None = None,
+    cache_dir: str | Path | None = None,
+    cache: bool = True,
     data_root: str | None = None,
     out: str | Path | None = None,
     mlflow: bool = False,
     tracking_uri: str | None = None,
     baselines: str | Path | None = None,
 ) -> RunResult:
-    """Train and judge `claims` as `lipbench run` does; returns their outcomes and records.
+    """Train and judge `claims` as `lipbench run` does (`lipbench.invocation`: the same profile rule, checks,
+    executor and run cache); returns their outcomes and records.
 
-    `workers=1` trains in this process (so a notebook's monkeypatches and imports apply); results
-    are saved under `out` (default lipbench-results/api-<time>); baselines default to the folder
-    above each suite file (a claim given as a mapping has none unless `baselines` names one).
+    `workers=1` trains in this process (so a notebook's monkeypatches and imports apply); results are
+    saved under `out` (default a new lipbench-results/<date>-<time>-<random>, one per call); baselines
+    default to the folder above each suite file (a claim given as a mapping has none unless `baselines`
+    names one). Every input is checked before anything trains; a problem raises a `LipbenchError`.
     """
-    from lipbench.torch.engine import resolve_device  # torch, only when claims train
-
     resolved = load(*claims, profile=profile, overrides=overrides)
-    device = str(resolve_device(device))
-    out = Path(out or Path("lipbench-results") / datetime.now().strftime("api-%Y%m%d-%H%M%S"))
-    session = Session(out, device, tracking_uri=tracking_uri, mlflow=mlflow, baselines=baselines)
-    session.prepare(resolved)
-    outcomes = run_claims(
-        resolved,
+    options = Options(
         device=device,
         workers=workers,
-        data_root=data_root,
         engine=engine,
-        on_claim_done=session.finish_claim,
+        executor=executor,
+        ray_address=ray_address,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        no_cache=not cache,
+        tracking_uri=tracking_uri,
+        no_mlflow=not mlflow,
+        data_root=data_root,
+        out=out,
+        baselines=baselines,
     )
-    return RunResult(outcomes, out)
+    invocation = Invocation(options, resolved, warn=_warn)
+    outcomes = invocation.run(resolved)
+    cache = invocation.cache
+    return RunResult(outcomes, invocation.out, cache.trained if cache else len(resolved), cache.reused if cache else 0)
+
+
+def _warn(text: str) -> None:
+    warnings.warn(text, LipbenchWarning, stacklevel=3)

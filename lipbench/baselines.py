@@ -62,16 +62,12 @@ from scipy import stats
 from lipbench import attribution, forces
 from lipbench.assertions import Tracked
 from lipbench.assertions.base import at_record
-from lipbench.errors import LipbenchError
+from lipbench.documents import BASELINE_VERSION, BaselineDoc, load_document
+from lipbench.errors import DocumentError, LipbenchError
 from lipbench.outcome import ClaimOutcome, Comparison, StatChange, StatOutcome, Verdict, decide
 from lipbench.provenance import EXPLAINING, environment_differences
 from lipbench.records import jsonable, records_frame
 from lipbench.suite import PROSE_KEYS, Claim, ResolvedClaim
-
-# 3: a conv layer's sigma is by default its operator norm (scenario.lipschitz.conv), not the reshaped kernel's;
-#    per-layer contributions (lipbench.attribution) and force terms. 2: tracked statistics with standard errors.
-BASELINE_VERSION = 3
-READABLE_VERSIONS = (2, 3)  # a version 2 baseline compares without attribution, where K kept its meaning
 
 
 def conv_meaning_changed(outcome: ClaimOutcome) -> bool:
@@ -81,6 +77,7 @@ def conv_meaning_changed(outcome: ClaimOutcome) -> bool:
     if outcome.claim.scenario.lipschitz.conv == "reshaped":
         return False
     return any(key.startswith("sigma_bracket_") for record in outcome.records for key in record.summary)
+
 
 ALPHA = 0.005  # two-sided significance of a change: at most 0.5% false flags per statistic when only seeds change
 MIN_CHANGE = 0.10  # practical size: a tenth of the statistic's scale (asv's default factor 1.1)
@@ -223,18 +220,11 @@ def write_baseline(data: dict[str, Any], path: str | Path) -> Path:
 
 
 def read_baseline(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """A stored baseline, checked (lipbench.documents); `BaselineError` names the file and key when it is not one."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise BaselineError(f"{path}: cannot be read as JSON ({e})") from None
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if version not in READABLE_VERSIONS:
-        raise BaselineError(
-            f"{path}: schema_version {version!r}; this lipbench reads {' and '.join(map(str, READABLE_VERSIONS))}; "
-            "store it again with `lipbench baseline update`"
-        )
-    return data
+        return load_document(path, BaselineDoc)
+    except DocumentError as e:
+        raise BaselineError(str(e)) from None
 
 
 def store(

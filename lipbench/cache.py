@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from lipbench import __version__, factories
+from lipbench.documents import CacheEntryDoc, load_document
+from lipbench.errors import DocumentError
 from lipbench.records import RunRecord
 from lipbench.registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULES
 from lipbench.suite import RunSpec
@@ -153,22 +155,28 @@ class RunCache:
         self.written = 0  # records this invocation wrote to the cache
         self.rejected = 0  # entries that were there but could not be trusted
 
+    def check_writable(self) -> None:
+        """Refuse a cache folder that cannot be written before anything trains (a `LipbenchError`)."""
+        from lipbench.folders import writable_folder
+
+        writable_folder(self.root, f"pass --cache-dir (or set {CACHE_ENV}) with a folder you can write, or --no-cache")
+
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
     def load(self, key: str) -> RunRecord | None:
         """The cached record of `key`, or None when there is none or it cannot be trusted."""
         path = self.path(key)
+        if not path.is_file():
+            return None
         try:
-            data = json.loads(path.read_text())
-            if data.get("key") != key:
+            data = load_document(path, CacheEntryDoc)
+            if data["key"] != key:
                 raise ValueError("its key differs from its name")
             record = RunRecord.from_dict(data["record"])
             if any(len(v) != len(record.steps) for v in record.metrics.values()) or record.error is not None:
                 raise ValueError("its record is inconsistent")
-        except FileNotFoundError:
-            return None
-        except Exception:  # unreadable, truncated, edited, another format: train the run again
+        except (DocumentError, ValueError):  # unreadable, truncated, edited, another format: train it again
             self.rejected += 1
             return None
         with contextlib.suppress(OSError):

@@ -1,9 +1,11 @@
 """`lipbench run | list | show | validate | baseline | compare | explain | history | report`: the CLI.
 
 Exit codes of `run` (for CI): 0 when every verdict is PASS, IMPROVED, NEW, XFAIL, SKIPPED or a
-non-strict XPASS or INCONCLUSIVE; 1 on any FAIL, REGRESSED, ERROR or strict XPASS or INCONCLUSIVE;
-2 bad input; with LIPBENCH_BISECT=1 in the environment, 125 instead on ERROR or bad input. The verdicts are
-`lipbench.outcome.Verdict` (`lipbench run --help` lists them); the baseline tolerance rule is
+non-strict XPASS or INCONCLUSIVE; 1 on any FAIL, REGRESSED, ERROR or strict XPASS or INCONCLUSIVE (a
+malformed file beside claims that ran counts as an ERROR); 2 when input was refused and nothing trained; with
+LIPBENCH_BISECT=1 in the environment, 125 instead on ERROR or bad input. Every command goes through
+`lipbench.invocation` for its claims: one profile rule, every input checked before anything trains.
+The verdicts are `lipbench.outcome.Verdict` (`lipbench run --help` lists them); the baseline tolerance rule is
 documented in `lipbench.baselines`.
 """
 
@@ -21,7 +23,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lipbench import factories, plugins
+from lipbench import factories, invocation, plugins
 from lipbench.assertions import plugin_assertion
 from lipbench.baselines import (
     BaselineError,
@@ -33,24 +35,24 @@ from lipbench.baselines import (
 )
 from lipbench.cache import RunCache
 from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
-from lipbench.compare import compare_rows, load_side, print_compare, sides
+from lipbench.compare import compare_rows, compare_table, load_side, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
-from lipbench.executors import Interrupted, check_executor
+from lipbench.executors import Interrupted
 from lipbench.explain import explain
-from lipbench.folders import new_results_folder
+from lipbench.folders import writable_folder
 from lipbench.history import from_mlflow, from_results, print_history, series
-from lipbench.options import add_to_parser, default_profile
+from lipbench.numbers import fmt
+from lipbench.options import add_to_parser
 from lipbench.outcome import StatOutcome, Verdict, exit_code
 from lipbench.progress import progress_for
 from lipbench.provenance import BISECT_SKIP, ENV_BISECT, bisecting
 from lipbench.report import write_history_page, write_report
 from lipbench.results import environment, load_outcome, load_result
-from lipbench.runner import run_claims
-from lipbench.session import Session
-from lipbench.suite import ResolvedClaim, load_claim, without_duplicates
+from lipbench.suite import BASE_PROFILE, ResolvedClaim, load_claim
 
 console = Console(stderr=False, highlight=False)
+WHOLE_WIDTH = 100_000  # wider than any table: rich then sizes each column to its content
 errors = Console(stderr=True, highlight=False)
 
 
@@ -66,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LipbenchError as e:
         errors.print(f"lipbench: error: {e}", markup=False, soft_wrap=True)
         return BISECT_SKIP if bisecting() else e.exit_code
+    except OSError as e:  # a path that cannot be read or written: one line naming it, never a traceback
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f) or "a file"
+        errors.print(f"lipbench: error: {where}: {e.strerror or e}", markup=False, soft_wrap=True)
+        return BISECT_SKIP if bisecting() else 2
     except KeyboardInterrupt as e:
         if not isinstance(e, Interrupted):
             errors.print("lipbench: interrupted; finished claims are saved under the results folder")
@@ -80,15 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def selection(p: argparse.ArgumentParser, nargs: str = "+") -> None:
         p.add_argument("paths", nargs=nargs, metavar="PATH", help="suite files or directories of them")
-        add_to_parser(p, "profile")
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override any field, e.g. --set scenario.steps=200 (repeatable)",
-        )
+        add_to_parser(p, "profile", "set")
 
     def training(p: argparse.ArgumentParser) -> None:
         add_to_parser(
@@ -131,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compare", help="per-claim differences of two runs (results folders or MLflow run ids)")
     comp.add_argument("a", metavar="A")
     comp.add_argument("b", metavar="B")
-    comp.add_argument("--tracking-uri", default=None, help="MLflow store of run ids (default MLFLOW_TRACKING_URI)")
+    add_to_parser(comp, "tracking-uri", help="MLflow store of run ids (default MLFLOW_TRACKING_URI)")
     comp.set_defaults(func=cmd_compare)
 
     expl = sub.add_parser("explain", help="which layers and forces a claim's judged statistics come from")
@@ -164,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="a self-contained HTML report of a finished run")
     rep.add_argument("results", metavar="RESULTS_DIR", help="results folder (or a claim's MLflow run id)")
-    rep.add_argument("--out", default=None, metavar="DIR", help="folder of report.html (default: RESULTS_DIR)")
-    rep.add_argument("--tracking-uri", default=None, help="MLflow store of a run id (default MLFLOW_TRACKING_URI)")
+    add_to_parser(rep, "out", help="folder of report.html (default: RESULTS_DIR)")
+    add_to_parser(rep, "tracking-uri", help="MLflow store of a run id (default MLFLOW_TRACKING_URI)")
     rep.add_argument(
         "--history", nargs="+", default=None, metavar="RESULTS_DIR", help="draw each claim's history from these runs"
     )
@@ -180,8 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="print the resolved claim of one suite file")
     show.add_argument("path", metavar="FILE")
-    show.add_argument("--profile")
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_to_parser(show, "profile", "set")
     show.set_defaults(func=cmd_show)
 
     val = sub.add_parser("validate", help="check suite files (every profile) without running them")
@@ -194,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selection(cal)
     cal.add_argument("--replicates", type=int, default=2000, help="simulated replicates per scenario (default 2000)")
-    cal.add_argument("--out", type=Path, default=Path("results"), help="folder for calibration-<profile>.json/.html")
-    cal.add_argument("--baselines", type=Path, default=None, help="baselines folder (default: next to the suites)")
+    add_to_parser(cal, "out", help="folder for calibration-<profile>.json/.html (default: results)")
+    add_to_parser(cal, "baselines")
     cal.set_defaults(func=cmd_calibrate, overrides=[])
     return parser
 
@@ -204,8 +201,11 @@ def verdict_legend() -> str:
     """The verdicts of `run`, what each means and whether it fails the run (exit 1)."""
     width = max(len(v) for v in Verdict)
     lines = [f"  {v:<{width}}  {v.meaning}{_fails_text(v)}" for v in Verdict]
-    codes = f"0 no verdict fails, 1 some verdict fails, 2 bad input; with {ENV_BISECT}=1, 125 on ERROR or bad input"
-    return "verdicts:\n" + "\n".join(lines) + f"\n\nexit codes: {codes}"
+    codes = (
+        "exit codes: 0 no verdict fails, 1 some verdict fails (or a file was refused beside claims that ran), "
+        f"2 input refused and nothing trained; with {ENV_BISECT}=1, 125 on ERROR or bad input"
+    )
+    return "verdicts:\n" + "\n".join(lines) + "\n\n" + codes
 
 
 def _fails_text(verdict: Verdict) -> str:
@@ -214,56 +214,71 @@ def _fails_text(verdict: Verdict) -> str:
     return " (fails the run when the claim is strict)" if verdict.fails(strict=True) else ""
 
 
+def print_whole(table: Table) -> None:
+    """A table on stdout; into a file or a pipe (a CI log) at its full width, so no name or number is cut."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width
+    console.width = WHOLE_WIDTH  # (a `width` given to print is capped at the console's)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
 def styled(verdict: str) -> str:
     """A verdict in rich markup, in its colour (uncoloured when this lipbench does not know it)."""
     known = Verdict.named(verdict)
     return f"[{known.style if known else ''}]{verdict}[/]"
 
 
-def load_claims(args, device: str = "auto") -> tuple[list[ResolvedClaim], list[SuiteError]]:
-    """Every loadable claim, and one error per file that is not (so the others can still run)."""
-    profile = args.profile or default_profile(device)
-    claims, problems = [], []
-    for file in suite_files(args.paths):
-        try:
-            claims.append(load_claim(file, profile, args.overrides))
-        except SuiteError as e:
-            problems.append(e)
-    unique, duplicates = without_duplicates(claims)
-    return unique, problems + duplicates
+def load_claims(args) -> tuple[list[ResolvedClaim], list[SuiteError]]:
+    """Every loadable claim of the command's paths (the one profile rule), and one error per file that is not."""
+    return invocation.load_claims(args.paths, args.profile, getattr(args, "overrides", ()))
+
+
+def say_problems(problems: list[SuiteError]) -> None:
+    for p in problems:
+        errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
 
 
 def cmd_validate(args) -> int:
-    claims, problems = load_claims(args, "cpu")
-    for p in problems:
-        errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
+    """Exit 2 for a file that cannot be loaded; 1 for a design that cannot reach its power under some profile
+    (`run` makes it an ERROR verdict, exit 1); else 0."""
+    claims, problems = load_claims(args)
+    say_problems(problems)
+    designs = 0
     for c in claims:
-        design = c.design_problem()
-        if design:
-            errors.print(f"lipbench: error: {c.file}: seeds/sweep: {design}", markup=False, soft_wrap=True)
-            problems.append(SuiteError(c.file, "seeds", design))
-    if not problems:
-        console.print(f"{len(claims)} suite files are valid")
-    return 2 if problems else 0
+        for profile in c.profiles or (BASE_PROFILE,):
+            resolved = c if profile == c.profile else load_claim(c.file, profile, args.overrides)
+            design = resolved.design_problem()
+            if design:
+                line = f"lipbench: error: {c.file}: seeds/sweep: [profile {profile}] {design}"
+                errors.print(line, markup=False, soft_wrap=True)
+                designs += 1
+    if not problems and not designs:
+        console.print(f"{len(claims)} suite files are valid (every profile)")
+    return 2 if problems else 1 if designs else 0
 
 
 def cmd_calibrate(args) -> int:
     if args.replicates < 50:
         raise LipbenchError(f"--replicates must be at least 50, not {args.replicates}.")
-    args.profile = args.profile or "quick"
-    claims, problems = load_claims(args, "cpu")
-    for p in problems:
-        errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
-    rows, seconds = calibrate(claims, reps=args.replicates, baselines=args.baselines)
-    table = Table(
-        title=f"calibration, profile {args.profile}: {args.replicates} replicates per scenario, {seconds:.0f} s"
-    )
+    claims, problems = load_claims(args)
+    say_problems(problems)
+    if not claims:
+        return 2
+    out = writable_folder(args.out or "results", "pass --out with a folder you can write")  # before any simulation
+    profile = "-".join(sorted({c.profile for c in claims}))
+    rows, seconds = calibrate(claims, reps=args.replicates, baselines=Path(args.baselines) if args.baselines else None)
+    table = Table(title=f"calibration, profile {profile}: {args.replicates} replicates per scenario, {seconds:.0f} s")
     for col in COLUMNS:
         table.add_column(col)
     for cells in table_rows(rows):
         table.add_row(*cells)
-    console.print(table)
-    for path in write_outputs(rows, args.out, args.profile, seconds, args.replicates):
+    print_whole(table)
+    for path in write_outputs(rows, out, profile, seconds, args.replicates):
         console.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 2 if problems else 0
 
@@ -275,24 +290,24 @@ def cmd_list(args) -> int:
             return 0
     elif not args.paths:
         raise LipbenchError("lipbench list needs suite files or folders (PATH ...), or --plugins")
-    claims, problems = load_claims(args, "cpu")
-    table = Table(title=f"profile: {args.profile or default_profile('cpu')}")
-    for col in ("collection", "claim", "profiles", "test", "sweep", "runs", "model-steps"):
+    claims, problems = load_claims(args)
+    table = Table(title=f"claims (profile: the one named, else {invocation.FALLBACK_PROFILE} where the file has it)")
+    for col in ("collection", "claim", "profile", "profiles", "test", "sweep", "runs", "model-steps"):
         table.add_column(col, justify="right" if col in ("runs", "model-steps") else "left")
     for c in claims:
         sweep = f"{c.sweep_name} x{len(c.claim.sweep.values)}" if c.claim.sweep else "-"
         table.add_row(
             c.collection,
             c.name,
+            c.profile,
             ", ".join(c.profiles),
             c.claim.assertion.test,
             sweep,
             str(len(c.runs())),
             f"{c.model_steps():,}",
         )
-    console.print(table)
-    for p in problems:
-        errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
+    print_whole(table)
+    say_problems(problems)
     return 2 if problems else 0
 
 
@@ -314,13 +329,16 @@ def list_plugins() -> None:
             except factories.FactoryError as e:
                 status = str(e)
         table.add_row(plugin.kind, plugin.name, plugin.target, plugin.distribution, status)
-    console.print(table)
+    print_whole(table)
     if not found:
         console.print(f"no plugins installed; a package registers them under the entry-point group {plugins.GROUP}")
 
 
 def cmd_show(args) -> int:
-    claim = load_claim(args.path, args.profile, args.overrides)
+    claims, problems = invocation.load_claims([args.path], args.profile, args.overrides)
+    if problems:
+        raise problems[0]
+    [claim] = claims
     data = claim.claim.model_dump(mode="json")
     header = f"# {claim.file} [profile: {claim.profile}] scenario hash {claim.scenario_hash()}"
     console.print(header, markup=False, soft_wrap=True)
@@ -328,50 +346,45 @@ def cmd_show(args) -> int:
     return 0
 
 
-def _device(args) -> str:
-    from lipbench.torch.engine import resolve_device  # torch, only for a command that trains
-
-    try:
-        return str(resolve_device(args.device))
-    except RuntimeError as e:
-        raise LipbenchError(str(e)) from None
-
-
 def cmd_run(args) -> int:
-    device = _device(args)
-    claims, problems = load_claims(args, device)
-    for p in problems:
-        errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
+    claims, problems = load_claims(args)
+    say_problems(problems)
     if not claims:
         return BISECT_SKIP if bisecting() else 2
-    session = open_session(claims, args, device)
+    run = open_invocation(claims, args)
     console.print(
         f"lipbench: {len(claims)} claims, {sum(len(c.runs()) for c in claims)} runs, "
-        f"profile {claims[0].profile}, device {device}; results in {session.out}",
+        f"profile {', '.join(sorted({c.profile for c in claims}))}, device {run.device}; results in {run.out}",
         soft_wrap=True,  # a CI log must get the folder's name whole
     )
-    outcomes = execute(claims, args, device, session)
-    print_table(outcomes)
+    outcomes = execute(claims, run)
+    print_table(outcomes, problems)
+    print_addresses(run, outcomes)
     return exit_code(outcomes, bad_input=bool(problems), bisect=bisecting())
+
+
+def print_addresses(run: invocation.Invocation, outcomes) -> None:
+    """After an invocation that logged to MLflow: where its runs are in the UI."""
+    for line in run.session.addresses(outcomes):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_baseline_update(args) -> int:
     """Run the claims (or read --from-run) and store each one that passed; exit 1 if any was refused."""
     if args.from_run:
         return _update_from_run(args)
-    device = _device(args)
-    claims, problems = load_claims(args, device)
-    for p in problems:
-        errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
+    claims, problems = load_claims(args)
+    say_problems(problems)
     if problems or not claims:
         return 2
-    session = open_session(claims, args, device)
+    run = open_invocation(claims, args)
     console.print(
-        f"lipbench: running {len(claims)} claims to store their baselines; results in {session.out}", soft_wrap=True
+        f"lipbench: running {len(claims)} claims to store their baselines; results in {run.out}", soft_wrap=True
     )
-    outcomes = execute(claims, args, device, session)
+    outcomes = execute(claims, run)
     print_table(outcomes)
-    env = environment(device)
+    print_addresses(run, outcomes)
+    env = environment(run.device)
     refused = 0
     for o in outcomes:
         path, message = store(
@@ -389,13 +402,13 @@ def _update_from_run(args) -> int:
         found[(data["collection"], data["claim"], data["profile"])] = folder
     matched, refused = 0, 0
     for file in suite_files(args.paths):
-        named = load_claim(file, args.profile)
+        named = load_claim(file, args.profile, fallback=invocation.FALLBACK_PROFILE)
         for (collection, name, profile), folder in sorted(found.items()):
             if (collection, name) != (named.collection, named.name) or (args.profile and profile != args.profile):
                 continue
             matched += 1
             outcome = load_outcome(folder)
-            current = load_claim(file, None if profile == "default" else profile)
+            current = load_claim(file, profile)
             problem = None
             if outcome.claim.scenario_hash() != current.scenario_hash():
                 keys = changed_keys(scenario_dump(current), scenario_dump(outcome.claim))
@@ -434,7 +447,7 @@ def cmd_baseline_show(args) -> int:
             shown += 1
             profile = data["profile"]
             try:
-                current = load_claim(file, None if profile == "default" else profile).scenario_hash()
+                current = load_claim(file, profile).scenario_hash()
                 same = (
                     "same as the file's"
                     if current == data["scenario_hash"]
@@ -452,12 +465,12 @@ def cmd_baseline_show(args) -> int:
                 f"{data['collection']}/{data['claim']}",
                 profile,
                 styled(data["status"]),
-                f"{a['statistic_name']} = {a['statistic']:.3g}" if a.get("statistic") is not None else "-",
+                f"{a['statistic_name']} = {fmt(a['statistic'])}" if a.get("statistic") is not None else "-",
                 tracked or "-",
                 f"{env.get('date', '-')}\n{env.get('device', '-')} @ {env.get('git_commit') or '-'}",
                 f"{data['scenario_hash']}\n{same}",
             )
-    console.print(table)
+    print_whole(table)
     if not shown and not bad:
         console.print("no baselines stored for these suites; store them with `lipbench baseline update PATH`")
     return 2 if bad else 0
@@ -486,7 +499,7 @@ def cmd_cache_prune(args) -> int:
 
 def cmd_compare(args) -> int:
     rows = compare_rows(sides(args.a, args.tracking_uri), sides(args.b, args.tracking_uri))
-    print_compare(rows, console, args.a, args.b)
+    print_whole(compare_table(rows, args.a, args.b))
     return 0
 
 
@@ -521,56 +534,31 @@ def cmd_report(args) -> int:
     return 0
 
 
-def open_session(claims: list[ResolvedClaim], args, device: str) -> Session:
-    """The store and experiments first (a store that cannot be used is refused here, before anything
-    is trained or written), then this invocation's own results folder. A missing Ray is said first."""
-    check_executor(getattr(args, "executor", "local"))
+def open_invocation(claims: list[ResolvedClaim], args) -> invocation.Invocation:
+    """Every input checked, the store and experiments opened, the results folder made: before anything trains."""
 
     def warn(text: str) -> None:
         errors.print(text, markup=False, soft_wrap=True)
 
-    session = Session(
-        None,
-        device,
-        tracking_uri=args.tracking_uri,
-        mlflow=not args.no_mlflow,
-        warn=warn,
-        baselines=getattr(args, "baselines", None),
-    )
-    session.env["engine"] = getattr(args, "engine", "per-run")
-    session.prepare(claims)
-    session.out = new_results_folder(args.out)
-    return session
+    return invocation.Invocation(invocation.Options.of(args), claims, warn)
 
 
-def execute(claims: list[ResolvedClaim], args, device: str, session: Session):
+def execute(claims: list[ResolvedClaim], run: invocation.Invocation):
     """Run claims showing their progress; each finished claim is saved, drawn and logged at once.
 
     Every finished run goes to the run cache (unless --no-cache) as it arrives, so an interrupted
     collection resumes where it stopped."""
-    cache = None if getattr(args, "no_cache", False) else RunCache(getattr(args, "cache_dir", None))
+    cache, session = run.cache, run.session
     finished: list = []
 
-    def done(outcome) -> None:
-        session.finish_claim(outcome)
+    def done(outcome, folder) -> None:
         finished.append(outcome)
         progress.claim_done(outcome, outcome.verdict)
 
     started = time.perf_counter()
     try:
         with progress_for(console, claims) as progress:
-            outcomes = run_claims(
-                claims,
-                device=device,
-                workers=args.workers,
-                data_root=args.data_root,
-                engine=getattr(args, "engine", "per-run"),
-                executor=getattr(args, "executor", "local"),
-                ray_address=getattr(args, "ray_address", None),
-                cache=cache,
-                on_progress=progress.advance,
-                on_claim_done=done,
-            )
+            outcomes = run.run(claims, on_progress=progress.advance, on_claim_done=done)
     except Interrupted as e:
         kept = (
             f"{cache.reused + cache.written} finished runs are kept in the run cache {cache.root}"
@@ -596,15 +584,15 @@ def execute(claims: list[ResolvedClaim], args, device: str, session: Session):
     return outcomes
 
 
-def print_table(outcomes) -> None:
+def print_table(outcomes, problems: list[SuiteError] = ()) -> None:
     table = Table(title="lipbench verdicts", show_lines=False)
     for col in ("claim", "profile", "verdict", "statistic", "threshold", "p", "vs baseline", "runs", "time"):
         table.add_column(col)
     for o in outcomes:
         r, verdict, comparison = o.result, o.verdict, o.comparison
-        stat = f"{r.statistic_name} = {r.statistic:.3g}" if r else "-"
-        thr = f"{r.threshold:.3g}" if r else "-"
-        p = f"{r.pvalue:.2g}" if r and r.pvalue is not None else "-"
+        stat = f"{r.statistic_name} = {fmt(r.statistic)}" if r else "-"
+        thr = fmt(r.threshold) if r else "-"
+        p = fmt(r.pvalue, 2, missing="-") if r else "-"
         table.add_row(
             o.claim.name,
             o.claim.profile,
@@ -616,14 +604,25 @@ def print_table(outcomes) -> None:
             str(len(o.records)),
             f"{o.seconds:.0f} s",
         )
-    console.print(table)
+    for problem in problems:  # a file refused before training, beside claims that ran
+        table.add_row(Path(problem.file).name, "-", styled(Verdict.ERROR), "-", "-", "-", "-", "0", "-")
+    print_whole(table)
+    for problem in problems:
+        say(Verdict.ERROR, str(problem))
     for o in outcomes:
         verdict, comparison = o.verdict, o.comparison
         if o.sentence:
-            console.print(f"{styled(verdict)} {o.claim.name}: ", end="")
-            console.print(o.sentence, markup=False, highlight=False)
+            say(verdict, f"{o.claim.name}: {o.sentence}")
         if comparison is not None and comparison.sentence:
-            console.print(f"    baseline: {comparison.sentence}", markup=False, highlight=False)
+            console.print(
+                f"    baseline: {comparison.sentence}", markup=False, highlight=False, soft_wrap=not console.is_terminal
+            )
+
+
+def say(verdict: str, text: str) -> None:
+    """`VERDICT text` on one line (a log reader greps it whole; a terminal wraps it)."""
+    console.print(f"{styled(verdict)} ", end="")
+    console.print(text, markup=False, highlight=False, soft_wrap=not console.is_terminal)
 
 
 def _versus(comparison) -> str:
@@ -632,11 +631,11 @@ def _versus(comparison) -> str:
         return "new" if comparison is not None and comparison.verdict == Verdict.NEW else "-"
     if not comparison.comparable:
         return "not comparable"
-    zs = [c for c in comparison.changes if c.z is not None]
-    if not zs:
+    tested = [c for c in comparison.changes if c.t is not None]
+    if not tested:
         return StatOutcome.NOT_COMPARED
-    worst = max(zs, key=lambda c: abs(c.z))
-    return f"{worst.name}: t = {worst.z:.2g}"
+    worst = max(tested, key=lambda c: abs(c.t))
+    return f"{worst.name}: t = {fmt(worst.t, 2)}"
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ Compare. Pick these parent-run metrics:
   ``assertion.pvalue``, ``assertion.ci_low``, ``assertion.ci_high``, ``assertion.effect_size``,
   ``assertion.threshold``, ``assertion.n``;
 - ``final.mean`` (mean final K, or the assertion's quantity, over all runs), ``runs``, ``seconds``;
-- ``baseline.<statistic>.z`` and ``baseline.<statistic>.change`` (the tolerance rule's z and
-  its change, positive = better), e.g. ``baseline.log_ratio_extreme_values.z``;
+- ``baseline.<statistic>.t`` and ``baseline.<statistic>.change`` (the tolerance rule's Welch t and
+  its change, positive = better), e.g. ``baseline.log_ratio_extreme_values.t``;
 - ``tracked.<statistic>`` (and ``.se``), ``attribution.<statistic>.layer<l>`` (each layer's
   contribution) and ``forces.<term>`` (the force split, summed over layers);
 
@@ -46,6 +46,7 @@ from rich.table import Table
 from lipbench import attribution
 from lipbench.baselines import changed_keys, compare_summaries
 from lipbench.errors import LipbenchError
+from lipbench.numbers import fmt
 from lipbench.outcome import StatOutcome, Verdict, decide
 from lipbench.provenance import environment_differences
 from lipbench.results import find_results, load_result
@@ -169,7 +170,7 @@ def compare_rows(a: dict[tuple[str, str, str], Side], b: dict[tuple[str, str, st
     return rows
 
 
-def print_compare(rows: list[dict[str, Any]], console, label_a: str, label_b: str) -> None:
+def compare_table(rows: list[dict[str, Any]], label_a: str, label_b: str) -> Table:
     table = Table(title=f"A = {label_a}\nB = {label_b}", title_justify="left")
     for col in ("claim", "verdict A → B", "statistic A → B (Δ)", "p A → B", "CI A → B", "mean final A → B", "B vs A"):
         table.add_column(col)
@@ -185,11 +186,11 @@ def print_compare(rows: list[dict[str, Any]], console, label_a: str, label_b: st
             f"{_g(a['final_mean'])} → {_g(b['final_mean'])} ({_relative(a['final_mean'], b['final_mean'])})",
             "\n".join([row["judgement"], *(c.text() for c in row["changes"]), *row["notes"]]),
         )
-    console.print(table)
+    return table
 
 
 def _g(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}g}"
+    return fmt(x, digits, missing="-")
 
 
 def _delta(a: float | None, b: float | None) -> str:

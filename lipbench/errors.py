@@ -9,13 +9,28 @@ class LipbenchError(Exception):
     exit_code = 2
 
 
+def one_line(text: str) -> str:
+    """`text` with its line breaks written out (a key or value a user typed may hold one)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class SuiteError(LipbenchError):
     """A suite file that cannot be loaded: names the file, the key path and what is allowed."""
 
     def __init__(self, file: str, key: str, message: str) -> None:
         self.file, self.key, self.message = str(file), key, message
         where = f"{self.file}: {key}" if key else self.file
-        super().__init__(f"{where}: {message}")
+        super().__init__(one_line(f"{where}: {message}"))
+
+
+class DocumentError(LipbenchError):
+    """A JSON file lipbench reads (a result, a baseline, a cache entry) that is unreadable, of the wrong
+    shape or of another format version: names the file, the key path and the fix."""
+
+    def __init__(self, file: str | object, key: str, message: str) -> None:
+        self.file, self.key, self.message = str(file), key, message
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(one_line(f"{where}: {message}"))
 
 
 class DatasetUnavailable(LipbenchError):

@@ -4,7 +4,9 @@ An executor takes the units and calls `deliver(unit, records)` in this process a
 finishes, in whatever order they finish; the caller caches, judges and logs. Two executors:
 
 - `local` (default): one spawn process pool on this machine (in this process with one worker).
-  A unit whose worker process dies is retried once in a fresh pool, then reported as ERROR.
+  When a worker process dies, every unit in flight is tried again alone (no attempt charged, since
+  the pool cannot tell whose unit killed it); a unit that kills its own worker twice is reported
+  as ERROR.
 - `ray`: each unit is a Ray task asking for `num_cpus=1` (and `num_gpus=1` on CUDA); Ray
   schedules it on any node of the cluster, retries it once when its worker or node dies
   (`max_retries`), and hands back its records through its object store; a unit that still has
@@ -206,6 +208,12 @@ def run_pool(
     data_root: str | None,
     engine: str,
 ) -> None:
+    """Train the units in a pool of `n_workers`; when a worker dies, the units in flight go to `_run_alone`.
+
+    A dead worker fails every unfinished future of its pool alike, so the pool cannot say whose unit
+    killed it: none of them is charged. The units that had not started go to a fresh pool; those in
+    flight (and any unit under two broken pools) are trained alone, each in a pool of its own, where a
+    death is its own unit's, and only that counts as an attempt."""
     ctx = mp.get_context("spawn")  # fork after torch (or CUDA) is initialised is unsafe
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     gpus = 0
@@ -213,23 +221,24 @@ def run_pool(
         import torch
 
         gpus = torch.cuda.device_count()
-    attempts = {id(u): 0 for u in units}
+    counter = ctx.Value("i", 0)  # the workers' GPU indices, over every pool of this collection
+
+    def new_pool(size: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(size, mp_context=ctx, initializer=_init_worker, initargs=(threads, counter, gpus))
+
+    suspects: list[Unit] = []  # in flight when a worker died: each is tried again alone
+    broken = {id(u): 0 for u in units}  # pools that broke under a unit not seen running (queued, or just started)
     queue = list(units)
     while queue:
         stop.check()  # (a stop asked for while the pool was being replaced)
-        counter = ctx.Value("i", 0)
-        with (
-            ProcessPoolExecutor(
-                n_workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, counter, gpus)
-            ) as pool,
-            stop.on_second(lambda pool=pool: _kill_pool(pool)),
-        ):
+        with new_pool(n_workers) as pool, stop.on_second(lambda pool=pool: _kill_pool(pool)):
             with _sigint_blocked():
                 futures: dict[Future, Unit] = {
                     pool.submit(execute_group, u, device, data_root, engine): u for u in queue
                 }
-            queue = []
+            queue, started = [], set()
             while futures:
+                started |= {id(u) for f, u in futures.items() if f.running()}
                 done, _ = wait(futures, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
                 for fut in done:
                     unit = futures.pop(fut)
@@ -238,19 +247,70 @@ def run_pool(
                     except BrokenProcessPool:
                         if stop.requested:
                             continue
-                        attempts[id(unit)] += 1
-                        if attempts[id(unit)] >= MAX_ATTEMPTS:
+                        broken[id(unit)] += 1
+                        in_flight = id(unit) in started or broken[id(unit)] >= MAX_ATTEMPTS
+                        (suspects if in_flight else queue).append(unit)
+                        continue
+                    deliver(unit, records)
+                if stop.requested and futures:
+                    _stop_pool(pool)
+                    stop.check()
+    if suspects:
+        stop.check()
+        log.warning(
+            "lipbench: a worker process died; %d units that were in flight are tried again, each alone", len(suspects)
+        )
+        _run_alone(suspects, deliver, stop, n_workers, new_pool, (device, data_root, engine))
+
+
+def _run_alone(
+    units: list[Unit],
+    deliver: Deliver,
+    stop: StopSignals,
+    n_workers: int,
+    new_pool: Callable[[int], ProcessPoolExecutor],
+    args: tuple[str, str | None, str],
+) -> None:
+    """Each unit in a one-process pool of its own (at most `n_workers` at once): a worker that dies is its
+    unit's, which is tried again until it has died MAX_ATTEMPTS times, then reported as an ERROR."""
+    deaths = {id(u): 0 for u in units}
+    queue = list(units)
+    running: dict[Future, tuple[Unit, ProcessPoolExecutor]] = {}
+
+    def kill_all() -> None:
+        for _, pool in running.values():
+            _kill_pool(pool)
+
+    with stop.on_second(kill_all):
+        try:
+            while queue or running:
+                while queue and len(running) < n_workers:
+                    unit = queue.pop(0)
+                    pool = new_pool(1)
+                    with _sigint_blocked():
+                        running[pool.submit(execute_group, unit, *args)] = (unit, pool)
+                done, _ = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    unit, pool = running.pop(fut)
+                    pool.shutdown(wait=False)
+                    try:
+                        records = fut.result()
+                    except BrokenProcessPool:
+                        if stop.requested:
+                            continue
+                        deaths[id(unit)] += 1
+                        if deaths[id(unit)] >= MAX_ATTEMPTS:
                             message = f"its worker process died {MAX_ATTEMPTS} times (out of memory, or killed?)"
                             deliver(unit, [failed_record(spec, message) for spec in unit])
                         else:
                             queue.append(unit)
                         continue
                     deliver(unit, records)
-                if stop.requested and futures:
-                    _stop_pool(pool)
+                if stop.requested and (queue or running):
                     stop.check()
-            if queue:
-                log.warning("lipbench: a worker process died; %d units are tried again in a fresh pool", len(queue))
+        finally:
+            for _, pool in running.values():
+                _stop_pool(pool)
 
 
 # ------------------------------------------------------------------ ray: one task per unit

@@ -70,7 +70,7 @@ def resolve(reference: str) -> Callable[..., Any]:
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
-            hint = _did_you_mean(part, names)
+            hint = did_you_mean(part, names)
             raise FactoryError(f"{reference!r}: {done} has no attribute {part!r}{hint}")
         obj, done = getattr(obj, part), f"{done}.{part}"
     if not callable(obj):
@@ -95,7 +95,7 @@ def check_arguments(reference: str, factory: Callable[..., Any], kind: str, kwar
         if key in supplied and key in names:
             raise FactoryError(f"{reference} gets {key!r} from lipbench; remove it from kwargs")
         if key not in names and not takes_any:
-            raise FactoryError(f"{reference} takes no argument {key!r}{_did_you_mean(key, names)}; it takes: {takes}")
+            raise FactoryError(f"{reference} takes no argument {key!r}{did_you_mean(key, names)}; it takes: {takes}")
     takes_positional = any(p.kind is p.VAR_POSITIONAL for p in params)
     if len(passed_positionally) < positional and not takes_positional:
         raise FactoryError(f"{reference} must take {positional} positional argument(s) ({_POSITIONAL[kind]})")
@@ -133,7 +133,8 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _did_you_mean(word: str, choices: Any) -> str:
+def did_you_mean(word: str, choices: Any) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices`, or nothing: the one hint every message gives."""
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
@@ -154,7 +155,7 @@ def reference_for(kind: str, name: str, builtins: tuple[str, ...]) -> str | None
         listed = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
         should = f"{listed}, another installed plugin's {kind}" if quoted else f"an installed plugin's {kind}"
         raise FactoryError(
-            f"{name!r} is not allowed{_did_you_mean(name, allowed)}; should be {should} name, "
+            f"{name!r} is not allowed{did_you_mean(name, allowed)}; should be {should} name, "
             "or 'package.module:callable'"
         )
     return target
@@ -188,7 +189,7 @@ def build_model(reference: str, kwargs: Mapping[str, Any], data: Any, init_seed:
             num_classes=data.num_classes,
         )
     if not isinstance(model, torch.nn.Module):
-        raise error(f"model {reference} returned a {type(model).__name__}, not a torch.nn.Module")
+        raise UserCodeError(f"model {reference} returned a {type(model).__name__}, not a torch.nn.Module")
     return model.to("cpu")
 
 
@@ -207,13 +208,13 @@ def build_dataset(reference: str, kwargs: Mapping[str, Any], root: Any, train_si
         classes = int(max(int(y_train.max()), int(y_test.max()))) + 1
         data = Dataset(reference, x_train.float(), y_train.long(), x_test.float(), y_test.long(), classes)
     else:
-        raise error(
+        raise UserCodeError(
             f"dataset {reference} returned a {type(made).__name__}; return a lipbench.torch.data.Dataset or "
             "the tuple (x_train, y_train, x_test, y_test)"
         )
     for n, split in ((train_size, "train"), (test_size, "test")):
         if n is not None and n > len(getattr(data, f"x_{split}")):
-            raise error(f"dataset {reference}: {split}_size is {n} but the {split} split has fewer samples")
+            raise UserCodeError(f"dataset {reference}: {split}_size is {n} but the {split} split has fewer samples")
     return Dataset(
         data.name,
         data.x_train[:train_size],
@@ -234,6 +235,5 @@ def init_rng(init_seed: int) -> Iterator[None]:
         yield
 
 
-def error(message: str) -> Exception:
-    """A LipbenchError (one line, no traceback) about the user's factory or run function."""
-    return LipbenchError(message)
+class UserCodeError(LipbenchError):
+    """A problem of the user's factory or run function, found where it runs (one line, no traceback)."""

@@ -6,6 +6,7 @@ pytest plugin names its folder before any claim is loaded.
 from __future__ import annotations
 
 import secrets
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -39,3 +40,16 @@ def new_results_folder(out: str | Path | None = None, root: str | Path = RESULTS
             raise LipbenchError(
                 f"cannot create the results folder {path} ({e.strerror or e}); pass --out with a folder you can write"
             ) from None
+
+
+def writable_folder(path: str | Path, fix: str) -> Path:
+    """Create `path` (and its parents) and check that a file can be written in it, before any work is done;
+    a `LipbenchError` naming the folder and the `fix` otherwise."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".lipbench-write-check-"):
+            pass
+    except OSError as e:
+        raise LipbenchError(f"{path}: cannot write there ({e.strerror or e}); {fix}") from None
+    return path

@@ -134,7 +134,7 @@ def series(points: list[Point], keys: set[Key] | None = None) -> dict[Key, list[
                 if name in before.tracked:
                     change = compare_tracked(before.tracked[name], stat)
                     if change.outcome in STEPS:
-                        now.steps[name] = f"{change.outcome} (t = {change.z:.2g})"
+                        now.steps[name] = f"{change.outcome} (t = {change.t:.2g})"
     return out
 
 

@@ -21,10 +21,12 @@ class Option:
     type: type | None = None  # None: a string; bool: a flag that is off by default
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    repeat: bool = False  # given once per value, collected in a list
+    dest_name: str | None = None  # the attribute, when not the name's
 
     @property
     def dest(self) -> str:
-        return self.name.replace("-", "_")
+        return self.dest_name or self.name.replace("-", "_")
 
     @property
     def pytest_dest(self) -> str:
@@ -35,6 +37,8 @@ class Option:
         if self.type is bool:
             return {"action": "store_true", "default": self.default, "help": self.help}
         out: dict[str, Any] = {"default": self.default, "help": self.help}
+        if self.repeat:
+            out.update(action="append", default=[])
         if self.type is not None:
             out["type"] = self.type
         if self.choices is not None:
@@ -45,7 +49,11 @@ class Option:
 
 
 SHARED_OPTIONS: tuple[Option, ...] = (
-    Option("profile", "profile of each suite file (default: paper when torch sees a CUDA device, else quick)"),
+    Option(
+        "profile",
+        "profile of each suite file (default: quick where the file has it, else the file's own settings, "
+        "labelled default)",
+    ),
     Option("device", "auto | cpu | cuda | cuda:N (default auto)", default="auto"),
     Option(
         "workers",
@@ -81,7 +89,17 @@ SHARED_OPTIONS: tuple[Option, ...] = (
         metavar="DIR",
     ),
 )
-OPTIONS = {o.name: o for o in SHARED_OPTIONS}
+#: Options of the commands that select claims, which the pytest plugin takes from its own collection instead.
+SELECTION_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "set",
+        "override any field, e.g. --set scenario.steps=200 (repeatable)",
+        metavar="KEY=VALUE",
+        repeat=True,
+        dest_name="overrides",
+    ),
+)
+OPTIONS = {o.name: o for o in (*SHARED_OPTIONS, *SELECTION_OPTIONS)}
 
 
 def add_to_parser(parser: argparse.ArgumentParser, *names: str, help: str | None = None) -> None:
@@ -90,21 +108,10 @@ def add_to_parser(parser: argparse.ArgumentParser, *names: str, help: str | None
         kwargs = OPTIONS[name].kwargs()
         if help is not None:
             kwargs["help"] = help
-        parser.add_argument(f"--{name}", **kwargs)
+        parser.add_argument(f"--{name}", dest=OPTIONS[name].dest, **kwargs)
 
 
 def add_to_pytest(group: Any) -> None:
     """Add every shared option to a pytest option group, as `--lipbench-NAME`."""
     for option in SHARED_OPTIONS:
         group.addoption(f"--lipbench-{option.name}", dest=option.pytest_dest, **option.kwargs())
-
-
-def default_profile(device: str = "auto") -> str:
-    """The profile when none is named: paper on a GPU, quick on a CPU."""
-    if device.startswith("cuda"):
-        return "paper"
-    if device == "cpu":
-        return "quick"
-    import torch  # only to ask for a GPU: the faces and the schema load without torch
-
-    return "paper" if torch.cuda.is_available() else "quick"

@@ -28,6 +28,7 @@ from typing import Any
 
 from lipbench.assertions import AssertionResult
 from lipbench.errors import LipbenchError
+from lipbench.numbers import fmt
 from lipbench.provenance import BISECT_SKIP
 from lipbench.records import RunRecord, jsonable
 from lipbench.suite import ResolvedClaim
@@ -128,7 +129,7 @@ class StatOutcome(_Name):
 class StatChange:
     """How one tracked statistic moved against the baseline; `change` > 0 is better.
 
-    ``z`` is Welch's t of the change, ``df`` its Welch-Satterthwaite degrees of freedom, ``z_critical``
+    ``t`` is Welch's t of the change, ``df`` its Welch-Satterthwaite degrees of freedom, ``t_critical``
     the |t| that two-sided ``alpha`` needs at that df.
     """
 
@@ -137,9 +138,9 @@ class StatChange:
     baseline: float
     current: float
     change: float
-    z: float | None
+    t: float | None
     size: float | None  # |change| / scale
-    z_critical: float | None
+    t_critical: float | None
     min_change: float
     outcome: StatOutcome
     df: float | None = None
@@ -149,13 +150,13 @@ class StatChange:
         return {k: jsonable(v) for k, v in asdict(self).items()}
 
     def text(self) -> str:
-        arrow = f"{self.name} {_fmt(self.baseline)} → {_fmt(self.current)}"
+        arrow = f"{self.name} {fmt(self.baseline)} → {fmt(self.current)}"
         if self.outcome == StatOutcome.NOT_COMPARED:
             return f"{arrow} (not compared: the design gives no standard error for it)"
-        z = "undefined" if self.z is None else _fmt(self.z, 2)
-        df = "inf" if self.df is None or not math.isfinite(self.df) else _fmt(self.df, 2)
-        size = "undefined" if self.size is None else f"{_fmt(100 * self.size, 2)}%"
-        return f"{arrow} ({self.outcome}: t = {z}, df = {df}, p = {_fmt(self.pvalue, 2)}, size = {size} of its scale)"
+        t = "undefined" if self.t is None else fmt(self.t, 2)
+        df = "inf" if self.df is None or not math.isfinite(self.df) else fmt(self.df, 2)
+        size = "undefined" if self.size is None else f"{fmt(100 * self.size, 2)}%"
+        return f"{arrow} ({self.outcome}: t = {t}, df = {df}, p = {fmt(self.pvalue, 2)}, size = {size} of its scale)"
 
 
 def decide(changes: Iterable[StatChange]) -> Verdict:
@@ -251,17 +252,13 @@ class ClaimOutcome:
 
 
 def exit_code(outcomes: Iterable[ClaimOutcome], bad_input: bool = False, bisect: bool = False) -> int:
-    """The exit code of a run: 2 on bad input, else 1 if any final verdict fails, else 0. With `bisect`,
-    bad input or an ERROR is 125: `git bisect run` skips a commit it cannot test."""
+    """The exit code of an invocation: 2 when input was refused and nothing ran; else 1 if any final verdict
+    fails or some input was refused (`bad_input`: a malformed file beside claims that ran, an ERROR of its
+    own), else 0. With `bisect`, bad input or an ERROR is 125: `git bisect run` skips a commit it cannot test."""
     outcomes = list(outcomes)
     if bisect and (bad_input or any(o.verdict == Verdict.ERROR for o in outcomes)):
         return BISECT_SKIP
-    if bad_input:
+    if bad_input and not outcomes:
         return LipbenchError.exit_code
-    return max((Verdict(o.verdict).exit_code(o.claim.claim.strict) for o in outcomes), default=0)
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or not math.isfinite(x):
-        return "undefined" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return f"{x:.{digits}g}"
+    code = max((Verdict(o.verdict).exit_code(o.claim.claim.strict) for o in outcomes), default=0)
+    return max(code, Verdict.ERROR.exit_code()) if bad_input else code

@@ -22,10 +22,11 @@ hooks, and only when a suite file is collected or a claim runs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,12 @@ import pytest
 
 from lipbench import pytest_xdist
 from lipbench.discovery import SUITE_SUFFIXES, is_base_file
-from lipbench.errors import LipbenchWarning, SuiteError
+from lipbench.errors import LipbenchWarning
 from lipbench.folders import RESULTS_ROOT, unique_name
-from lipbench.options import SHARED_OPTIONS, add_to_pytest, default_profile
+from lipbench.options import SHARED_OPTIONS, add_to_pytest
+from lipbench.pytest_settings import SLOW_STEPS, Settings
 from lipbench.registry import RAY_INSTALL
 
-SLOW_STEPS = 200_000
 MARKERS = (
     "lipbench: a claim of a lipbench suite file, run as a test",
     "gpu: needs a CUDA device (scenario.device: cuda)",
@@ -63,36 +64,6 @@ class ClaimFailed(Exception):
         if self.folder is not None:
             lines.append(f"  results: {self.folder}")
         return "\n".join(lines)
-
-
-@dataclass
-class Settings:
-    """Plugin state of one pytest process, kept in `config.stash`."""
-
-    suite_paths: list[Path] = field(default_factory=list)
-    device_option: str = "auto"
-    profile_option: str | None = None
-    mlflow: bool = True
-    tracking_uri: str | None = None
-    out: Path = Path("lipbench-results")
-    workers: int | None = None
-    data_root: str | None = None
-    engine: str = "per-run"
-    executor: str = "local"
-    ray_address: str | None = None
-    cache_dir: str | None = None
-    no_cache: bool = False
-    cache: Any = None
-    baselines: str | None = None
-    slow_steps: int = SLOW_STEPS
-    threads: int | None = None
-    experiment_ids: dict[str, str] = field(default_factory=dict)
-    gpus: list[str] | None = None
-    profile: str | None = None
-    device: str | None = None
-    device_error: str | None = None
-    session: Any = None
-    names: dict[tuple[str, str], Path] = field(default_factory=dict)
 
 
 SETTINGS = pytest.StashKey[Settings]()
@@ -213,13 +184,15 @@ class SuiteFile(pytest.File):
     """One suite file: one claim, resolved for the session's profile."""
 
     def collect(self):
-        from lipbench.suite import load_claim, name_taken  # the schema loads only once a suite file is collected
+        # The schema loads only once a suite file is collected.
+        from lipbench.invocation import load_claims
+        from lipbench.suite import name_taken
 
         settings = self.config.stash[SETTINGS]
-        try:
-            claim = load_claim(self._suite_path(), _profile(settings))
-        except SuiteError as e:
-            raise self.CollectError(str(e)) from None
+        claims, problems = load_claims([self._suite_path()], settings.profile_option)
+        if problems:
+            raise self.CollectError(str(problems[0]))
+        [claim] = claims
         key = (claim.collection, claim.name)
         other = settings.names.setdefault(key, self.path)
         if other != self.path:
@@ -238,12 +211,6 @@ class SuiteFile(pytest.File):
         return Path(os.path.relpath(self.path, base)) if base in self.path.parents else self.path
 
 
-def _profile(settings: Settings) -> str:
-    if settings.profile is None:
-        settings.profile = settings.profile_option or default_profile(settings.device_option)
-    return settings.profile
-
-
 # ------------------------------------------------------------------ running
 
 
@@ -258,34 +225,19 @@ class ClaimItem(pytest.Item):
     def runtest(self) -> None:
         # The runner and the baselines (pandas, scipy) load only once a claim runs.
         from lipbench.outcome import Verdict, exit_code
-        from lipbench.runner import run_claims
+        from lipbench.tracking import runs_table
 
         settings = self.config.stash[SETTINGS]
-        device = _device(settings)
-        if device is None:
-            raise ClaimFailed(self, Verdict.ERROR, str(settings.device_error))
-        session = _session(settings, device)
+        run = _invocation(settings, self.claim)
+        if run is None:
+            raise ClaimFailed(self, Verdict.ERROR, str(settings.invocation_error))
         if settings.threads is not None:
             import torch  # a claim is about to train: torch is needed now
 
             torch.set_num_threads(settings.threads)
         folders: list[Path] = []
-
-        def done(outcome: Any) -> None:
-            folders.append(session.finish_claim(outcome))
-
         workers = settings.workers if settings.workers is not None else (1 if settings.threads is not None else None)
-        [outcome] = run_claims(
-            [self.claim],
-            device=device,
-            workers=workers,
-            data_root=settings.data_root,
-            engine=settings.engine,
-            executor=settings.executor,
-            ray_address=settings.ray_address,
-            cache=_cache(settings),
-            on_claim_done=done,
-        )
+        [outcome] = run.run([self.claim], workers=workers, on_claim_done=lambda _, folder: folders.append(folder))
         self.outcome = outcome
         folder = folders[0] if folders else None
         verdict, strict, comparison = outcome.verdict, self.claim.claim.strict, outcome.comparison
@@ -293,6 +245,11 @@ class ClaimItem(pytest.Item):
         self.user_properties += [("lipbench_verdict", str(verdict)), ("lipbench_sentence", message)]
         if folder is not None:
             self.user_properties.append(("lipbench_results", str(folder)))
+            run_id = folder / "mlflow_run_id"
+            if outcome.fails and run_id.is_file() and self.claim.collection in run.session.trackers:
+                tracker = run.session.trackers[self.claim.collection]
+                page = runs_table(tracker.uri, tracker.experiment_id, run_id.read_text().strip())
+                self.user_properties.append(("lipbench_mlflow", f"{verdict} {self.claim.name}: {page}"))
         if verdict == Verdict.SKIPPED:
             pytest.skip(outcome.sentence or "skipped by lipbench")
         if verdict == Verdict.XPASS and strict:
@@ -314,40 +271,33 @@ class ClaimItem(pytest.Item):
         return self.path, None, f"lipbench claim {self.name} [{self.claim.profile}]"
 
 
-def _device(settings: Settings) -> str | None:
-    if settings.device is None and settings.device_error is None:
-        from lipbench.torch.engine import resolve_device  # torch, only once a claim runs
+def _invocation(settings: Settings, claim: Any) -> Any:
+    """The invocation of this pytest process (lipbench.invocation, as `lipbench run` opens it), opened when
+    the first claim runs; None when an input is refused (`settings.invocation_error` says why)."""
+    if settings.invocation is None and settings.invocation_error is None:
+        from lipbench.errors import LipbenchError
+        from lipbench.invocation import Invocation, Options
 
-        try:
-            settings.device = str(resolve_device(settings.device_option))
-        except RuntimeError as e:
-            settings.device_error = str(e).replace("--device", "--lipbench-device")
-    return settings.device
-
-
-def _session(settings: Settings, device: str) -> Any:
-    if settings.session is None:
-        from lipbench.session import Session  # the runner's modules, only once a claim runs
-
-        settings.session = Session(
-            settings.out,
-            device,
-            tracking_uri=settings.tracking_uri,
-            mlflow=settings.mlflow,
+        options = Options.of(settings)
+        options = dataclasses.replace(
+            options,
+            device=settings.device_option,
+            no_mlflow=not settings.mlflow,
+            out=settings.out,
             experiment_ids=settings.experiment_ids,
-            warn=_warn,
-            baselines=settings.baselines,
         )
-    return settings.session
+        try:
+            settings.invocation = Invocation(options, [claim], warn=_warn)
+        except LipbenchError as e:
+            settings.invocation_error = _pytest_flags(str(e))
+    return settings.invocation
 
 
-def _cache(settings: Settings) -> Any:
-    """The run cache of this process (None with --lipbench-no-cache), shared by all its claims."""
-    if settings.cache is None and not settings.no_cache:
-        from lipbench.cache import RunCache
-
-        settings.cache = RunCache(settings.cache_dir)
-    return settings.cache
+def _pytest_flags(text: str) -> str:
+    """A message of the CLI with this face's option names (`--device` -> `--lipbench-device`)."""
+    for option in SHARED_OPTIONS:
+        text = re.sub(rf"(?<![\w-])--{option.name}\b", f"--lipbench-{option.name}", text)
+    return text
 
 
 def _warn(text: str) -> None:
@@ -367,6 +317,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from lipbench.tracking import runs_table  # (mlflow itself is not imported)
+
     settings = config.stash.get(SETTINGS, None)
     if settings is None:
         return
@@ -376,5 +328,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for report in reports
         for name, _ in getattr(report, "user_properties", ())
     )
-    if ran:
-        terminalreporter.write_line(f"lipbench: results in {settings.out}")
+    if not ran:
+        return
+    terminalreporter.write_line(f"lipbench: results in {settings.out}")
+    if settings.mlflow and settings.experiment_ids and settings.tracking_uri:
+        for name, experiment_id in sorted(settings.experiment_ids.items()):
+            terminalreporter.write_line(f"mlflow: runs of {name}: {runs_table(settings.tracking_uri, experiment_id)}")
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "lipbench_mlflow" and getattr(report, "when", None) == "call":
+                    terminalreporter.write_line(f"mlflow: {value}")

@@ -15,15 +15,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
+from lipbench.devices import has_nvidia_driver
 from lipbench.discovery import collection_of, suite_files
 from lipbench.errors import LipbenchWarning, StoreError, SuiteError
-
-if TYPE_CHECKING:
-    from lipbench.pytest_plugin import Settings
+from lipbench.pytest_settings import Settings
 
 WORKERINPUT_KEY = "lipbench"
 
@@ -110,7 +109,7 @@ def configure_worker(settings: Settings, workerinput: dict[str, Any]) -> None:
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries; torch is imported only if a driver is there."""
-    if not (Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia[0-9]*"))):
+    if not has_nvidia_driver():
         return []
     import torch  # only with an NVIDIA driver present: the plugin loads without torch
 

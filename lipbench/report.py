@@ -19,6 +19,7 @@ from typing import Any
 
 from lipbench.errors import LipbenchError
 from lipbench.history import Point, history_figure, series
+from lipbench.numbers import fmt
 from lipbench.outcome import Verdict
 from lipbench.results import find_results, load_outcome, load_result
 
@@ -114,9 +115,9 @@ def _baseline(comparison: dict[str, Any], status: str, verdict: str) -> str:
                 _g(c["baseline"]),
                 _g(c["current"]),
                 _g(c["change"]),
-                _g(c["z"], 2),
+                _g(c.get("t", c.get("z")), 2),  # "z": written by an older lipbench
                 "-" if c["size"] is None else f"{_g(100 * c['size'], 2)}%",
-                f"|t| > {_g(c['z_critical'])} and > {_g(100 * c['min_change'])}%",
+                f"|t| > {_g(c.get('t_critical', c.get('z_critical')))} and > {_g(100 * c['min_change'])}%",
                 c["outcome"],
             )
         )
@@ -228,7 +229,5 @@ def _badge(verdict: str) -> str:
     )
 
 
-def _g(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.{digits}g}" if isinstance(x, (int, float)) else str(x)
+def _g(x: float | None, digits: int = 3) -> str:
+    return fmt(x, digits, missing="-")

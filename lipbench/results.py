@@ -13,15 +13,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from lipbench import __version__
 from lipbench.assertions import AssertionResult
-from lipbench.errors import LipbenchError
+from lipbench.documents import RESULT_VERSION, RecordsDoc, ResultDoc, load_document
+from lipbench.errors import DocumentError, LipbenchError
+from lipbench.factories import FactoryError
 from lipbench.outcome import ClaimOutcome, Verdict
 from lipbench.provenance import code_state, runtime
 from lipbench.records import RunRecord
 from lipbench.suite import ResolvedClaim, claim_model, load_claim
-
-RESULT_VERSION = 1
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -72,11 +74,12 @@ def save_outcome(outcome: ClaimOutcome, out: Path, env: dict[str, Any]) -> Path:
 
 
 def load_records(folder: Path) -> list[RunRecord]:
-    return [RunRecord.from_dict(d) for d in json.loads((Path(folder) / "records.json").read_text())]
+    return [RunRecord.from_dict(d) for d in load_document(Path(folder) / "records.json", RecordsDoc)]
 
 
 def load_result(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "result.json").read_text())
+    """A claim's result.json, checked (lipbench.documents): a broken one is a one-line `DocumentError`."""
+    return load_document(Path(folder) / "result.json", ResultDoc)
 
 
 def update_result(folder: Path, **fields: Any) -> None:
@@ -102,7 +105,14 @@ def load_outcome(folder: str | Path) -> ClaimOutcome:
     status = _verdict(folder, data, "status")
     verdict = _verdict(folder, data, "verdict") if data.get("verdict") else None
     if data.get("resolved"):
-        resolved = claim_model(data["resolved"]).model_validate(data["resolved"])  # a plugin's test, too
+        try:
+            resolved = claim_model(data["resolved"]).model_validate(data["resolved"])  # a plugin's test, too
+        except (ValidationError, FactoryError) as e:
+            problem = e.errors()[0] if isinstance(e, ValidationError) else {"loc": ("assertion", "test"), "msg": str(e)}
+            key = ".".join(["resolved", *map(str, problem["loc"])])
+            raise DocumentError(
+                folder / "result.json", key, f"{problem['msg']}; write it again with `lipbench run`"
+            ) from None
         claim = ResolvedClaim(resolved, Path(data["file"]), data["profile"], data["collection"], ())
     else:  # written before result.json held the resolved claim: read the suite file again
         claim = load_claim(data["file"], None if data["profile"] == "default" else data["profile"])

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from lipbench.cache import RunCache, adopt, run_key
+from lipbench.devices import resolve_device
 from lipbench.executors import StopSignals, check_executor, run_units
 from lipbench.inconclusive import undecided
 from lipbench.outcome import ClaimOutcome, Verdict
@@ -56,13 +57,11 @@ def run_claims(
     finished run has been delivered (and cached), and claims finished by then have had
     `on_claim_done`.
     """
-    from lipbench.torch.engine import resolve_device  # torch: only a collection that trains loads it
-
     if engine not in ENGINES:
         raise ValueError(f"`engine` must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}.")
     check_executor(executor)
 
-    device = str(resolve_device(device)) if device == "auto" else device
+    device = resolve_device(device) if device == "auto" else device
     outcomes: dict[ClaimKey, ClaimOutcome] = {}
     pending: dict[ClaimKey, list[RunSpec]] = {}
     started: dict[ClaimKey, float] = {}

@@ -46,6 +46,7 @@ class Session:
         self.experiment_ids = dict(experiment_ids or {})
         self.trackers: dict = {}
         self.unlogged: list[str] = []
+        self.run_ids: dict[tuple[str, str, str], str] = {}  # claim key -> its MLflow parent run
         self.baselines = Path(baselines) if baselines is not None else None  # None: baselines.default_root
 
     @staticmethod
@@ -105,6 +106,7 @@ class Session:
                     metrics={**metrics, **more_metrics},
                 )
                 (folder / "mlflow_run_id").write_text(run_id + "\n")
+                self.run_ids[outcome.claim.key] = run_id
             except Exception as e:
                 self.unlogged.append(outcome.claim.name)
                 self.warn(
@@ -112,6 +114,24 @@ class Session:
                     f"its results are in {folder}"
                 )
         return folder
+
+    def addresses(self, outcomes: list[ClaimOutcome]) -> list[str]:
+        """Where to look in MLflow's UI: each experiment's runs table, and the parent run of each failing claim."""
+        lines = [
+            f"mlflow: runs of {name}: {tracking.runs_table(t.uri, t.experiment_id)}"
+            for name, t in sorted(self.trackers.items())
+        ]
+        for o in outcomes:
+            run_id = self.run_ids.get(o.claim.key)
+            if o.fails and run_id:
+                t = self.trackers[o.claim.collection]
+                lines.append(
+                    f"mlflow: {o.verdict} {o.claim.name}: {tracking.runs_table(t.uri, t.experiment_id, run_id)}"
+                )
+        uri = self.store_uri
+        if lines and not uri.startswith(("http://", "https://")):
+            lines.append(f"mlflow: (these open once `mlflow ui --backend-store-uri {uri}` runs)")
+        return lines
 
     def baselines_root(self, claim: ResolvedClaim) -> Path:
         return self.baselines if self.baselines is not None else default_root(claim.file)
@@ -141,7 +161,7 @@ def _verdict_tags(comparison) -> tuple[dict[str, str], dict[str, float]]:
     if comparison.summary.get("final_mean") is not None:
         metrics["final.mean"] = float(comparison.summary["final_mean"])
     for change in comparison.changes:
-        for key in ("z", "change"):
+        for key in ("t", "change"):
             value = getattr(change, key)
             if value is not None and abs(value) != float("inf") and value == value:
                 metrics[f"baseline.{change.name}.{key}"] = float(value)

@@ -13,6 +13,7 @@ migration at the same time (docs/mlflow.md measures what happens when they do).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -29,8 +30,9 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 PARENT_TAG = "mlflow.parentRunId"
-# Marks an experiment as model training, so that `mlflow ui` opens it on its runs table (not on
-# the GenAI traces overview it shows for an experiment of no kind).
+# Marks an experiment as model training: MLflow's UI shows it with the model-training pages (runs,
+# models), not the GenAI ones (traces, overview). Which page opens first is the UI's choice, so every
+# invocation prints the address of the runs table itself (`runs_table`).
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 LOCK_SECONDS = 300  # the longest wait for another invocation to create the store (a migration takes seconds)
 PROBE_SECONDS = 10  # how long a tracking server has to answer the first request
@@ -188,6 +190,22 @@ class Tracker:
                 raise RuntimeError(f"MLflow holds {held} of {points} metric points of run {name}")
 
 
+#: Where `mlflow ui` serves a local store unless told otherwise.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_address(uri: str) -> str:
+    """The web address of store `uri`'s UI: the tracking server itself, else `mlflow ui`'s default."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def runs_table(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The address of an experiment's runs table (or of one run): it opens there, whichever page the UI
+    would open an experiment on by default."""
+    page = f"{ui_address(uri)}/#/experiments/{experiment_id}/runs"
+    return f"{page}/{run_id}" if run_id else page
+
+
 def resolve_uri(tracking_uri: str | None = None) -> str:
     """`tracking_uri`, else MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db)."""
     import mlflow
@@ -248,11 +266,25 @@ def open_store(uri: str):
     if uri.startswith(("http://", "https://")):
         _probe_server(uri)
     try:
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)  # opens a sqlite store: creates and migrates it if new
+        with _quiet("mlflow", "alembic"):  # its INFO lines ("Creating initial MLflow database tables") are not ours
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)  # opens a sqlite store: creates and migrates it if new
     except Exception as e:
         raise StoreError(uri, f"cannot be opened ({one_line(e)})") from None
     return client
+
+
+@contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """The named loggers at WARNING and above inside the block, as they were after it."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(max(levels[name], logging.WARNING))
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _probe_server(uri: str) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from builders import CLAIMS, SCENARIO, baseline_of, save_run, synthetic_outcome, synthetic_records, write_claim
 from scipy import stats
 
 from lipbench import baselines as bl
@@ -28,93 +28,10 @@ from lipbench.outcome import STATUSES, ClaimOutcome, Comparison, Verdict, exit_c
 from lipbench.records import RunRecord
 from lipbench.runner import judge
 from lipbench.session import Session
-from lipbench.suite import ResolvedClaim, load_claim
+from lipbench.suite import load_claim
 
 PASS, FAIL, ERROR, XFAIL, XPASS, SKIPPED = STATUSES
 REGRESSED, IMPROVED, NEW = Verdict.REGRESSED, Verdict.IMPROVED, Verdict.NEW
-
-SCENARIO = {
-    "model": {"name": "mlp", "hidden": [32]},
-    "dataset": {"name": "synthetic", "synthetic_shape": [1, 4, 4], "synthetic_size": 256},
-    "optimizer": {"lr": 0.1, "batch_size": 16},
-    "steps": 60,
-    "record_every": 20,
-}
-
-#: Four synthetic claims, one per assertion; `final` gives each run's final K from (sweep, init, sampling).
-CLAIMS: dict[str, dict[str, Any]] = {
-    "label_noise": {
-        "sweep": {"axis": "scenario.label_noise", "values": [0.0, 0.5, 0.9]},
-        "seeds": {"init": 3, "sampling": 1},
-        "assertion": {"test": "monotone_trend", "direction": "decreasing", "alpha": 0.05},
-    },
-    "batch": {
-        "sweep": {"axis": "scenario.optimizer.batch_size", "values": [8, 16, 32, 64, 128, 256]},
-        "seeds": {"init": 2, "sampling": 10},
-        "assertion": {"test": "power_law", "expected_exponent": -1.0, "margin": 1.0},
-    },
-    "sampling": {
-        "seeds": {"init": 3, "sampling": 4},
-        "assertion": {"test": "invariance", "max_relative_spread": 0.05},
-    },
-    "growth": {
-        "seeds": {"init": 3, "sampling": 1},
-        "assertion": {"test": "growth_trend", "quantity": "log_K", "window": 0.5, "alpha": 0.05},
-    },
-}
-
-
-def write_claim(folder: Path, name: str, **changes: Any) -> Path:
-    """A suite file `folder/<name>.yaml` of one of CLAIMS (profile quick), with top-level changes."""
-    data = {"schema_version": 1, "name": name, "claim": f"synthetic {name}", "scenario": SCENARIO}
-    data.update(CLAIMS[name])
-    data.update(changes)
-    data["profiles"] = {"quick": {}}
-    path = folder / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def synthetic_records(claim: ResolvedClaim, seed: int = 0, strength: float = 1.0) -> list[RunRecord]:
-    """Records whose final values obey the claim (`strength` scales the effect), no training."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for spec in claim.runs():
-        name, v = claim.name, spec.sweep_value
-        if name == "growth":
-            steps = np.arange(0, 1000, 50)
-            log_k = 0.5 + strength * 0.002 * steps + rng.normal(0, 0.01, len(steps))
-        else:
-            if name == "label_noise":
-                final = 3.0 - strength * 2.0 * v + rng.normal(0, 0.1)
-            elif name == "batch":
-                final = 5.0 + rng.normal(0, math.sqrt(1.0 / v))
-            else:  # sampling: init moves K, sampling barely does
-                final = 10.0 + 2.0 * spec.init_seed + rng.normal(0, 0.05)
-            steps, log_k = np.array([0, 100]), np.log([1.0, final])
-        records.append(
-            RunRecord(
-                claim.name,
-                spec.run_id,
-                v,
-                spec.init_seed,
-                spec.sampling_seed,
-                steps.astype(np.int64),
-                {"log_K": log_k, "K": np.exp(log_k)},
-            )
-        )
-    return records
-
-
-def synthetic_outcome(folder: Path, name: str, seed: int = 0, strength: float = 1.0, **changes: Any) -> ClaimOutcome:
-    claim = load_claim(write_claim(folder, name, **changes), "quick")
-    return judge(claim, synthetic_records(claim, seed, strength))
-
-
-def baseline_of(outcome: ClaimOutcome, device: str = "cpu") -> dict[str, Any]:
-    return json.loads(json.dumps(build_baseline(outcome, {"device": device, "lipbench": "test"})))
-
 
 # --------------------------------------------------------------------------- the tolerance rule at its edges
 
@@ -143,7 +60,7 @@ def test_tolerance_edges(z: float, size: float, expected: str) -> None:
     scale = abs(change) / size  # so that |change| / scale == size exactly
     result = compare_tracked(tracked(1.0, SE, scale=scale), tracked(1.0 + change, SE))
     assert result.outcome == expected
-    assert result.z == pytest.approx(z)
+    assert result.t == pytest.approx(z)
     assert result.size == pytest.approx(size)
 
 
@@ -161,7 +78,7 @@ def test_direction_lower_and_closer() -> None:
     assert same.change == pytest.approx(0.0) and same.outcome != "regressed"
     away = compare_tracked(tracked(-1.0, 0.01, "closer", 1.0, -1.0), tracked(-1.5, 0.01, "closer", 1.0, -1.0))
     assert away.outcome == "regressed" and away.change == pytest.approx(-0.5)
-    assert away.z < 0  # the sign of z says better (+) or worse (-), for "closer" too
+    assert away.t < 0  # the sign of t says better (+) or worse (-), for "closer" too
 
 
 def test_missing_or_zero_errors() -> None:
@@ -201,7 +118,7 @@ def test_verdict_mapping(tmp_path: Path) -> None:
     h = outcome.claim.scenario_hash()
     assert judge_against(outcome, None, device="cpu").verdict == NEW
     same = judge_against(outcome, base, device="cpu", file_hash=h)
-    assert same.verdict == PASS and same.comparable and all(c.z == 0 for c in same.changes)
+    assert same.verdict == PASS and same.comparable and all(c.t == 0 for c in same.changes)
 
     weaker = synthetic_outcome(tmp_path / "coll", "label_noise", strength=0.5)
     assert weaker.status == PASS  # the assertion still holds ...
@@ -290,7 +207,8 @@ def test_exit_codes(tmp_path: Path, verdicts: list[str], strict: bool, code: int
         o.attach(Comparison(v, o.status))
         outcomes.append(o)
     assert exit_code(outcomes) == code
-    assert exit_code(outcomes, bad_input=True) == 2
+    assert exit_code(outcomes, bad_input=True) == max(code, 1)  # a refused file beside them: an ERROR
+    assert exit_code([], bad_input=True) == 2  # refused, and nothing ran
 
 
 # --------------------------------------------------------------------------- baseline files
@@ -325,7 +243,7 @@ def test_baseline_file_round_trip(tmp_path: Path) -> None:
     assert path.read_text() == text  # the same records give the same bytes (fixed bootstrap seed)
     assert back["tolerance"]["alpha"] == bl.ALPHA and back["summary"]["tracked"][0]["target"] == -1.0
     path.write_text(text.replace('"schema_version": 3', '"schema_version": 99'))
-    with pytest.raises(bl.BaselineError, match="schema_version 99"):
+    with pytest.raises(bl.BaselineError, match="schema_version: 99 is not a format this lipbench reads"):
         read_baseline(path)
 
 
@@ -373,14 +291,11 @@ def test_old_format_baseline_is_not_comparable(tmp_path: Path) -> None:
     except bl.BaselineError as e:
         problem = str(e)
     result = judge_against(outcome, None, device="cpu", path=path, problem=problem)
-    assert result.comparable is False and "not comparable" in result.sentence and "schema_version 1" in result.sentence
-
-
-def save_run(out: Path, outcomes: list[ClaimOutcome], baselines: Path) -> Path:
-    session = Session(out, "cpu", mlflow=False, baselines=baselines, warn=pytest.fail)
-    for o in outcomes:
-        session.finish_claim(o)
-    return out
+    assert (
+        result.comparable is False
+        and "not comparable" in result.sentence
+        and "schema_version: 1 is not a format" in result.sentence
+    )
 
 
 def test_finish_claim_puts_the_verdict_on_outcome_and_result(tmp_path: Path) -> None:
@@ -521,7 +436,7 @@ def test_mlflow_verdict_tags_and_run_ids(tmp_path: Path, wide_console, capsys) -
     first, second = (client.get_run(i).data for i in ids)
     assert first.tags["lipbench.verdict"] == NEW and first.tags["lipbench.baseline"] == "none"
     assert second.tags["lipbench.verdict"] == REGRESSED and second.tags["lipbench.baseline"] == "compared"
-    assert second.metrics["baseline.log_ratio_extreme_values.z"] < 0
+    assert second.metrics["baseline.log_ratio_extreme_values.t"] < 0
     assert "final.mean" in second.metrics and "assertion.statistic" in second.metrics
     capsys.readouterr()
     assert main(["compare", ids[0], ids[1], "--tracking-uri", uri]) == 0

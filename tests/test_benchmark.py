@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 LAST_LINE = re.compile(r"ratio_mlp=(\S+) ratio_convnet=(\S+) tracking_overhead=(\S+)")
 
 
+@pytest.mark.slow  # trains both engines and the naive loop
 def test_throughput_smoke_run_ends_with_the_summary_line() -> None:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--threads", "1", "--claims"],

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from lipbench.cli import main
+from lipbench.executors import RAY_INSTALL
 from lipbench.records import RunRecord
 from lipbench.suite import load_claim
 
@@ -115,3 +117,27 @@ def test_missing_dataset_is_an_error_that_says_how_to_get_it(
     assert not any(empty.iterdir())  # nothing was downloaded
 
     assert _result(out, "suites", "still-runs")["status"] == "PASS"
+
+
+# --------------------------------------------------------------------------- the ray executor, without Ray
+
+
+def test_without_ray_the_ray_executor_says_how_to_install_it(write_suite, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    out = tmp_path / "out"
+    path = write_suite("unrun")
+    assert main(["run", str(path), "--profile", "quick", "--no-mlflow", "--out", str(out), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"--executor ray needs Ray, which is not installed: {RAY_INSTALL}" in err
+    assert not out.exists()  # refused before anything was trained or saved
+
+
+def test_the_cli_and_the_pytest_plugin_offer_the_same_executors() -> None:
+    from lipbench.cli import build_parser
+    from lipbench.executors import EXECUTORS
+    from lipbench.options import OPTIONS
+
+    assert OPTIONS["executor"].choices == EXECUTORS  # the one table both faces are built from
+    args = build_parser().parse_args(["run", "suites", "--executor", "ray", "--ray-address", "auto"])
+    assert (args.executor, args.ray_address) == ("ray", "auto")

@@ -4,6 +4,7 @@ limits, `expect: empirical` and the Python API (docs/extending.md)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -290,3 +291,34 @@ def test_python_api_runs_a_claim_written_in_python(tmp_path) -> None:
 def test_python_api_refuses_a_bad_claim_with_the_suite_error() -> None:
     with pytest.raises(SuiteError, match=r"python/init_scale.yaml: scenario.stepz: unknown key"):
         lipbench.load(merge(TINY_SUITE, {"scenario": {"stepz": 3}}))
+
+
+def test_python_api_uses_the_run_cache_and_a_new_folder_per_call(tmp_path, monkeypatch) -> None:
+    """As `lipbench run`: a second call trains nothing, and two calls in one second write two folders."""
+    monkeypatch.chdir(tmp_path)
+    import datetime as dt
+
+    from lipbench import folders
+
+    class SameSecond(dt.datetime):  # both calls start in the same second
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2026, 1, 1, 12, 0, 0)
+
+    monkeypatch.setattr(folders, "datetime", SameSecond)
+    first = lipbench.run(TINY_SUITE, device="cpu")
+    second = lipbench.run(TINY_SUITE, device="cpu")
+    assert (first.trained, first.reused) == (6, 0)
+    assert (second.trained, second.reused) == (0, 6)
+    assert second.verdicts == first.verdicts
+    assert first.out != second.out and first.out.name[:15] == second.out.name[:15] == "20260101-120000"
+    assert first.out.parent == second.out.parent == Path("lipbench-results")
+    assert (second.out / "python" / "init_scale" / "result.json").is_file()
+    with pytest.raises(KeyError, match="no claim 'missing' in this result; it has init_scale"):
+        second["missing"]
+
+
+def test_python_api_refuses_bad_options_before_training(tmp_path) -> None:
+    with pytest.raises(LipbenchError, match="--workers must be at least 1, not 0"):
+        lipbench.run(TINY_SUITE, device="cpu", workers=0, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

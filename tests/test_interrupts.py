@@ -34,7 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Runs long enough (about a second each) to be caught in flight.
 LONGER = {"scenario": {"steps": 2500, "record_every": 500}}
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to find leftover processes")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to find leftover processes"),
+    pytest.mark.slow,  # each test trains claims in worker processes, some of them twice
+]
 
 
 def _lipbench(*args: str, cwd: Path, cache: Path) -> subprocess.Popen:
@@ -108,6 +111,27 @@ def test_a_worker_killed_mid_collection_has_its_unit_retried(write_suite, caplog
     for outcome, claim in zip(outcomes, claims, strict=True):
         assert sorted(r.run_id for r in outcome.records) == sorted(s.run_id for s in claim.runs())
         assert all(r.ok for r in outcome.records)
+
+
+def test_a_unit_that_kills_its_worker_every_time_is_the_only_error(write_suite, caplog) -> None:
+    """The pool cannot tell whose unit killed it; only a death while a unit runs alone is charged to it."""
+    model = {"name": "builders:fatal_model", "kwargs": {"die_at_init_seed": 1}, "hidden": None, "init": None}
+    sweep = {"axis": "scenario.label_noise", "values": [0.0, 0.3, 0.6]}
+    fatal = {"scenario": {"model": model}, "sweep": sweep, "assertion": {"direction": "decreasing"}}
+    claims = [
+        load_claim(write_suite("innocent", {**LONGER, "assertion": {"at": "initial"}}), "quick"),
+        load_claim(write_suite("fatal", {**fatal, "seeds": {"init": 2, "sampling": 1}}), "quick"),
+    ]
+    with caplog.at_level(logging.WARNING, logger="lipbench"):
+        innocent, guilty = run_claims(claims, device="cpu", workers=2)
+    assert "tried again, each alone" in caplog.text
+    assert innocent.status == Verdict.PASS and all(r.ok for r in innocent.records)
+    assert sorted(r.run_id for r in innocent.records) == sorted(s.run_id for s in claims[0].runs())
+    assert guilty.status == Verdict.ERROR
+    dead = {r.run_id for r in guilty.records if not r.ok}
+    assert dead == {s.run_id for s in claims[1].runs() if s.init_seed == 1}
+    assert all("died 2 times" in r.error for r in guilty.records if not r.ok)
+    assert all(r.ok for r in guilty.records if r.run_id not in dead)  # its other runs were not charged
 
 
 def test_ctrl_c_stops_at_once_keeps_finished_runs_and_the_same_command_resumes(write_suite, tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ def result_of(out: Path, claim: str) -> dict:
     return json.loads((out / "suites" / claim / "result.json").read_text())
 
 
+@pytest.mark.slow  # trains claims of the example's suites
 def test_example_suites_pass_against_their_baselines_and_log_to_mlflow(own_code, tmp_path: Path) -> None:
     out = tmp_path / "out"
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -81,6 +82,7 @@ def test_example_suites_pass_against_their_baselines_and_log_to_mlflow(own_code,
     assert rebuilt.claim.scenario_hash() == result_of(out, "own-sampling-noise")["scenario_hash"]
 
 
+@pytest.mark.slow  # trains claims of the example's suites
 def test_forgetting_the_corrupted_labels_fails_the_label_claim(own_code, monkeypatch, tmp_path: Path) -> None:
     import own_code.loop
 
@@ -90,6 +92,7 @@ def test_forgetting_the_corrupted_labels_fails_the_label_claim(own_code, monkeyp
     assert not result.passed
 
 
+@pytest.mark.slow  # trains claims of the example's suites
 def test_one_sampling_seed_for_every_run_fails_the_sampling_noise_claim(own_code, monkeypatch, tmp_path: Path) -> None:
     import own_code.loop
 
@@ -113,6 +116,7 @@ def test_one_sampling_seed_for_every_run_fails_the_sampling_noise_claim(own_code
     assert "sampling stream reaches the batch sampler" in invariance
 
 
+@pytest.mark.slow  # trains claims of the example's suites
 def test_example_claim_runs_as_a_pytest_item(own_code, tmp_path: Path) -> None:
     env = {
         **os.environ,
@@ -170,6 +174,7 @@ def test_a_plugin_name_is_among_the_allowed_values(own_code, write_suite, capsys
     assert "'mlp'" in line and "'convnet'" in line
 
 
+@pytest.mark.slow  # trains claims of the example's suites
 def test_a_plugin_model_trains_in_the_built_in_loop(own_code, tmp_path: Path) -> None:
     claim = {
         "schema_version": 1,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-from test_baselines import CLAIMS, save_run, synthetic_outcome
+from builders import CLAIMS, save_run, synthetic_outcome
 
 from lipbench.cli import main
 from lipbench.report import write_report

@@ -492,8 +492,8 @@ def test_list_prints_runs_and_model_steps(write_suite, wide_console, capsys) -> 
     rows = {}
     for line in capsys.readouterr().out.splitlines():
         cells = [c.strip() for c in line.strip("│┃ ").split("│" if "│" in line else "┃")]
-        if len(cells) == 7:
+        if len(cells) == 8:
             rows[cells[1]] = cells
-    assert rows["claim"][5:] == ["runs", "model-steps"]
-    assert rows["listed"][4:] == ["init_std x3", "12", "60"]
-    assert rows["other"][4:] == ["init_std x2", "8", "16"]
+    assert rows["claim"][2:3] + rows["claim"][6:] == ["profile", "runs", "model-steps"]
+    assert rows["listed"][2:3] + rows["listed"][5:] == ["quick", "init_std x3", "12", "60"]
+    assert rows["other"][5:] == ["init_std x2", "8", "16"]

@@ -14,53 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import MALFORMED_SUITES as EXPECTED
 
 from lipbench.cli import main
 
 MALFORMED = Path(__file__).parent / "malformed"
 REPO = Path(__file__).parent.parent
 
-#: file stem -> (key path the message names, "" for a file-level problem; words it must contain)
-EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
-    "unknown_top_level_key": ("notes", ("unknown key", "allowed here: schema_version", "scenario")),
-    "misspelt_optimiser": ("scenario.optimiser", ("did you mean 'optimizer'?", "allowed here:")),
-    "steps_not_a_number": ("scenario.steps", ("valid integer", "'many'")),
-    "negative_steps": ("scenario.steps", ("greater than 0", "-200")),
-    "record_every_exceeds_steps": ("scenario.record_every", ("must not exceed steps (200)", "500")),
-    "label_noise_above_one": ("scenario.label_noise", ("less than or equal to 1", "1.5")),
-    "dataset_underscore": ("scenario.dataset.name", ("did you mean 'fashion-mnist'?", "'digits'", "'synthetic'")),
-    "unknown_model": (
-        "scenario.model.name",
-        ("'resnet18' is not allowed", "'mlp', 'convnet'", "package.module:callable"),
-    ),
-    "unknown_assertion_test": ("assertion", ("did you mean 'monotone_trend'?", "available: monotone_trend")),
-    "assertion_unknown_param": ("assertion.min_rho", ("did you mean 'min_abs_rho'?", "allowed here: test")),
-    "alpha_out_of_range": ("assertion.alpha", ("less than or equal to 0.5", "got 5")),
-    "missing_scenario": ("scenario", ("required key is missing", "needs schema_version")),
-    "missing_assertion": ("assertion", ("required key is missing", "needs schema_version")),
-    "tab_indentation": ("", ("not valid YAML", "line 12", "'\\t'")),
-    "bad_indentation": ("", ("not valid YAML", "line 12")),
-    "empty": ("", ("is empty", "a suite file is a mapping")),
-    "top_level_list": ("", ("is a list", "a suite file is a mapping")),
-    "sweep_axis_not_under_scenario": ("sweep.axis", ("key path under scenario", "'label_noise'")),
-    "sweep_axis_misspelt": ("sweep.axis", ("did you mean 'label_noise'?", "allowed there:")),
-    "sweep_value_out_of_range": ("sweep.values.3", ("2.0 is not allowed for scenario.label_noise", "less than")),
-    "duplicate_sweep_values": ("sweep.values", ("must all differ", "0.4 appears twice")),
-    "profile_unknown_key": ("profiles.quick.scenario.stepz", ("did you mean 'steps'?", "allowed here:")),
-    "expect_fail_without_reason": ("expect_reason", ("expect: fail needs expect_reason",)),
-    "schema_version_2": ("schema_version", ("2 is not allowed", "should be 1")),
-    "mlp_batch_norm": ("scenario.model.batch_norm", ("convnet only",)),
-    "optimizer_momentum": ("scenario.optimizer.momentum", ("momentum applies to optimizer sgd, not 'adam'",)),
-    "factory_not_importable": ("scenario.model.name", ("does not import", "no module named 'my_models'", "pip")),
-    "factory_not_callable": ("scenario.model.name", ("'math:pi' is a float, not callable",)),
-    "factory_bad_kwarg": ("scenario.model.kwargs", ("takes no argument 'biass'", "did you mean 'bias'?", "it takes:")),
-    "sde_with_adam": ("scenario.optimizer.name", ("assume plain SGD", "optimizer adam", "expect: empirical")),
-    "profiles_as_list": ("profiles", ("must map profile names",)),
-    "claim_name_with_spaces": ("name", ("lower-case letters", "'Label noise (tiny)'")),
-    "duplicate_key": ("scenario.optimizer.lr", ("key given twice (lines 12 and 14)", "remove one of the two")),
-    "learning_rate_nan": ("scenario.optimizer.lr", ("must be a finite number, got .nan", "replace it")),
-    "profile_noise_std_inf": ("profiles.quick.scenario.gradient.noise_std", ("must be a finite number, got .inf",)),
-}
 #: Loads fine but can never reach its alpha: validate says so (exit 2), run reports an ERROR (exit 1).
 DESIGN = MALFORMED / "design_alpha_unreachable.yaml"
 
@@ -116,17 +76,32 @@ def test_python_m_validate_names_each_file_once() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = _error_lines(proc.stderr)
-    assert len(lines) == len(EXPECTED) + 1
-    for stem, (key, _) in [*EXPECTED.items(), (DESIGN.stem, ("seeds/sweep", ()))]:
+    for stem, (key, _) in EXPECTED.items():
         named = [line for line in lines if line.startswith(f"lipbench: error: {MALFORMED / stem}.yaml: {key}")]
         assert len(named) == 1, (stem, lines)
+    design = [line for line in lines if line.startswith(f"lipbench: error: {DESIGN}: seeds/sweep: [profile ")]
+    assert len(design) == len(lines) - len(EXPECTED) >= 1  # one per profile whose design cannot reach alpha
 
 
-def test_design_that_cannot_reach_alpha_fails_validate(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(DESIGN)]) == 2
-    _check_one_line(
-        capsys.readouterr(), DESIGN, "seeds/sweep", ("2 sweep values x 2 seed blocks", "never below alpha = 0.01")
-    )
+def test_design_that_cannot_reach_alpha_fails_validate_as_run_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 1, as `run` (an ERROR verdict), once per profile; a malformed file is exit 2."""
+    assert main(["validate", str(DESIGN)]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = _error_lines(captured.err)
+    assert [line.split("[profile ")[1].split("]")[0] for line in lines] == ["paper", "quick"]
+    for line in lines:
+        assert line.startswith(f"lipbench: error: {DESIGN}: seeds/sweep: [profile ")
+        assert "2 sweep values x 2 seed blocks" in line and "never below alpha = 0.01" in line
+
+
+def test_validate_checks_the_design_of_every_profile(write_suite, capsys) -> None:
+    """The quick profile is sound; the paper profile (not the one run by default) cannot reach alpha."""
+    weak = {"sweep": {"axis": "scenario.model.init_std", "values": [0.01, 0.1]}, "seeds": {"init": 2}}
+    path = write_suite("tiny", {"profiles": {"quick": {}, "paper": weak}})
+    assert main(["validate", str(path)]) == 1
+    [line] = _error_lines(capsys.readouterr().err)
+    assert line.startswith(f"lipbench: error: {path}: seeds/sweep: [profile paper]")
 
 
 def test_design_that_cannot_reach_alpha_is_an_error_verdict_in_run(
@@ -150,7 +125,8 @@ def test_duplicate_claim_names_in_a_directory(
     same = {"name": "same-name", "seeds": {"init": 1}} if command == "run" else {"name": "same-name"}
     first, second = write_suite("first", same), write_suite("second", same)
     extra = ["--no-mlflow", "--workers", "1", "--out", str(tmp_path / "out")] if command == "run" else []
-    assert main([command, str(first.parent), *extra]) == 2
+    # validate: a refused file, exit 2; run: the first claim ran (an ERROR verdict), the second is an ERROR too
+    assert main([command, str(first.parent), *extra]) == (2 if command == "validate" else 1)
     _check_one_line(capsys.readouterr(), second, "name", (f"also the name of {first}", "names must differ"))
 
 
@@ -186,8 +162,11 @@ def test_one_broken_file_does_not_stop_the_others(write_suite, tmp_path: Path, c
     good = write_suite("good", folder=folder)
     bad = shutil.copy(MALFORMED / "negative_steps.yaml", folder / "bad.yaml")
     out = tmp_path / "out"
-    assert main(["run", str(folder), "--no-mlflow", "--workers", "1", "--out", str(out)]) == 2
-    _check_one_line(capsys.readouterr(), bad, "scenario.steps", ("greater than 0",))
+    # Exit 1, the code of the verdicts: the malformed file is an ERROR row of its own; the good claim ran.
+    assert main(["run", str(folder), "--no-mlflow", "--workers", "1", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    _check_one_line(captured, bad, "scenario.steps", ("greater than 0",))
+    assert f"ERROR {bad}: scenario.steps: Input should be greater than 0" in captured.out
     result = json.loads((out / "mixed" / "good" / "result.json").read_text())
     assert result["status"] == "PASS"
     assert result["file"] == str(good)

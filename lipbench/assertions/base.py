@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from scipy import special, stats
 
 from lipbench.errors import LipbenchError
+from lipbench.numbers import fmt
 from lipbench.records import jsonable
 
 if TYPE_CHECKING:
@@ -163,14 +164,6 @@ class Design:
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def fmt(x: float | None, digits: int = 3) -> str:
-    """A number to a few significant digits; 'undefined' for None or NaN."""
-    if x is None or not math.isfinite(x):
-        return "undefined" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
-    rounded = float(f"{x:.{digits}g}")
-    return f"{rounded:.7g}" if 1e-4 <= abs(rounded) < 1e6 else f"{rounded:.{digits}g}"
 
 
 def pct(x: float) -> str:

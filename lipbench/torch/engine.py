@@ -38,14 +38,6 @@ from lipbench.torch.training import (
 )
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(device)
-
-
 def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> RunRecord:
     """Train one run of a claim and return its record; a non-finite sigma or loss stops it early."""
     sc, device = spec.scenario, torch.device(device)

@@ -93,20 +93,20 @@ class RunContext:
     def build_model(self) -> torch.nn.Module:
         """The scenario's model (built-in, plugin or factory), initialised from the init seed, on the device."""
         if self.scenario.model is None:
-            raise factories.error("context.build_model() needs scenario.model in the suite file")
+            raise factories.UserCodeError("context.build_model() needs scenario.model in the suite file")
         return initial_model(self.spec, self.data.to("cpu")).to(self.device)
 
     def build_optimizer(self, model: torch.nn.Module):
         """The scenario's optimiser and schedule (lipbench.torch.optim.build): step the schedule once per step."""
         if self.scenario.optimizer is None:
-            raise factories.error("context.build_optimizer() needs scenario.optimizer in the suite file")
+            raise factories.UserCodeError("context.build_optimizer() needs scenario.optimizer in the suite file")
         return build(self.scenario.optimizer, model.parameters(), self.steps)
 
     def batches(self, batch_size: int | None = None) -> Iterator[torch.Tensor]:
         """Mini-batch indices from the sampling stream, endlessly, as scenario.sampling says."""
         if batch_size is None:
             if self.scenario.optimizer is None:
-                raise factories.error("context.batches() needs a batch_size (or scenario.optimizer.batch_size)")
+                raise factories.UserCodeError("context.batches() needs a batch_size (or scenario.optimizer.batch_size)")
             batch_size = self.scenario.optimizer.batch_size
         n = self.data.x_train.shape[0]
         sampler = BatchSampler(
