@@ -74,7 +74,7 @@ def conv_meaning_changed(outcome: ClaimOutcome) -> bool:
     """Whether K of this claim's runs means something else than in a format 2 baseline: before format 3 a
     conv layer's sigma was its reshaped kernel's; now it is, unless `lipschitz.conv: reshaped`, the operator's
     norm or its bound. The runs' summaries name their conv layers (sigma_bracket_<l>)."""
-    if outcome.claim.scenario.lipschitz.conv == "reshaped":
+    if outcome.claim.claim.scenario.lipschitz.conv == "reshaped":
         return False
     return any(key.startswith("sigma_bracket_") for record in outcome.records for key in record.summary)
 
