@@ -31,7 +31,7 @@ from lipbench.baselines import (
     store,
 )
 from lipbench.cache import RunCache
-from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
+from lipbench.calibration import COLUMNS, RECORD_REPLICATES, calibrate, table_rows, write_outputs
 from lipbench.compare import compare_rows, load_side, print_compare, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
@@ -168,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selection(cal)
     cal.add_argument("--replicates", type=int, default=2000, help="simulated replicates per scenario (default 2000)")
+    cal.add_argument(
+        "--record-replicates",
+        type=int,
+        default=RECORD_REPLICATES,
+        help=f"simulated record sets per scenario and family on the record path (default {RECORD_REPLICATES})",
+    )
+    cal.add_argument(
+        "--path",
+        choices=("both", "units", "records"),
+        default="both",
+        help="units: the assertions' own models (fast); records: RunRecords through runner.judge; both (default)",
+    )
     cal.add_argument("--out", type=Path, default=Path("results"), help="folder for calibration-<profile>.json/.html")
     cal.add_argument("--baselines", type=Path, default=None, help="baselines folder (default: next to the suites)")
     cal.set_defaults(func=cmd_calibrate, overrides=[])
@@ -223,20 +235,26 @@ def cmd_validate(args) -> int:
 def cmd_calibrate(args) -> int:
     if args.replicates < 50:
         raise LipbenchError(f"--replicates must be at least 50, not {args.replicates}.")
+    if args.record_replicates < 20:
+        raise LipbenchError(f"--record-replicates must be at least 20, not {args.record_replicates}.")
     args.profile = args.profile or "quick"
     claims, problems = load_claims(args, "cpu")
     for p in problems:
         errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
-    rows, seconds = calibrate(claims, reps=args.replicates, baselines=args.baselines)
+    paths = ("units", "records") if args.path == "both" else (args.path,)
+    rows, seconds = calibrate(
+        claims, reps=args.replicates, baselines=args.baselines, record_reps=args.record_replicates, paths=paths
+    )
     table = Table(
-        title=f"calibration, profile {args.profile}: {args.replicates} replicates per scenario, {seconds:.0f} s"
+        title=f"calibration, profile {args.profile}: {args.replicates} replicates per scenario (units), "
+        f"{args.record_replicates} (records), {seconds:.0f} s"
     )
     for col in COLUMNS:
         table.add_column(col)
     for cells in table_rows(rows):
         table.add_row(*cells)
     console.print(table)
-    for path in write_outputs(rows, args.out, args.profile, seconds, args.replicates):
+    for path in write_outputs(rows, args.out, args.profile, seconds, args.replicates, args.record_replicates):
         console.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 2 if problems else 0
 

@@ -5,6 +5,9 @@
 what it measures includes the records -> units step and the baseline document, and its noise is
 not the assertion's own ``simulate()``. Each family breaks one assumption a test could rest on:
 
+- ``fitted``: the location and spreads fitted to the committed baseline, and run noise resampled
+  from the baseline's own standardised residuals (its skewness and kurtosis); without a baseline,
+  normal noise;
 - ``normal``: the reference;
 - ``lognormal``: run noise with skewness 2 (a log-normal of shape 0.6064);
 - ``t3``: run noise from Student's t with 3 degrees of freedom (infinite kurtosis);
@@ -31,6 +34,7 @@ from lipbench.records import RunRecord
 from lipbench.suite import ResolvedClaim
 
 FAMILIES = (
+    "fitted",
     "normal",
     "lognormal",
     "t3",
@@ -42,12 +46,22 @@ FAMILIES = (
 )
 LOGNORMAL_SHAPE = 0.6064  # a log-normal with this shape has skewness 2
 RECORD_TESTS = ("monotone_trend", "invariance", "power_law", "growth_trend", "init_scaling")
+#: The families that change each test's model (the others would repeat the normal row).
+RELEVANT = {
+    "monotone_trend": ("fitted", "normal", "lognormal", "t3", "init_effect", "init_specific", "uneven_spread"),
+    "invariance": ("fitted", "normal", "lognormal", "t3", "init_effect", "uneven_spread"),
+    "power_law": ("fitted", "normal", "lognormal", "t3", "init_effect", "init_specific", "uneven_spread"),
+    "growth_trend": ("fitted", "normal", "lognormal", "t3", "init_specific", "growth_spread", "saturating"),
+    "init_scaling": ("fitted", "normal", "lognormal", "t3"),
+}
 INIT_SPECIFIC_EXPONENT_SD = 0.5
 UNEVEN = (0.25, 1.75)  # the relative sampling variances of the first and the last init seed
 
 
-def draws(rng: np.random.Generator, shape: tuple[int, ...], family: str) -> np.ndarray:
-    """Standardised noise (mean 0, sd 1) of the family's run-noise distribution."""
+def draws(rng: np.random.Generator, shape: tuple[int, ...], family: str, pool: np.ndarray | None = None) -> np.ndarray:
+    """Standardised noise (mean 0, sd 1) of the family's run-noise distribution (``fitted``: drawn from `pool`)."""
+    if family == "fitted" and pool is not None and len(pool) >= 3:
+        return rng.choice(pool, size=shape)
     if family == "lognormal":
         s = LOGNORMAL_SHAPE
         z = np.exp(s * rng.standard_normal(shape))
@@ -80,7 +94,7 @@ def grid_values(
         means = np.asarray(params["means"], dtype=float)[:, None, None]
         run_sd = params["run_sd"]
         init_sd = 4 * run_sd if family == "init_effect" else params["init_sd"]
-        run = run_sd * w * draws(rng, (levels, n_init, n_samp), family)
+        run = run_sd * w * draws(rng, (levels, n_init, n_samp), family, params.get("residuals"))
         v = means + init_sd * draws(rng, (1, n_init, 1), family) + run
         if family == "init_specific":  # each init draw its own linear trend over the sweep positions, sd min_effect
             pos = (np.arange(levels) - (levels - 1) / 2) / max(levels - 1, 1)
@@ -89,7 +103,7 @@ def grid_values(
     if spec.test == "invariance":
         init_cv = 4 * params["cv"] if family == "init_effect" else params["init_cv"]
         init = 1 + init_cv * rng.standard_normal((1, n_init, 1))
-        run = 1 + params["cv"] * w * draws(rng, (levels, n_init, n_samp), family)
+        run = 1 + params["cv"] * w * draws(rng, (levels, n_init, n_samp), family, params.get("residuals"))
         return params["mean"] * init * np.maximum(run, 1e-3), spec.quantity, "final"
     if spec.test == "power_law":
         x = np.asarray(c.sweep.values, dtype=float)
@@ -98,7 +112,7 @@ def grid_values(
             k = k + INIT_SPECIFIC_EXPONENT_SD * rng.standard_normal((1, n_init, 1))
         sd = np.sqrt(np.exp(params["log_level"] + k * np.log(x)[:, None, None]))
         init_sd = 4 * float(np.mean(sd)) if family == "init_effect" else params["init_sd"]
-        run = sd * w * draws(rng, (levels, n_init, n_samp), family)
+        run = sd * w * draws(rng, (levels, n_init, n_samp), family, params.get("residuals"))
         return params["mean"] + init_sd * rng.standard_normal((1, n_init, 1)) + run, spec.quantity, "final"
     raise ValueError(f"no record-level model for {spec.test}")
 
@@ -130,7 +144,7 @@ def growth_paths(claim: ResolvedClaim, params: dict[str, Any], family: str, rng:
     n_late = late_count(spec.window, n_t)
     shape = (levels, n_init, n_samp)
     growth_sd = 0.15 if family == "growth_spread" else params["growth_sd"]
-    g = params["growth"] + growth_sd * draws(rng, (*shape, 1), family)
+    g = params["growth"] + growth_sd * draws(rng, (*shape, 1), family, params.get("residuals"))
     if family == "init_specific":
         g = g + growth_sd * rng.standard_normal((1, n_init, 1, 1))
     frac = np.linspace(0.0, 1.0, n_late)
@@ -151,7 +165,42 @@ def init_ratios(claim: ResolvedClaim, params: dict[str, Any], family: str, rng: 
     """sigma / s(sqrt m + sqrt n) per layer and init seed, ratio[layer, init]: one draw per init seed."""
     mean = np.asarray(params["mean"], dtype=float)[:, None]
     sd = np.asarray(params["sd"], dtype=float)[:, None]
-    return mean + sd * draws(rng, (len(mean), claim.claim.seeds.init), family)
+    return mean + sd * draws(rng, (len(mean), claim.claim.seeds.init), family, params.get("residuals"))
+
+
+def standardised(values: np.ndarray) -> np.ndarray | None:
+    """Residuals scaled to mean 0 and sd 1 (None when they have no spread)."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if v.size < 3 or not np.std(v) > 0:
+        return None
+    return (v - v.mean()) / v.std()
+
+
+def baseline_residuals(test: str, data: dict[str, Any]) -> np.ndarray | None:
+    """The standardised residuals of a baseline's own units, for the ``fitted`` family's run noise."""
+    if test in ("invariance", "power_law"):
+        y = np.asarray(data["y"], dtype=float)  # [sweep, init, sampling]
+        if test == "invariance":
+            y = y / y.mean(axis=-1, keepdims=True)
+        dev = y - y.mean(axis=-1, keepdims=True)
+        return standardised(dev / np.maximum(dev.std(axis=(-2, -1), keepdims=True), 1e-300))
+    if test == "monotone_trend":
+        v = np.asarray(data["y"], dtype=float)  # [sweep, blocks]
+        v = np.log(v) if (v > 0).all() else v
+        if v.shape[1] < 2:
+            return None
+        return standardised(v - v.mean(axis=1, keepdims=True) - (v - v.mean(axis=1, keepdims=True)).mean(axis=0))
+    if test == "growth_trend":
+        paths = np.asarray(data["paths"], dtype=float)
+        steps = np.asarray(data["steps"], dtype=float)
+        t = steps - steps.mean()
+        growth = np.sum(paths * t, axis=-1) / np.sum(t * t)
+        return standardised(growth - growth.mean(axis=-1, keepdims=True))
+    if test == "init_scaling":
+        r = np.asarray(data["ratio"], dtype=float)
+        return standardised((r - r.mean(axis=-1, keepdims=True)) / r.std(axis=-1, keepdims=True))
+    return None
 
 
 # --------------------------------------------------------------------------- records
