@@ -345,6 +345,63 @@ def markdown(rows: list[CalibrationRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(r: Rate | None) -> str:
+    return "n/a" if r is None else f"{100 * r.rate:.1f} [{100 * r.low:.1f}, {100 * r.high:.1f}]"
+
+
+def summary_markdown(rows: list[CalibrationRow]) -> str:
+    """The README's two tables: the unit path (normal / skewed), and the record path (per claim: the
+    worst family for each rate, the fitted family's power, and the normal family beside the unit path's)."""
+    claims = list(dict.fromkeys((r.collection, r.claim) for r in rows))
+    out = [
+        "| claim | test | runs | α | false pass % normal / skewed | power % normal / skewed | "
+        "baseline false alarm % normal / skewed | misses |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key in claims:
+        unit = {r.family: r for r in rows if (r.collection, r.claim) == key and r.path == "units"}
+        if not unit:
+            continue
+        n, k = unit.get("normal"), unit.get("skewed")
+        first = n or k
+        misses = "; ".join(f"{f}: {r.why}" for f, r in unit.items() if r.why) or "—"
+        out.append(
+            f"| {key[1]} | {first.test} | {first.runs} | {100 * first.alpha:g} % | "
+            + " | ".join(
+                f"{_short(getattr(n, a) if n else None)} / {_short(getattr(k, a) if k else None)}"
+                for a in ("false_pass", "power", "false_alarm")
+            )
+            + f" | {misses} |"
+        )
+    out += [
+        "",
+        "| claim | test | runs | α | false pass %: worst family | power %: fitted | power %: worst family | "
+        "baseline false alarm %: worst family | false pass % normal: units / records | misses |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in claims:
+        rec = [r for r in rows if (r.collection, r.claim) == key and r.path == "records"]
+        if not rec:
+            continue
+        worst_fp = max(rec, key=lambda r: r.false_pass.rate)
+        worst_pw = min(rec, key=lambda r: r.power.rate)
+        alarms = [r for r in rec if r.false_alarm is not None]
+        worst_fa = max(alarms, key=lambda r: r.false_alarm.rate) if alarms else None
+        fitted = next((r for r in rec if r.family == "fitted"), None)
+        normal = next((r for r in rec if r.family == "normal"), None)
+        unit_normal = next((r for r in rows if (r.collection, r.claim) == key and r.path == "units"), None)
+        misses = "; ".join(f"{r.family}: {r.why}" for r in rec if r.why) or "—"
+        out.append(
+            f"| {key[1]} | {rec[0].test} | {rec[0].runs} | {100 * rec[0].alpha:g} % | "
+            f"{_short(worst_fp.false_pass)} ({worst_fp.family}) | {_short(fitted.power if fitted else None)} | "
+            f"{_short(worst_pw.power)} ({worst_pw.family}) | "
+            + (f"{_short(worst_fa.false_alarm)} ({worst_fa.family})" if worst_fa else "n/a")
+            + f" | {_short(unit_normal.false_pass if unit_normal else None)} / "
+            f"{_short(normal.false_pass if normal else None)} | {misses} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def write_outputs(
     rows: list[CalibrationRow], out: Path, profile: str, seconds: float, reps: int, record_reps: int = RECORD_REPLICATES
 ) -> list[Path]:
@@ -377,7 +434,9 @@ def write_outputs(
     )
     page_path = out / f"calibration-{profile}.html"
     page_path.write_text(page)
-    return [js, page_path]
+    md = out / f"calibration-{profile}.md"  # the README's tables
+    md.write_text(summary_markdown(rows))
+    return [js, page_path, md]
 
 
 def _json_default(x: Any) -> Any:

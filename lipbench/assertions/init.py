@@ -56,8 +56,9 @@ class InitScaling(Assertion):
     One init seed is one draw: an error, never a zero-width interval.
 
     ``tolerance = 0.05``: s(sqrt m + sqrt n) is the large-matrix edge; at finite size sigma_max
-    sits below it by a Tracy-Widom term, under 1.1% for 256-512-wide hidden layers but -2.3%
-    (sd 2.4% per draw) for a 10 x 256 output layer. 5% is "about" and fails a prediction off by more.
+    sits below it by a Tracy-Widom term (``finite_size_ratio``), under 1.1% for 256-512-wide hidden
+    layers but -2.8% (sd 2.4% per draw) for a 10 x 256 output layer. 5% is "about" and fails a
+    prediction off by more. ``check_design`` asks for power 0.8 at that finite-size value.
     """
 
     needs_record: ClassVar[tuple[str, ...]] = ("init",)
