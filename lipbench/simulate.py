@@ -6,8 +6,8 @@ what it measures includes the records -> units step and the baseline document, a
 not the assertion's own ``simulate()``. Each family breaks one assumption a test could rest on:
 
 - ``fitted``: the location and spreads fitted to the committed baseline, and run noise resampled
-  from the baseline's own standardised residuals (its skewness and kurtosis); without a baseline,
-  normal noise;
+  from the baseline's own standardised residuals (its skewness and kurtosis) where it has at least
+  ``MIN_POOL`` of them, else normal noise;
 - ``normal``: the reference;
 - ``lognormal``: run noise with skewness 2 (a log-normal of shape 0.6064);
 - ``t3``: run noise from Student's t with 3 degrees of freedom (infinite kurtosis);
@@ -56,11 +56,14 @@ RELEVANT = {
 }
 INIT_SPECIFIC_EXPONENT_SD = 0.5
 UNEVEN = (0.25, 1.75)  # the relative sampling variances of the first and the last init seed
+# Fewer residuals than this make a lumpy distribution (5 growth residuals drawn with replacement give tied
+# runs and false passes no real K would): the fitted family's noise is then normal, at the fitted spreads.
+MIN_POOL = 20
 
 
 def draws(rng: np.random.Generator, shape: tuple[int, ...], family: str, pool: np.ndarray | None = None) -> np.ndarray:
     """Standardised noise (mean 0, sd 1) of the family's run-noise distribution (``fitted``: drawn from `pool`)."""
-    if family == "fitted" and pool is not None and len(pool) >= 3:
+    if family == "fitted" and pool is not None and len(pool) >= MIN_POOL:
         return rng.choice(pool, size=shape)
     if family == "lognormal":
         s = LOGNORMAL_SHAPE
