@@ -97,8 +97,10 @@ class MonotoneTrend(Assertion):
     that the init draw, which is repeated at every sweep value, is compared only with itself.
     Statistic: the mean over blocks of Spearman's rho between sweep value and quantity; its
     p-value comes from permuting the sweep values within each block (exact below nine sweep
-    values, Page's trend test in rank form). Passes iff p < ``alpha``, the mean rho has the claimed
-    sign and ``|rho| >= min_abs_rho``. ``min_effect`` is the alternative the claim must detect: a
+    values, Page's trend test in rank form), which conditions on the init draws: the verdict speaks
+    for the draws that were run (its sentence says so), and fewer than 2 are refused. Passes iff
+    p < ``alpha``, the mean rho has the claimed sign and ``|rho| >= min_abs_rho``. ``min_effect``
+    is the alternative the claim must detect: a
     change of the mean of log quantity (``scale: log``) or of the quantity (``linear``) between the
     extreme sweep values, in equal steps; ``check_design`` refuses a design with power below 0.8
     there. ``at: initial`` judges each run's first record (K_0).

@@ -115,7 +115,9 @@ class PowerLaw(Assertion):
     of k lies inside [``expected_exponent`` - ``margin``, ``expected_exponent`` + ``margin``]. The
     unit is a run; its variance per sweep value comes from the crossed init x sampling design, and
     k's interval from the known sampling distribution of a variance (``variance_exponent``).
-    ``check_design`` refuses a design whose power at k = ``expected_exponent`` is below 0.8.
+    The variance is pooled within init seeds, so the verdict speaks for the init draws that were
+    run (its sentence says so); ``check_design`` refuses fewer than 2 of them, and a design whose
+    power at k = ``expected_exponent`` is below 0.8.
     """
 
     test: Literal["power_law"] = "power_law"
@@ -283,8 +285,9 @@ class Invariance(Assertion):
 
     Per sweep value: each run's value relative to its init seed's mean; the within-init variance
     of that (the squared coefficient of variation) from the crossed init x sampling design, with
-    Satterthwaite's degrees of freedom narrowed by the excess kurtosis. The one-sided (1 -
-    ``alpha``) chi-square upper bound of the CV must be below ``max_relative_spread``, and a
+    Satterthwaite's degrees of freedom narrowed by the excess kurtosis, at least ``KURTOSIS_FLOOR``
+    (6) for the bound. The one-sided (1 - ``alpha``) chi-square upper bound of the CV must be below
+    ``max_relative_spread``, and a
     one-sided F test must show the init spread above the sampling spread at ``alpha``. Every sweep
     value must pass; the worst is reported. Zero spread across sampling seeds is an error, not a
     pass: the design says the sampling seed moves K. ``alternative_cv`` is the CV at which
