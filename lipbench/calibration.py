@@ -14,6 +14,14 @@ heavy-tailed noise (log-normal, skewness 1.75, excess kurtosis 5.9), it measures
   comparison;
 
 each with a 95% Wilson interval. No training happens: it runs on a CPU in minutes.
+
+Two paths measure these rates. The unit path (``path="units"``) draws the assertion's units from
+its own ``simulate()``, fast and with many replicates, but from the structure the test assumes. The
+record path (``path="records"``, ``lipbench.simulate``) draws whole ``RunRecord`` sets for the
+claim's own runs from families the tests do not assume (skewed and heavy-tailed noise, init random
+effects, init-specific trends and exponents, uneven spreads, per-run growth spread, saturating
+curves) and judges each through ``runner.judge``, and its baseline false alarm through
+``build_baseline`` -> JSON -> ``judge_against``: the path ``lipbench run`` takes.
 """
 
 from __future__ import annotations
@@ -28,21 +36,26 @@ from typing import Any
 
 import numpy as np
 
+from lipbench import simulate
 from lipbench.assertions.base import NOISE_FAMILIES, POWER_TARGET, RNG_SEED, Assertion, Design, wilson
 from lipbench.baselines import (
     ALPHA,
     BaselineError,
     baseline_path,
+    build_baseline,
     compare_tracked,
     default_root,
+    judge_against,
     read_baseline,
 )
-from lipbench.outcome import StatOutcome
+from lipbench.outcome import StatOutcome, Verdict
+from lipbench.runner import judge
 from lipbench.suite import ResolvedClaim
 
 MOVED = (StatOutcome.REGRESSED, StatOutcome.IMPROVED)  # a false alarm when only the seeds changed
 FALSE_ALARM_TARGET = ALPHA  # per comparison
 REPLICATES = 2000  # per scenario and noise family: a rate near 1% known to about ±0.45% (95%)
+RECORD_REPLICATES = 300  # per scenario and family on the record path (each set judged as a run is: ~10 ms)
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,8 @@ class CalibrationRow:
     power: Rate
     false_alarm: Rate | None  # None: the design gives no standard error to compare with
     runs: int
+    path: str = "units"  # "units": the assertion's own simulate(); "records": RunRecords through runner.judge
+    errors: float = 0.0  # the share of simulated record sets judged ERROR (degenerate draws)
 
     @property
     def meets(self) -> dict[str, bool]:
@@ -116,17 +131,27 @@ def design_of(claim: ResolvedClaim) -> Design:
     )
 
 
+def baseline_data(claim: ResolvedClaim, baselines: Path | None) -> dict[str, Any] | None:
+    """The units the claim's stored baseline was decided on, if there is a readable one for its scenario."""
+    root = baselines if baselines is not None else default_root(claim.file)
+    path = baseline_path(root, claim.collection, claim.name, claim.profile)
+    if not path.exists():
+        return None
+    try:
+        doc = read_baseline(path)
+    except BaselineError:
+        return None
+    return (doc.get("assertion") or {}).get("details", {}).get("data") or None
+
+
 def model_of(claim: ResolvedClaim, baselines: Path | None) -> tuple[dict[str, Any], str]:
     """The generative model's parameters: fitted to the claim's stored baseline units, else the defaults."""
     spec = claim.claim.assertion
-    root = baselines if baselines is not None else default_root(claim.file)
-    path = baseline_path(root, claim.collection, claim.name, claim.profile)
-    if path.exists():
+    data = baseline_data(claim, baselines)
+    if data:
         try:
-            data = (read_baseline(path).get("assertion") or {}).get("details", {}).get("data")
-            if data:
-                return spec.fit(data), "baseline"
-        except (BaselineError, ValueError, KeyError, TypeError):
+            return spec.fit(data), "baseline"
+        except (ValueError, KeyError, TypeError):
             pass
     return spec.default_model(design_of(claim)), "default"
 
@@ -184,11 +209,90 @@ def calibrate_claim(
     return rows
 
 
+def record_outcomes(claim: ResolvedClaim, params: dict[str, Any], family: str, rng: np.random.Generator, reps: int):
+    """`reps` simulated record sets of the claim, each judged as `lipbench run` judges its records."""
+    return [judge(claim, simulate.simulate_records(claim, params, family, rng)) for _ in range(reps)]
+
+
+def _passed(outcomes) -> np.ndarray:
+    return np.array([o.result is not None and o.status != Verdict.ERROR and o.result.passed for o in outcomes])
+
+
+def record_false_alarm(claim: ResolvedClaim, outcomes) -> Rate | None:
+    """Consecutive pairs of outcomes: the first stored as a baseline (JSON and back), the second judged against it;
+    an alarm when any tracked statistic is REGRESSED or IMPROVED. None when no statistic was compared."""
+    alarms, compared = [], False
+    for base, new in zip(outcomes[::2], outcomes[1::2], strict=False):
+        if base.result is None or new.result is None:
+            alarms.append(False)
+            continue
+        doc = json.loads(json.dumps(build_baseline(base, {"device": "cpu"}), default=_json_default))
+        comparison = judge_against(new, doc, device="cpu")
+        outcomes_moved = [c.outcome for c in comparison.changes]
+        compared = compared or any(o != StatOutcome.NOT_COMPARED for o in outcomes_moved)
+        alarms.append(any(o in MOVED for o in outcomes_moved))
+    return Rate.of(np.array(alarms)) if compared and alarms else None
+
+
+def calibrate_claim_records(
+    claim: ResolvedClaim, *, reps: int = RECORD_REPLICATES, baselines: Path | None = None, families=None
+) -> list[CalibrationRow]:
+    """The record path: simulated RunRecords of the claim's own runs, judged by runner.judge, per family."""
+    spec = claim.claim.assertion
+    if spec.test not in simulate.RECORD_TESTS:
+        return []
+    params, source = model_of(claim, baselines)
+    data = baseline_data(claim, baselines) if source == "baseline" else None
+    residuals = simulate.baseline_residuals(spec.test, data) if data else None
+    scenarios = spec.scenarios(params)
+    nulls = [v for k, v in scenarios.items() if k.startswith("null")]
+    fallback = scenarios["fitted"] if source == "baseline" else scenarios["alternative"]
+    rows = []
+    for family in families or simulate.RELEVANT[spec.test]:
+        extra = {"residuals": residuals} if family == "fitted" and residuals is not None else {}
+        rng = np.random.default_rng(RNG_SEED)
+        null_outcomes = [record_outcomes(claim, {**p, **extra}, family, rng, reps) for p in nulls]
+        false_pass = max((Rate.of(_passed(o)) for o in null_outcomes), key=lambda r: r.rate)
+        alt = record_outcomes(claim, {**scenarios["alternative"], **extra}, family, rng, reps)
+        pairs = record_outcomes(claim, {**fallback, **extra}, family, rng, reps)
+        every = [o for group in (*null_outcomes, alt, pairs) for o in group]
+        rows.append(
+            CalibrationRow(
+                claim.collection,
+                claim.name,
+                claim.profile,
+                spec.test,
+                family,
+                source,
+                nominal_alpha(spec),
+                false_pass,
+                Rate.of(_passed(alt)),
+                record_false_alarm(claim, pairs),
+                len(claim.runs()),
+                "records",
+                float(np.mean([o.status == Verdict.ERROR for o in every])),
+            )
+        )
+    return rows
+
+
 def calibrate(
-    claims: list[ResolvedClaim], *, reps: int = REPLICATES, baselines: Path | None = None, families=NOISE_FAMILIES
+    claims: list[ResolvedClaim],
+    *,
+    reps: int = REPLICATES,
+    baselines: Path | None = None,
+    families=NOISE_FAMILIES,
+    record_reps: int = RECORD_REPLICATES,
+    paths: tuple[str, ...] = ("units", "records"),
 ) -> tuple[list[CalibrationRow], float]:
+    """Rows of the unit path and of the record path (each where it applies), claim by claim."""
     start = time.perf_counter()
-    rows = [row for c in claims for row in calibrate_claim(c, reps=reps, baselines=baselines, families=families)]
+    rows = []
+    for c in claims:
+        if "units" in paths:
+            rows += calibrate_claim(c, reps=reps, baselines=baselines, families=families)
+        if "records" in paths:
+            rows += calibrate_claim_records(c, reps=record_reps, baselines=baselines)
     return rows, time.perf_counter() - start
 
 
@@ -201,7 +305,19 @@ def _pct(r: Rate | None) -> str:
     return f"{100 * r.rate:.1f}% [{100 * r.low:.1f}, {100 * r.high:.1f}]"
 
 
-COLUMNS = ("claim", "test", "noise", "model", "runs", "alpha", "false pass", "power", "baseline false alarm", "meets")
+COLUMNS = (
+    "claim",
+    "test",
+    "path",
+    "noise",
+    "model",
+    "runs",
+    "alpha",
+    "false pass",
+    "power",
+    "baseline false alarm",
+    "meets",
+)
 
 
 def table_rows(rows: list[CalibrationRow]) -> list[tuple[str, ...]]:
@@ -209,6 +325,7 @@ def table_rows(rows: list[CalibrationRow]) -> list[tuple[str, ...]]:
         (
             f"{r.collection}/{r.claim}",
             r.test,
+            r.path,
             r.family,
             r.model,
             str(r.runs),
@@ -228,12 +345,72 @@ def markdown(rows: list[CalibrationRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(rows: list[CalibrationRow], out: Path, profile: str, seconds: float, reps: int) -> list[Path]:
+def _short(r: Rate | None) -> str:
+    return "n/a" if r is None else f"{100 * r.rate:.1f} [{100 * r.low:.1f}, {100 * r.high:.1f}]"
+
+
+def summary_markdown(rows: list[CalibrationRow]) -> str:
+    """The README's two tables: the unit path (normal / skewed), and the record path (per claim: the
+    worst family for each rate, the fitted family's power, and the normal family beside the unit path's)."""
+    claims = list(dict.fromkeys((r.collection, r.claim) for r in rows))
+    out = [
+        "| claim | test | runs | α | false pass % normal / skewed | power % normal / skewed | "
+        "baseline false alarm % normal / skewed | misses |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key in claims:
+        unit = {r.family: r for r in rows if (r.collection, r.claim) == key and r.path == "units"}
+        if not unit:
+            continue
+        n, k = unit.get("normal"), unit.get("skewed")
+        first = n or k
+        misses = "; ".join(f"{f}: {r.why}" for f, r in unit.items() if r.why) or "—"
+        out.append(
+            f"| {key[1]} | {first.test} | {first.runs} | {100 * first.alpha:g} % | "
+            + " | ".join(
+                f"{_short(getattr(n, a) if n else None)} / {_short(getattr(k, a) if k else None)}"
+                for a in ("false_pass", "power", "false_alarm")
+            )
+            + f" | {misses} |"
+        )
+    out += [
+        "",
+        "| claim | test | runs | α | false pass %: worst family | power %: fitted | power %: worst family | "
+        "baseline false alarm %: worst family | false pass % normal: units / records | misses |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in claims:
+        rec = [r for r in rows if (r.collection, r.claim) == key and r.path == "records"]
+        if not rec:
+            continue
+        worst_fp = max(rec, key=lambda r: r.false_pass.rate)
+        worst_pw = min(rec, key=lambda r: r.power.rate)
+        alarms = [r for r in rec if r.false_alarm is not None]
+        worst_fa = max(alarms, key=lambda r: r.false_alarm.rate) if alarms else None
+        fitted = next((r for r in rec if r.family == "fitted"), None)
+        normal = next((r for r in rec if r.family == "normal"), None)
+        unit_normal = next((r for r in rows if (r.collection, r.claim) == key and r.path == "units"), None)
+        misses = "; ".join(f"{r.family}: {r.why}" for r in rec if r.why) or "—"
+        out.append(
+            f"| {key[1]} | {rec[0].test} | {rec[0].runs} | {100 * rec[0].alpha:g} % | "
+            f"{_short(worst_fp.false_pass)} ({worst_fp.family}) | {_short(fitted.power if fitted else None)} | "
+            f"{_short(worst_pw.power)} ({worst_pw.family}) | "
+            + (f"{_short(worst_fa.false_alarm)} ({worst_fa.family})" if worst_fa else "n/a")
+            + f" | {_short(unit_normal.false_pass if unit_normal else None)} / "
+            f"{_short(normal.false_pass if normal else None)} | {misses} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(
+    rows: list[CalibrationRow], out: Path, profile: str, seconds: float, reps: int, record_reps: int = RECORD_REPLICATES
+) -> list[Path]:
     """calibration-<profile>.json and .html under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     doc = {
         "profile": profile,
         "replicates": reps,
+        "record_replicates": record_reps,
         "seconds": seconds,
         "targets": {"power": POWER_TARGET, "false_alarm": FALSE_ALARM_TARGET},
         "rows": [r.to_dict() for r in rows],
@@ -249,14 +426,17 @@ def write_outputs(rows: list[CalibrationRow], out: Path, profile: str, seconds: 
         "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
         "table{border-collapse:collapse}</style></head><body>"
         f"<h1>lipbench calibration: profile {html.escape(profile)}</h1>"
-        f"<p>{reps} simulated replicates per scenario and noise family; rates with 95% Wilson intervals. "
+        f"<p>{reps} simulated replicates per scenario and noise family on the unit path, {record_reps} record sets "
+        "on the record path; rates with 95% Wilson intervals. "
         f"Targets: false pass at most the assertion's alpha, power at least {POWER_TARGET}, baseline false alarm "
         f"at most {100 * FALSE_ALARM_TARGET:g}% per comparison. {seconds:.0f} s.</p>"
         f"<table><tr>{head}</tr>{body}</table></body></html>"
     )
     page_path = out / f"calibration-{profile}.html"
     page_path.write_text(page)
-    return [js, page_path]
+    md = out / f"calibration-{profile}.md"  # the README's tables
+    md.write_text(summary_markdown(rows))
+    return [js, page_path, md]
 
 
 def _json_default(x: Any) -> Any:

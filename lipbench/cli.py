@@ -34,7 +34,7 @@ from lipbench.baselines import (
     store,
 )
 from lipbench.cache import RunCache
-from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
+from lipbench.calibration import COLUMNS, RECORD_REPLICATES, calibrate, table_rows, write_outputs
 from lipbench.compare import compare_rows, compare_table, load_side, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
@@ -191,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selection(cal)
     cal.add_argument("--replicates", type=int, default=2000, help="simulated replicates per scenario (default 2000)")
+    cal.add_argument(
+        "--record-replicates",
+        type=int,
+        default=RECORD_REPLICATES,
+        help=f"simulated record sets per scenario and family on the record path (default {RECORD_REPLICATES})",
+    )
+    cal.add_argument(
+        "--path",
+        choices=("both", "units", "records"),
+        default="both",
+        help="units: the assertions' own models (fast); records: RunRecords through runner.judge; both (default)",
+    )
     add_to_parser(cal, "out", help="folder for calibration-<profile>.json/.html (default: results)")
     add_to_parser(cal, "baselines")
     cal.set_defaults(func=cmd_calibrate, overrides=[])
@@ -265,20 +277,32 @@ def cmd_validate(args) -> int:
 def cmd_calibrate(args) -> int:
     if args.replicates < 50:
         raise LipbenchError(f"--replicates must be at least 50, not {args.replicates}.")
+    if args.record_replicates < 20:
+        raise LipbenchError(f"--record-replicates must be at least 20, not {args.record_replicates}.")
     claims, problems = load_claims(args)
     say_problems(problems)
     if not claims:
         return 2
     out = writable_folder(args.out or "results", "pass --out with a folder you can write")  # before any simulation
     profile = "-".join(sorted({c.profile for c in claims}))
-    rows, seconds = calibrate(claims, reps=args.replicates, baselines=Path(args.baselines) if args.baselines else None)
-    table = Table(title=f"calibration, profile {profile}: {args.replicates} replicates per scenario, {seconds:.0f} s")
+    paths = ("units", "records") if args.path == "both" else (args.path,)
+    rows, seconds = calibrate(
+        claims,
+        reps=args.replicates,
+        baselines=Path(args.baselines) if args.baselines else None,
+        record_reps=args.record_replicates,
+        paths=paths,
+    )
+    table = Table(
+        title=f"calibration, profile {profile}: {args.replicates} replicates per scenario (units), "
+        f"{args.record_replicates} (records), {seconds:.0f} s"
+    )
     for col in COLUMNS:
         table.add_column(col)
     for cells in table_rows(rows):
         table.add_row(*cells)
     print_whole(table)
-    for path in write_outputs(rows, out, profile, seconds, args.replicates):
+    for path in write_outputs(rows, out, profile, seconds, args.replicates, args.record_replicates):
         console.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 2 if problems else 0
 

@@ -91,8 +91,27 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
     """All runs' rows in one long table (only runs that finished cleanly)."""
     import pandas as pd  # imported here, not above, so that the suite schema loads without pandas
 
-    frames = [r.frame() for r in records if r.ok]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    ok = [r for r in records if r.ok]
+    if not ok:
+        return pd.DataFrame()
+    names = list(ok[0].metrics)
+    if any(list(r.metrics) != names for r in ok):  # runs that record different columns: pandas aligns them
+        return pd.concat([r.frame() for r in ok], ignore_index=True)
+    # The same table as concatenating each run's frame(), built in one go (a calibration judges thousands).
+    lengths = [len(r.steps) for r in ok]
+
+    def per_run(values: list[Any]) -> np.ndarray:
+        return np.repeat(np.asarray(values), lengths)
+
+    columns = {
+        "run": per_run([r.run_id for r in ok]).astype(object),
+        "sweep_value": per_run([math.nan if r.sweep_value is None else r.sweep_value for r in ok]).astype(float),
+        "init_seed": per_run([r.init_seed for r in ok]).astype(np.int64),
+        "sampling_seed": per_run([r.sampling_seed for r in ok]).astype(np.int64),
+        "step": np.concatenate([r.steps for r in ok]),
+        **{n: np.concatenate([r.metrics[n] for r in ok]) for n in names},
+    }
+    return pd.DataFrame(columns)
 
 
 def jsonable(value: Any) -> Any:

@@ -19,13 +19,23 @@ def _rows(out: Path, profile: str) -> list[dict]:
 
 
 def test_calibrate_writes_a_row_per_claim_and_noise(tmp_path: Path, wide_console) -> None:
-    assert main(["calibrate", str(SUITES), "--profile", "quick", "--replicates", "200", "--out", str(tmp_path)]) == 0
+    args = ["--profile", "quick", "--replicates", "200", "--path", "units", "--out", str(tmp_path)]
+    assert main(["calibrate", str(SUITES), *args]) == 0
     rows = _rows(tmp_path, "quick")
     assert len(rows) == 2 * 21 and {r["family"] for r in rows} == {"normal", "skewed"}
     assert all(r["model"] == "baseline" for r in rows)  # every quick claim has a committed baseline
     for r in rows:
         for key in ("false_pass", "power"):
             assert 0 <= r[key]["low"] <= r[key]["rate"] <= r[key]["high"] <= 1 and r[key]["n"] == 200
+
+
+def test_calibrate_judges_simulated_records_of_every_family(tmp_path: Path, wide_console) -> None:
+    args = ["--profile", "quick", "--record-replicates", "20", "--out", str(tmp_path)]
+    assert main(["calibrate", str(SUITES / "implications" / "unbounded_growth.yaml"), *args]) == 0
+    rows = _rows(tmp_path, "quick")
+    assert [r["path"] for r in rows] == ["units"] * 2 + ["records"] * 7
+    assert {r["family"] for r in rows if r["path"] == "records"} >= {"lognormal", "t3", "growth_spread", "saturating"}
+    assert all(r["power"]["n"] == 20 for r in rows if r["path"] == "records")
 
 
 def test_calibrate_refuses_too_few_replicates(tmp_path: Path, capsys) -> None:

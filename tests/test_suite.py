@@ -79,7 +79,8 @@ def test_shipped_suites_exist() -> None:
 #: The scenario hashes of every shipped claim, per profile, recorded before the families were built
 #: from shared base files: stored baselines stay comparable only while these do not move.
 #: (The quick hashes of batch_size and both variance_prediction files moved afterwards with their
-#: sampling-seed counts, a design change that came with new baselines.)
+#: sampling-seed counts, and those of seed_invariance (5 x 6 runs) and initialization (13 init draws)
+#: with theirs: design changes for power that come with new baselines.)
 SHIPPED_HASHES: dict[str, dict[str, str]] = json.loads(
     (Path(__file__).parent / "fixtures/scenario_hashes.json").read_text()
 )

@@ -328,9 +328,10 @@ def test_init_scaling_passes_on_the_theory_and_fails_off_it():
 def test_monotone_trend_at_initial_reads_the_first_record():
     rows = []
     for r, v in enumerate([1.0, 1.0, 2.0, 2.0, 3.0, 3.0]):
+        final = 10 - v + 0.01 * r  # the two init seeds' blocks differ (identical blocks are one draw: an error)
         rows += [
             {"run": f"r{r}", "step": 0, "sweep_value": v, "init_seed": r % 2, "sampling_seed": 0, "K": v + 0.1 * r},
-            {"run": f"r{r}", "step": 5, "sweep_value": v, "init_seed": r % 2, "sampling_seed": 0, "K": 10 - v},
+            {"run": f"r{r}", "step": 5, "sweep_value": v, "init_seed": r % 2, "sampling_seed": 0, "K": final},
         ]
     rec = pd.DataFrame(rows)
     initial = MonotoneTrend(direction="increasing", at="initial", alpha=0.05).evaluate(rec)

@@ -41,6 +41,13 @@ RNG_SEED = 20250623  # fixed seed of every resampling and simulation: verdicts r
 POWER_TARGET = 0.8  # check_design refuses a design whose power at the stated alternative is below
 DESIGN_REPLICATES = 400  # simulated replicates behind check_design's power (Monte-Carlo sd <= 0.025)
 NOISE_FAMILIES = ("normal", "skewed")
+# A spread at or below this fraction of its level is rounding, not variation (float32's epsilon is 1.2e-7):
+# degenerate data (identical draws, paths or values), an ERROR, never a PASS or a FAIL.
+ROUNDING = 1e-6
+# A test that conditions on the init draws (a permutation within blocks, a variance pooled within init
+# seeds) speaks for the draws it ran, and its sentence says so; a claim about networks in general needs
+# at least this many of them, since one draw cannot show that another would agree.
+MIN_INIT_DRAWS = 2
 
 
 class AssertionDataError(LipbenchError, ValueError):
@@ -203,6 +210,42 @@ def quiet(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def sweep_name(records: pd.DataFrame) -> str:
     return str(records.attrs.get("sweep_name") or "the sweep value")
+
+
+def at_rounding_level(spread: np.ndarray | float, level: np.ndarray | float) -> np.ndarray:
+    """Whether a spread (sd, or a range) is no more than rounding relative to its level (``ROUNDING``)."""
+    level = np.abs(np.asarray(level, dtype=float))
+    return np.asarray(spread, dtype=float) <= ROUNDING * np.where(level > 0, level, 1.0)
+
+
+def repeated_units(units: np.ndarray) -> tuple[int, int] | None:
+    """The first pair (i, j) of units (rows of ``units[unit, ...]``) that are equal up to rounding, else None.
+
+    Two runs or draws that should be independent but agree to a millionth repeat one draw: counting
+    them twice narrows an interval (or gives a zero standard error) that nothing supports.
+    """
+    flat = np.asarray(units, dtype=float).reshape(len(units), -1)
+    level = np.abs(flat).max(axis=1)
+    for i in range(len(flat)):
+        same = at_rounding_level(np.abs(flat[i + 1 :] - flat[i]).max(axis=1), np.maximum(level[i + 1 :], level[i]))
+        if same.any():
+            return i, i + 1 + int(np.argmax(same))
+    return None
+
+
+def too_few_init_draws(test: str, design: Design) -> str | None:
+    """Why a design has too few init draws for a claim about networks in general (``MIN_INIT_DRAWS``)."""
+    if design.init_seeds < MIN_INIT_DRAWS:
+        return (
+            f"{test} conditions on the init draws it runs, so a claim about networks in general needs at least "
+            f"{MIN_INIT_DRAWS} init seeds, but the design has {design.init_seeds}; add init seeds."
+        )
+    return None
+
+
+def draws_text(n_init: int) -> str:
+    """How a conditional verdict names the population it speaks for."""
+    return f"for these {n_init} init draw{'s' if n_init != 1 else ''}"
 
 
 def check_frame(records: pd.DataFrame, test: str, quantity: str, columns: Sequence[str]) -> None:

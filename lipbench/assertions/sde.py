@@ -317,7 +317,7 @@ class VariancePrediction(Assertion):
         return {"log_variance_ratio": ("closer", math.log(self.factor), 0.0)}
 
     def result(self, records: pd.DataFrame, data: dict[str, Any], d: Decision) -> AssertionResult:
-        _zero_spread(d.extras["var"], data["x"], "K_T", self.test)
+        _zero_spread(d.extras["var"], data["y"], data["x"], "K_T", self.test)
         w = int(d.extras["worst"][0])
         ratio, low, high = float(d.statistic[0]), float(d.ci_low[0]), float(d.ci_high[0])
         passed = bool(d.passed[0])
@@ -455,7 +455,7 @@ class VarianceScaling(Assertion):
         }
 
     def result(self, records: pd.DataFrame, data: dict[str, Any], d: Decision) -> AssertionResult:
-        _zero_spread(d.extras["var"], data["x"], "K_T", self.test)
+        _zero_spread(d.extras["var"], data["y"], data["x"], "K_T", self.test)
         k, low, high = float(d.statistic[0]), float(d.ci_low[0]), float(d.ci_high[0])
         kp, lo_p, hi_p = (float(d.extras[c][0]) for c in ("kp", "lo_p", "hi_p"))
         passed = bool(d.passed[0])

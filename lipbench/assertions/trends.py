@@ -18,14 +18,18 @@ from lipbench.assertions.base import (
     AssertionResult,
     Decision,
     Design,
+    at_rounding_level,
     check_frame,
+    draws_text,
     failed,
     fmt,
     noise,
     pct,
     quiet,
     reasons_text,
+    repeated_units,
     sweep_name,
+    too_few_init_draws,
     unit_grid,
     verdict_word,
 )
@@ -93,8 +97,10 @@ class MonotoneTrend(Assertion):
     that the init draw, which is repeated at every sweep value, is compared only with itself.
     Statistic: the mean over blocks of Spearman's rho between sweep value and quantity; its
     p-value comes from permuting the sweep values within each block (exact below nine sweep
-    values, Page's trend test in rank form). Passes iff p < ``alpha``, the mean rho has the claimed
-    sign and ``|rho| >= min_abs_rho``. ``min_effect`` is the alternative the claim must detect: a
+    values, Page's trend test in rank form), which conditions on the init draws: the verdict speaks
+    for the draws that were run (its sentence says so), and fewer than 2 are refused. Passes iff
+    p < ``alpha``, the mean rho has the claimed sign and ``|rho| >= min_abs_rho``. ``min_effect``
+    is the alternative the claim must detect: a
     change of the mean of log quantity (``scale: log``) or of the quantity (``linear``) between the
     extreme sweep values, in equal steps; ``check_design`` refuses a design with power below 0.8
     there. ``at: initial`` judges each run's first record (K_0).
@@ -123,12 +129,29 @@ class MonotoneTrend(Assertion):
                 f"monotone_trend with {design.sweep_values} sweep values x {blocks} seed blocks can reach "
                 f"p = {fmt(best, 2)} at best, never below alpha = {self.alpha}; add init seeds."
             )
-        return None
+        return too_few_init_draws(self.test, design)
 
     def extract(self, records: pd.DataFrame) -> dict[str, Any]:
         grid, x, info = unit_grid(records, self.test, self.quantity, at=self.at, positive=self.scale == "log")
         if x is None or len(x) < 2:
             raise AssertionDataError(f"monotone_trend needs at least 2 sweep values, but records have {grid.shape[0]}.")
+        what = f"{'initial' if self.at == 'initial' else 'final'} {self.quantity}"
+        if at_rounding_level(np.ptp(grid), np.abs(grid).max()):
+            raise AssertionDataError(
+                f"monotone_trend: every run has the same {what} ({fmt(float(grid.flat[0]))}, up to rounding): "
+                "a constant quantity has no trend to test; check that the sweep reaches the runs."
+            )
+        blocks = grid.reshape(grid.shape[0], -1).T  # [block, sweep], blocks ordered init-major
+        pair = repeated_units(blocks)
+        if pair is not None:
+            n_samp = grid.shape[2]
+            (i1, j1), (i2, j2) = divmod(pair[0], n_samp), divmod(pair[1], n_samp)
+            seeds, samps = info["init_seeds"], info["sampling_seeds"]
+            raise AssertionDataError(
+                f"monotone_trend: the seed blocks (init {seeds[i1]}, sampling {samps[j1]}) and (init {seeds[i2]}, "
+                f"sampling {samps[j2]}) give the same {what} at every sweep value (up to rounding): one draw "
+                "counted as two independent blocks; give every block its own draw."
+            )
         return {"y": grid[None], "x": x, **info}
 
     def _effects(self, y: np.ndarray) -> np.ndarray:
@@ -192,7 +215,8 @@ class MonotoneTrend(Assertion):
             f"{start} {self.quantity} {verb} with {sweep_name(records)}: mean within-block Spearman rho = "
             f"{fmt(rho, 2)} over {d.extras['blocks']} seed blocks x {len(x)} values (within-block permutation "
             f"p = {fmt(p, 2)}, needed < {self.alpha}; |rho| >= {self.min_abs_rho}), {what} of the extreme "
-            f"values {fmt(effect, 3)} — {verdict_word(passed)}{reasons_text(reasons) if not passed else ''}."
+            f"values {fmt(effect, 3)}; {draws_text(len(data['init_seeds']))} (the permutation conditions on them) "
+            f"— {verdict_word(passed)}{reasons_text(reasons) if not passed else ''}."
         )
         per_block = np.asarray(data["y"])[0].reshape(len(x), -1)
         details = {
@@ -345,6 +369,19 @@ class GrowthTrend(Assertion):
             xs.append(None if value == -math.inf else float(value))
         if len({p.shape[0] for p in paths}) > 1:
             raise AssertionDataError("growth_trend needs the same number of runs at every sweep value.")
+        for value, p in zip(xs, paths, strict=True):
+            where = "" if value is None else f" at sweep value {fmt(value)}"
+            if at_rounding_level(np.ptp(p, axis=1), np.abs(p).max(axis=1)).all():
+                raise AssertionDataError(
+                    f"growth_trend: {q} is constant over the late window in every run{where} (up to rounding): "
+                    "nothing was trained, so neither growth nor a plateau can be told; check the learning rate."
+                )
+            pair = repeated_units(p)
+            if pair is not None:
+                raise AssertionDataError(
+                    f"growth_trend: two runs{where} have the same {q} path over the late window (up to rounding): "
+                    "one draw counted as two independent runs; check that the init and sampling seeds reach them."
+                )
         return {"paths": np.stack(paths)[None], "steps": steps, "x": xs}
 
     def decide(self, data: dict[str, Any]) -> Decision:
