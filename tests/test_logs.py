@@ -56,12 +56,24 @@ def test_run_and_calibrate_piped_to_a_file_print_whole_lines(write_suite, tmp_pa
 
     log = tmp_path / "calibrate.log"
     assert (
-        _lipbench("calibrate", str(good), "--replicates", "50", "--out", str(tmp_path / "cal"), cwd=tmp_path, log=log)
+        _lipbench(
+            "calibrate",
+            str(good),
+            "--replicates",
+            "50",
+            "--record-replicates",
+            "20",
+            "--out",
+            str(tmp_path / "cal"),
+            cwd=tmp_path,
+            log=log,
+        )
         == 0
     )
     text = log.read_text()
-    rows, _ = calibrate([load_claim(good, "quick")], reps=50)
+    rows, _ = calibrate([load_claim(good, "quick")], reps=50, record_reps=20)
     for cells in table_rows(rows):  # every cell of each row on the row's one line (simulated again: same seeds)
-        line = next(line for line in text.splitlines() if f"│ {cells[0]} " in line and f"│ {cells[2]} " in line)
-        for cell in cells[1:8]:  # test, noise family, model, runs, alpha, false pass, power
+        key = cells[:4]  # claim, test, path, noise family: one row each
+        line = next(line for line in text.splitlines() if all(f"│ {cell} " in line for cell in key))
+        for cell in cells[4:9]:  # model, runs, alpha, false pass, power
             assert f"│ {cell} " in line, (cell, line)
