@@ -241,6 +241,18 @@ def top_singular(mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Ten
 
 
 @torch.no_grad()
+def top_right_vector(W: torch.Tensor) -> torch.Tensor:
+    """The top right singular vector (..., n) of a stack of matrices (..., m, n), without LAPACK: the top
+    eigenvector of the float64 Gram matrix of the smaller side by `_top_eigenpair` (no host sync). NaN for a
+    non-finite matrix."""
+    gram, left = _gram(W)
+    _, top = _top_eigenpair(gram)
+    if left:  # top is u: v = W^T u / |W^T u|
+        top, _ = _unit((W.double().mT @ top.unsqueeze(-1)).squeeze(-1))
+    return top.to(W.dtype)
+
+
+@torch.no_grad()
 def exact_spectral_norms(mats: list[torch.Tensor]) -> torch.Tensor:
     """sigma_max (..., L) of stacks of matrices, exact: the top eigenvalue of the Gram matrix.
 
