@@ -11,8 +11,9 @@ each integral by the trapezoid rule over the record grid (dt in SGD steps), as `
 the network. The residual is what none of the terms explains: the martingale part int beta dB (mean
 zero over runs), the record grid's quadrature error, and any misfit of the model.
 
-Without the probe, records may carry ``drift_<l>`` = lr x <-G_l, u_l v_l^T> / sigma_l of the step's
-own mini-batch gradient (the first-order change of log sigma_l along that step). Then the split is
+Without the probe, records may carry ``drift_<l>`` = <W'_l - W_l, u_l v_l^T> / sigma_l of the step after
+the record (for SGD -lr (scale <g_l, u_l v_l^T> / sigma_l + wd) plus the injected noise's projection: the
+first-order change of log sigma_l along that step; lipbench.torch.tracking.StepDrift). Then the split is
 int drift_l and the remainder (everything else: the second-order terms, and the gradient noise
 between records, since one mini-batch per record stands in for every step between two records).
 

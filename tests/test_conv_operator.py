@@ -105,3 +105,15 @@ def test_top_singular_pair_warm_start_needs_one_step() -> None:
     cold, _, _ = top_singular_pair(W, geom, max_iter=1, krylov=1)
     assert abs(warm.item() - sigma.item()) <= 1e-12 * sigma.item()
     assert abs(cold.item() - sigma.item()) > 1e-3 * sigma.item()
+
+
+def test_a_one_output_operator_converges_from_a_cold_start() -> None:
+    # A 1 x n operator (one output channel, one output pixel): its Krylov space of A^T A has 2 vectors, so each
+    # restart must span both; a restart confined to its start vector would stall at |A v0|.
+    torch.manual_seed(5)
+    geom = ConvGeometry.of(nn.Conv2d(3, 1, 3), (3, 3, 3))
+    W = torch.randn(1, 3, 3, 3, dtype=torch.float64)
+    sigma, _, v = top_singular_pair(W, geom)
+    exact = torch.linalg.matrix_norm(dense(W, geom), 2)
+    assert abs(sigma.item() - exact.item()) <= 1e-12 * exact.item()
+    assert _aligned(v, W[0]) < 1e-12  # the kernel itself is the top input image

@@ -125,7 +125,7 @@ def test_the_recorder_marks_each_run_at_its_first_non_finite_row_and_drops_the_r
     records = recorder.records([spec(sc, i) for i in range(3)], 1.0, [{}, {}, {}])
     assert [r.diverged_at for r in records] == [None, 2, 4]
     assert [len(r.steps) for r in records] == [4, 2, 3]
-    assert set(records[0].metrics) == {"sigma_0", "sigma_1", "loss", "log_K", "K"}
+    assert set(records[0].metrics) == {"sigma_0", "sigma_1", "loss", "log_K", "K", "drift_0", "drift_1"}
     assert records[2].problem.endswith("(loss not finite); lower scenario.optimizer.lr")
 
 

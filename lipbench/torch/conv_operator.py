@@ -6,7 +6,7 @@ are `conv2d` and `conv_transpose2d` (with the `output_padding` that maps back on
 Both take a stack of members: kernels `(..., out, in, kh, kw)` and images `(..., B, C, H, W)` with the same
 leading member axes; members become the groups of one grouped convolution, so a whole ensemble costs one call.
 `dense` unrolls the operator for tests and small layers. `top_singular_pair` gives the operator's top singular
-value and images (Lanczos on A^T A with apply/adjoint, warm-startable).
+value and images (the shared Krylov core of lipbench.torch.lipschitz on apply/adjoint, warm-startable).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipbench.torch.lipschitz import Operator, _per_matrix
+from lipbench.torch.lipschitz import Operator, converged_top_pair, per_matrix
 
 __all__ = [
     "ConvGeometry",
@@ -142,17 +142,19 @@ def _as_groups(images: torch.Tensor, members: int, batch: int) -> torch.Tensor:
     return stacked.reshape(batch, members * images.shape[-3], *images.shape[-2:])
 
 
+def _from_groups(images: torch.Tensor, lead: tuple[int, ...], members: int, batch: int) -> torch.Tensor:
+    """The inverse of `_as_groups`: B x (members * C) x H x W -> (..., B, C, H, W)."""
+    out = images.reshape(batch, members, -1, *images.shape[-2:]).transpose(0, 1)
+    return out.reshape(*lead, batch, *out.shape[-3:])
+
+
 def apply(kernel: torch.Tensor, x: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
     """The operator on images: kernels (..., out, in, kh, kw), x (..., B, C, H, W) -> (..., B, out, H', W')."""
     lead = kernel.shape[:-4]
     weight, members = _grouped(kernel)
     batch = x.shape[len(lead)]
-    stacked = (
-        x.reshape(members, batch, *x.shape[-3:]).transpose(0, 1).reshape(batch, members * x.shape[-3], *x.shape[-2:])
-    )
-    y = F.conv2d(stacked, weight, None, geom.stride, geom.padding, geom.dilation, groups=members)
-    y = y.reshape(batch, members, -1, *y.shape[-2:]).transpose(0, 1)
-    return y.reshape(*lead, batch, *y.shape[-3:])
+    y = F.conv2d(_as_groups(x, members, batch), weight, None, geom.stride, geom.padding, geom.dilation, members)
+    return _from_groups(y, lead, members, batch)
 
 
 def adjoint(kernel: torch.Tensor, y: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
@@ -160,14 +162,17 @@ def adjoint(kernel: torch.Tensor, y: torch.Tensor, geom: ConvGeometry) -> torch.
     lead = kernel.shape[:-4]
     weight, members = _grouped(kernel)
     batch = y.shape[len(lead)]
-    stacked = (
-        y.reshape(members, batch, *y.shape[-3:]).transpose(0, 1).reshape(batch, members * y.shape[-3], *y.shape[-2:])
-    )
     x = F.conv_transpose2d(
-        stacked, weight, None, geom.stride, geom.padding, geom.output_padding, groups=members, dilation=geom.dilation
+        _as_groups(y, members, batch),
+        weight,
+        None,
+        geom.stride,
+        geom.padding,
+        geom.output_padding,
+        groups=members,
+        dilation=geom.dilation,
     )
-    x = x.reshape(batch, members, -1, *x.shape[-2:]).transpose(0, 1)
-    return x.reshape(*lead, batch, *x.shape[-3:])
+    return _from_groups(x, lead, members, batch)
 
 
 def dense(kernel: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
@@ -253,7 +258,7 @@ DENSE_SIDE = 512  # operators with a side this small get an exact float64 norm a
 def _top_of_gram(blocks: torch.Tensor) -> torch.Tensor:
     """sigma_max of each matrix of a stack (..., m, n), real or complex: the top eigenvalue of its smaller Gram."""
     gram = blocks @ blocks.mH if blocks.shape[-2] <= blocks.shape[-1] else blocks.mH @ blocks
-    return _per_matrix(torch.linalg.eigvalsh, gram)[..., -1].clamp_min(0).sqrt()
+    return per_matrix(torch.linalg.eigvalsh, gram)[..., -1].clamp_min(0).sqrt()
 
 
 def _members_dense(kernel: torch.Tensor, geom: ConvGeometry) -> torch.Tensor:
@@ -276,64 +281,20 @@ def top_singular_pair(
     u (..., out, H', W'), v (..., C, H, W), with A v = sigma u, |u| = |v| = 1, in the kernel's dtype; member axes
     are vectorised.
 
-    Lanczos on A^T A (one `apply` and one `adjoint` per step, full reorthogonalisation), restarted from the Ritz
-    vector every `krylov` steps, from v0 (..., C, H, W) when given (the previous record's v: a warm start) or a
-    fixed random image. A cycle ends with the one host sync the loop has: every member's Ritz residual
-    |A^T A v - sigma^2 v| (Lanczos' estimate) at most tol * sigma^2, or `max_iter` steps in all, ends it. Where a
-    kernel is not finite (or overflows), sigma, u and v are NaN; nothing raises. sigma is exact to about tol^2 / gap
-    (relative), the vectors to about tol / gap, gap = 1 - sigma_2^2 / sigma^2: callers that need the vectors
-    (the SDE terms' first-order terms) pass a tighter tol.
+    `lipschitz.converged_top_pair` on `operator` (one `apply` and one `adjoint` per step), restarted every
+    `krylov` steps, from v0 (..., C, H, W) when given (the previous record's v: a warm start) or a fixed random
+    image; one host sync per cycle, where the Ritz residual |A^T A v - sigma^2 v| is tested against
+    tol * sigma^2. Where a kernel is not finite (or overflows), sigma, u and v are NaN; nothing raises. sigma is
+    exact to about tol^2 / gap (relative), the vectors to about tol / gap, gap = 1 - sigma_2^2 / sigma^2: callers
+    that need the vectors (the SDE terms' first-order terms) pass a tighter tol.
     """
     lead = kernel.shape[:-4]
     members, n = math.prod(lead), geom.in_numel
     kern = kernel.reshape(members, *kernel.shape[-4:])
-    bad = ~torch.isfinite(kern).flatten(1).all(dim=1)  # (M,)
-    kern = torch.where(bad[:, None, None, None, None], 0.0, kern)
     if v0 is None:
         v0 = torch.randn(members, n, generator=torch.Generator().manual_seed(0), dtype=kernel.dtype)
     v = v0.to(kernel.device, kernel.dtype).reshape(members, n)
-    v = torch.where(torch.isfinite(v).all(dim=1, keepdim=True), v, 1.0)  # a NaN warm start is no start
-
-    def gram(x: torch.Tensor) -> torch.Tensor:  # (M, n) -> A^T A x
-        ax = apply(kern, x.reshape(members, 1, *geom.in_shape), geom)
-        return adjoint(kern, ax, geom).reshape(members, n)
-
-    k = min(krylov, n)
-    tiny, eps = torch.finfo(kernel.dtype).tiny, torch.finfo(kernel.dtype).eps
-    for _ in range(max(1, -(-max_iter // k))):
-        basis = torch.zeros(members, k, n, dtype=kernel.dtype, device=kernel.device)
-        alpha = torch.zeros(members, k, dtype=kernel.dtype, device=kernel.device)
-        beta = torch.zeros_like(alpha)
-        q = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
-        for j in range(k):
-            basis[:, j] = q
-            w = gram(q)
-            bad = bad | ~torch.isfinite(w).all(dim=1)
-            w = torch.where(bad[:, None], 0.0, w)
-            alpha[:, j] = (w * q).sum(dim=1)
-            for _ in range(2):  # full reorthogonalisation, twice (Kahan's "twice is enough")
-                w = w - torch.einsum("mk,mkn->mn", torch.einsum("mkn,mn->mk", basis[:, : j + 1], w), basis[:, : j + 1])
-            norm = w.norm(dim=1)
-            # An exhausted Krylov space (an invariant subspace found) leaves rounding noise that is no new
-            # direction: it ends with beta = 0 and q = 0, so T decouples and its top Ritz pair is exact.
-            live = norm > 64 * eps * alpha[:, : j + 1].abs().amax(dim=1)
-            beta[:, j] = torch.where(live, norm, 0.0)
-            q = torch.where(live[:, None], w / norm[:, None].clamp_min(tiny), 0.0)
-        tri = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
-        theta, vecs = torch.linalg.eigh(tri)
-        top, coef = theta[:, -1], vecs[:, :, -1]
-        v = torch.einsum("mk,mkn->mn", coef, basis)
-        residual = (beta[:, -1] * coef[:, -1]).abs()
-        if k == n or bool(((residual <= tol * top.abs()) | bad).all()):  # host sync, once per cycle
-            break
-    v = v / v.norm(dim=1, keepdim=True).clamp_min(tiny)
+    sigma, v = converged_top_pair(operator(kern, geom), v, tol=tol, max_iter=max_iter, krylov=krylov)
     av = apply(kern, v.reshape(members, 1, *geom.in_shape), geom).reshape(members, -1)
-    sigma = av.norm(dim=1)
-    u = av / sigma[:, None].clamp_min(tiny)
-    nan = torch.full_like(sigma, torch.nan)
-    sigma, u, v = (
-        torch.where(bad, nan, sigma),
-        torch.where(bad[:, None], nan[:, None], u),
-        torch.where(bad[:, None], nan[:, None], v),
-    )
+    u = av / av.norm(dim=1, keepdim=True).clamp_min(torch.finfo(kernel.dtype).tiny)
     return sigma.reshape(lead), u.reshape(*lead, *geom.out_shape), v.reshape(*lead, *geom.in_shape)

@@ -76,6 +76,10 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
             operator_state=OperatorState(),
         )
 
+    def weights() -> list[torch.Tensor]:
+        return [layer.weight.detach().unsqueeze(0) for layer in layers]
+
+    drift = None
     for step in range(sc.steps + 1):
         idx = sampler()[0]
         xb, yb = transform(model, x_train[idx], y_train[idx])  # mixup makes yb soft targets
@@ -90,10 +94,11 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
                 # operators' from the tracker, bracketed (the probe's agree with them within its tolerance)
                 measured = probe(model, x=xb, y=yb, loss_fn=transform.loss)
                 given, extras = torch.stack([t.sigma for t in measured.layers]).unsqueeze(0), measured.as_dict()
-            sigmas = tracker([layer.weight.detach().unsqueeze(0) for layer in layers], recorder.alive, given)
+            sigmas = tracker(weights(), recorder.alive, given)
             alive = recorder.write(sigmas, logits, y_mon.unsqueeze(0), extras)
             if not bool(alive[0]):  # host sync, once per record
                 break
+            drift = tracker.step_drift(weights()) if recorder.drift else None  # of the step that follows
         if step == sc.steps:
             break
 
@@ -103,6 +108,9 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
         transform_gradients(model.parameters(), sc.gradient, noise.draw())
         opt.step()
         schedule.step()
+        if drift is not None:  # the record step's weight change on each layer's top singular pair
+            recorder.write_drift(drift(weights()))
+            drift = None
 
     model.eval()
     summaries = test_accuracy(lambda _, x: model(x), data, device, recorder.finished())

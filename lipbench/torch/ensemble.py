@@ -426,6 +426,7 @@ def _train_chunk(
         exact_matrices=False,
     )
 
+    drift = None
     for t in range(sc.steps + 1):
         if recorder.due(t):
             with torch.no_grad():
@@ -433,12 +434,16 @@ def _train_chunk(
                 logits = members.monitor(x_mon) if recorder.monitored else None  # M x MONITOR_SIZE x classes
                 alive = recorder.write(sigmas, logits, y_mon)
                 factors = {name: f * alive for name, f in factors.items()}
+                drift = tracker.step_drift(members.layer_weights()) if recorder.drift else None
             if t == sc.steps:
                 break
         idx = sampler()  # M x b
         xb = x_train.index_select(0, idx.flatten()).view(M, b, *x_train.shape[1:])
         step(xb, y_train.gather(1, idx), factors)
         members.subtract_noise(noise.draw(), factors["noise"])
+        if drift is not None:  # the record step's weight change (the fused step leaves no gradient) on the pair
+            recorder.write_drift(drift(members.layer_weights()))
+            drift = None
 
     members.base.eval()
     summaries = test_accuracy(members.forward_one, data, device, recorder.finished())

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from lipbench.torch.conv_operator import ConvGeometry, adjoint, apply, dense, top_singular_pair
+from lipbench.torch.conv_operator import ConvGeometry, dense, operator, top_singular_pair
 
 __all__ = ["DENSE_MAX", "NOISE_PROBES", "OperatorParts", "OperatorState", "operator_parts"]
 
@@ -94,8 +94,8 @@ class _Spectrum:
 
     def gram(self, x: torch.Tensor) -> torch.Tensor:
         """A^T A x for x (B, n)."""
-        ax = apply(self.kernel, x.reshape(-1, *self.geom.in_shape), self.geom)
-        return adjoint(self.kernel, ax, self.geom).reshape(x.shape)
+        matvec, rmatvec = operator(self.kernel, self.geom)
+        return rmatvec(matvec(x))
 
 
 def _spectrum(kernel: torch.Tensor, geom: ConvGeometry, warm: torch.Tensor | None) -> _Spectrum:
@@ -150,11 +150,7 @@ def _solve(sp: _Spectrum, r: torch.Tensor) -> torch.Tensor:
 
 def _quad(sp: _Spectrum, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
     """Q of operator perturbations E from e1 = E v (B, m) and e2 = E^T u (B, n) (the module's formula)."""
-    at_e1 = (
-        e1 @ sp.matrix
-        if sp.matrix is not None
-        else adjoint(sp.kernel, e1.reshape(-1, *sp.geom.out_shape), sp.geom).reshape(e2.shape)
-    )
+    at_e1 = e1 @ sp.matrix if sp.matrix is not None else operator(sp.kernel, sp.geom)[1](e1)
     r = sp.sigma * e2 + at_e1
     r = r - (r @ sp.v)[:, None] * sp.v
     if sp.basis is not None:

@@ -16,6 +16,9 @@ error is measured (`summary.sigma_rel_err`, its maximum over checks, for the lay
 and, for conv layers under `operator` and `bound`, the relative width of [converged estimate, certified
 bound] (`summary.sigma_bracket_<l>`, its maximum over checks). Everything stays on the device; the
 converged iteration syncs once per restart cycle, at the checks only.
+
+`step_drift` gives, from the pair just measured, the first-order change of each layer's log sigma along the
+step after the record (`StepDrift`, the records' `drift_<l>`; docs/science.md, "By force, cheaply").
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from lipbench.torch.lipschitz import (
     lanczos_spectral_norms,
     matrix_norms,
     matrix_operator,
+    top_right_vector,
     top_singular,
 )
 from lipbench.torch.models import lipschitz_layers
@@ -157,6 +161,21 @@ class SigmaTracker:
         err = None if estimate is None else (estimate - exact).abs() / exact
         return (bound if self.conv == "bound" else exact), err, (bound - exact) / exact
 
+    @torch.no_grad()
+    def step_drift(self, weights: list[torch.Tensor]) -> StepDrift:
+        """The drift probe of the step that follows this record, from the weights the tracker has just measured
+        (the same stacks as `__call__` took) and each layer's current top right vector: the tracker's own
+        (its Ritz or converged vector), or, where matrices are taken exactly without vectors, the exact one
+        (`top_right_vector`: no host sync).
+        Not for `bound` (no pair is kept between its checks)."""
+        vs = []
+        for layer, (W, geom) in enumerate(zip(weights, self.geometries, strict=True)):
+            if geom is None and self.exact_matrices:
+                vs.append(top_right_vector(W.flatten(2)))
+            else:
+                vs.append(self.vectors[layer])
+        return StepDrift(weights, vs, self.geometries)
+
     def summaries(self) -> list[dict[str, float]]:
         """Per member: sigma_rel_err (where a layer is estimated) and sigma_bracket_<l> per conv layer (a host
         transfer, at the end of a run)."""
@@ -167,6 +186,46 @@ class SigmaTracker:
             summary.update({f"sigma_bracket_{layer}": w for layer, w in zip(self.convs, widths, strict=True)})
             out.append(summary)
         return out
+
+
+def _image(weight: torch.Tensor, geom: ConvGeometry | None, v: torch.Tensor) -> torch.Tensor:
+    """A v for stacked weights (M, ...) and vectors (M, n): the matrix (a conv kernel reshaped) or the operator."""
+    return (matrix_operator(weight.flatten(2)) if geom is None else operator(weight, geom))[0](v)
+
+
+class StepDrift:
+    """drift_l = <W'_l - W_l, u_l v_l^T> / sigma_l per member: the first-order change of log sigma_l along one
+    step's weight change, with (sigma_l, u_l, v_l) the top singular triple at W_l (the record's weights).
+
+    For a conv operator the kernel gradient of sigma is D = d<u, conv(v; W)>/dW, and <dW, D> = <u, conv(v; dW)>
+    (the operator is linear in its kernel), so every layer's projection is <A v, A(dW) v> / |A v|^2 with A its
+    matrix or operator: no D is formed. Built at the record (a copy of its weights and the pair), called with
+    the weights after the step; stays on the device.
+    """
+
+    def __init__(
+        self, weights: list[torch.Tensor], vs: list[torch.Tensor], geometries: Sequence[ConvGeometry | None]
+    ) -> None:
+        self.before = [W.clone() for W in weights]
+        self.vs, self.geometries = vs, list(geometries)
+        images = [_image(W, g, v) for W, g, v in zip(self.before, self.geometries, vs, strict=True)]
+        self.ys = [a / a.square().sum(dim=-1, keepdim=True) for a in images]  # u_l / sigma_l
+
+    @torch.no_grad()
+    def __call__(self, after: list[torch.Tensor]) -> torch.Tensor:
+        """drift (M, L) of the step from the recorded weights to `after`."""
+        out = [
+            (y * _image(W - W0, g, v)).sum(dim=-1)
+            for W, W0, g, v, y in zip(after, self.before, self.geometries, self.vs, self.ys, strict=True)
+        ]
+        return torch.stack(out, dim=1)
+
+
+def records_drift(scenario: Scenario, model: torch.nn.Module) -> bool:
+    """Whether the engines record drift_<l>: not beside the SDE probe (whose terms split the change of log sigma
+    themselves), nor for conv layers under `bound` (sigma is then a bound, not the norm of a singular pair)."""
+    convs = any(isinstance(m, torch.nn.Conv2d) for _, m in lipschitz_layers(model))
+    return "sde" not in scenario.record and not (convs and scenario.lipschitz.conv == "bound")
 
 
 def _converged(

@@ -29,6 +29,7 @@ from lipbench.records import RunRecord
 from lipbench.suite import GradientSpec, RunSpec, Scenario
 from lipbench.torch.data import Dataset
 from lipbench.torch.models import MODELS, build_model, initialise, lipschitz_layers
+from lipbench.torch.tracking import records_drift
 
 MONITOR_SIZE = 1024  # training samples on which loss and accuracy are recorded
 TEST_SIZE = 10_000  # test samples of the final test accuracy
@@ -260,6 +261,10 @@ class Recorder:
         self.monitored = [name for name in ("loss", "accuracy") if name in scenario.record]
         self.columns = [f"sigma_{i}" for i in range(self.layers)] + self.monitored
         self.checked = self.layers + ("loss" in self.monitored)  # the columns the divergence check reads
+        self.drift = records_drift(scenario, model)  # drift_<l> of the step after each record (`write_drift`)
+        self.drifts = len(self.columns)
+        if self.drift:
+            self.columns += [f"drift_{i}" for i in range(self.layers)]
         extra = 64 if "sde" in scenario.record else 0  # room for the probe's terms (their names come later)
         self.buffer = torch.full((len(self.marks), members, len(self.columns) + extra), math.nan, device=device)
         self.alive = torch.ones(members, dtype=torch.bool, device=device)
@@ -303,6 +308,10 @@ class Recorder:
         self.row += 1
         return self.alive
 
+    def write_drift(self, drift: torch.Tensor) -> None:
+        """drift_<l> (M x layers, `tracking.StepDrift`) of the step that followed the last row written."""
+        self.buffer[self.row - 1, :, self.drifts : self.drifts + self.layers] = drift
+
     def finished(self) -> list[bool]:
         """Which runs ended without diverging (a host transfer)."""
         return (self.died == len(self.marks)).tolist()
@@ -321,6 +330,10 @@ class Recorder:
             kept = min(died[i] + 1, len(self.marks))
             rows = values[:kept, i]
             metrics = {name: rows[:, j] for j, name in enumerate(self.columns)}
+            if self.drift and kept > 1:  # the last row has no step after it: it carries the one before
+                for layer in range(self.layers):
+                    column = metrics[f"drift_{layer}"]
+                    column[-1] = column[-1] if np.isfinite(column[-1]) else column[-2]
             metrics.update(bound_columns(rows[:, : self.layers]))
             if "init" in self.scenario.record:  # the random-matrix prediction for each layer at init
                 for j, v in enumerate(self.init_theory):
