@@ -90,6 +90,37 @@ class CalibrationRow:
     path: str = "units"  # "units": the assertion's own simulate(); "records": RunRecords through runner.judge
     errors: float = 0.0  # the share of simulated record sets judged ERROR (degenerate draws)
 
+    @classmethod
+    def of(
+        cls,
+        claim: ResolvedClaim,
+        family: str,
+        model: str,
+        false_pass: Rate,
+        power: Rate,
+        alarm: Rate | None,
+        runs: int,
+        path: str = "units",
+        errors: float = 0.0,
+    ) -> CalibrationRow:
+        """The row of `claim` (its names, test and nominal alpha) under one noise family."""
+        spec = claim.claim.assertion
+        return cls(
+            claim.collection,
+            claim.name,
+            claim.profile,
+            spec.test,
+            family,
+            model,
+            nominal_alpha(spec),
+            false_pass,
+            power,
+            alarm,
+            runs,
+            path,
+            errors,
+        )
+
     @property
     def meets(self) -> dict[str, bool]:
         """Each target, met within the Monte-Carlo interval."""
@@ -191,21 +222,7 @@ def calibrate_claim(
         )
         power = Rate.of(spec.decide(spec.simulate(design, scenarios["alternative"], rng, reps, family)).passed)
         alarm = false_alarm_rate(spec, design, null_fallback, rng, min(reps, 1000), family)
-        rows.append(
-            CalibrationRow(
-                claim.collection,
-                claim.name,
-                claim.profile,
-                spec.test,
-                family,
-                source,
-                nominal_alpha(spec),
-                false_pass,
-                power,
-                alarm,
-                design.runs,
-            )
-        )
+        rows.append(CalibrationRow.of(claim, family, source, false_pass, power, alarm, design.runs))
     return rows
 
 
@@ -256,23 +273,11 @@ def calibrate_claim_records(
         alt = record_outcomes(claim, {**scenarios["alternative"], **extra}, family, rng, reps)
         pairs = record_outcomes(claim, {**fallback, **extra}, family, rng, reps)
         every = [o for group in (*null_outcomes, alt, pairs) for o in group]
-        rows.append(
-            CalibrationRow(
-                claim.collection,
-                claim.name,
-                claim.profile,
-                spec.test,
-                family,
-                source,
-                nominal_alpha(spec),
-                false_pass,
-                Rate.of(_passed(alt)),
-                record_false_alarm(claim, pairs),
-                len(claim.runs()),
-                "records",
-                float(np.mean([o.status == Verdict.ERROR for o in every])),
-            )
-        )
+        alarm = record_false_alarm(claim, pairs)
+        errors = float(np.mean([o.status == Verdict.ERROR for o in every]))
+        power = Rate.of(_passed(alt))
+        runs = len(claim.runs())
+        rows.append(CalibrationRow.of(claim, family, source, false_pass, power, alarm, runs, "records", errors))
     return rows
 
 

@@ -20,10 +20,9 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
-from rich.console import Console
 from rich.table import Table
 
-from lipbench import factories, invocation, plugins
+from lipbench import console, factories, invocation, plugins
 from lipbench.assertions import plugin_assertion
 from lipbench.baselines import (
     BaselineError,
@@ -44,16 +43,12 @@ from lipbench.folders import writable_folder
 from lipbench.history import from_mlflow, from_results, print_history, series
 from lipbench.numbers import fmt
 from lipbench.options import add_to_parser
-from lipbench.outcome import StatOutcome, Verdict, exit_code
+from lipbench.outcome import exit_code
 from lipbench.progress import progress_for
-from lipbench.provenance import BISECT_SKIP, ENV_BISECT, bisecting
+from lipbench.provenance import BISECT_SKIP, bisecting
 from lipbench.report import write_history_page, write_report
 from lipbench.results import environment, load_outcome, load_result
 from lipbench.suite import BASE_PROFILE, ResolvedClaim, load_claim
-
-console = Console(stderr=False, highlight=False)
-WHOLE_WIDTH = 100_000  # wider than any table: rich then sizes each column to its content
-errors = Console(stderr=True, highlight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,17 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except LipbenchError as e:
-        errors.print(f"lipbench: error: {e}", markup=False, soft_wrap=True)
+        console.errors.print(f"lipbench: error: {e}", markup=False, soft_wrap=True)
         return BISECT_SKIP if bisecting() else e.exit_code
     except OSError as e:  # a path that cannot be read or written: one line naming it, never a traceback
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f) or "a file"
-        errors.print(f"lipbench: error: {where}: {e.strerror or e}", markup=False, soft_wrap=True)
+        console.errors.print(f"lipbench: error: {where}: {e.strerror or e}", markup=False, soft_wrap=True)
         return BISECT_SKIP if bisecting() else 2
     except KeyboardInterrupt as e:
         if not isinstance(e, Interrupted):
-            errors.print("lipbench: interrupted; finished claims are saved under the results folder")
+            console.errors.print("lipbench: interrupted; finished claims are saved under the results folder")
         if args.command in ("run", "baseline"):
-            errors.print(f"lipbench: resume with: {shlex.join(['lipbench', *argv])}", markup=False, soft_wrap=True)
+            console.errors.print(
+                f"lipbench: resume with: {shlex.join(['lipbench', *argv])}", markup=False, soft_wrap=True
+            )
         return 130
 
 
@@ -97,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="train every claim's runs and judge them against their baselines",
-        epilog=verdict_legend(),
+        epilog=console.verdict_legend(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     selection(run)
@@ -209,57 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def verdict_legend() -> str:
-    """The verdicts of `run`, what each means and whether it fails the run (exit 1)."""
-    width = max(len(v) for v in Verdict)
-    lines = [f"  {v:<{width}}  {v.meaning}{_fails_text(v)}" for v in Verdict]
-    codes = (
-        "exit codes: 0 no verdict fails, 1 some verdict fails (or a file was refused beside claims that ran), "
-        f"2 input refused and nothing trained; with {ENV_BISECT}=1, 125 on ERROR or bad input"
-    )
-    return "verdicts:\n" + "\n".join(lines) + "\n\n" + codes
-
-
-def _fails_text(verdict: Verdict) -> str:
-    if verdict.fails():
-        return " (fails the run)"
-    return " (fails the run when the claim is strict)" if verdict.fails(strict=True) else ""
-
-
-def print_whole(table: Table) -> None:
-    """A table on stdout; into a file or a pipe (a CI log) at its full width, so no name or number is cut."""
-    if console.is_terminal:
-        console.print(table)
-        return
-    width = console.width
-    console.width = WHOLE_WIDTH  # (a `width` given to print is capped at the console's)
-    try:
-        console.print(table)
-    finally:
-        console.width = width
-
-
-def styled(verdict: str) -> str:
-    """A verdict in rich markup, in its colour (uncoloured when this lipbench does not know it)."""
-    known = Verdict.named(verdict)
-    return f"[{known.style if known else ''}]{verdict}[/]"
-
-
 def load_claims(args) -> tuple[list[ResolvedClaim], list[SuiteError]]:
     """Every loadable claim of the command's paths (the one profile rule), and one error per file that is not."""
     return invocation.load_claims(args.paths, args.profile, getattr(args, "overrides", ()))
-
-
-def say_problems(problems: list[SuiteError]) -> None:
-    for p in problems:
-        errors.print(f"lipbench: error: {p}", markup=False, soft_wrap=True)
 
 
 def cmd_validate(args) -> int:
     """Exit 2 for a file that cannot be loaded; 1 for a design that cannot reach its power under some profile
     (`run` makes it an ERROR verdict, exit 1); else 0."""
     claims, problems = load_claims(args)
-    say_problems(problems)
+    console.say_problems(problems)
     designs = 0
     for c in claims:
         for profile in c.profiles or (BASE_PROFILE,):
@@ -267,10 +223,10 @@ def cmd_validate(args) -> int:
             design = resolved.design_problem()
             if design:
                 line = f"lipbench: error: {c.file}: seeds/sweep: [profile {profile}] {design}"
-                errors.print(line, markup=False, soft_wrap=True)
+                console.errors.print(line, markup=False, soft_wrap=True)
                 designs += 1
     if not problems and not designs:
-        console.print(f"{len(claims)} suite files are valid (every profile)")
+        console.out.print(f"{len(claims)} suite files are valid (every profile)")
     return 2 if problems else 1 if designs else 0
 
 
@@ -280,7 +236,7 @@ def cmd_calibrate(args) -> int:
     if args.record_replicates < 20:
         raise LipbenchError(f"--record-replicates must be at least 20, not {args.record_replicates}.")
     claims, problems = load_claims(args)
-    say_problems(problems)
+    console.say_problems(problems)
     if not claims:
         return 2
     out = writable_folder(args.out or "results", "pass --out with a folder you can write")  # before any simulation
@@ -301,9 +257,9 @@ def cmd_calibrate(args) -> int:
         table.add_column(col)
     for cells in table_rows(rows):
         table.add_row(*cells)
-    print_whole(table)
+    console.print_whole(table)
     for path in write_outputs(rows, out, profile, seconds, args.replicates, args.record_replicates):
-        console.print(f"wrote {path}", markup=False, soft_wrap=True)
+        console.out.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 2 if problems else 0
 
 
@@ -330,8 +286,8 @@ def cmd_list(args) -> int:
             str(len(c.runs())),
             f"{c.model_steps():,}",
         )
-    print_whole(table)
-    say_problems(problems)
+    console.print_whole(table)
+    console.say_problems(problems)
     return 2 if problems else 0
 
 
@@ -353,9 +309,9 @@ def list_plugins() -> None:
             except factories.FactoryError as e:
                 status = str(e)
         table.add_row(plugin.kind, plugin.name, plugin.target, plugin.distribution, status)
-    print_whole(table)
+    console.print_whole(table)
     if not found:
-        console.print(f"no plugins installed; a package registers them under the entry-point group {plugins.GROUP}")
+        console.out.print(f"no plugins installed; a package registers them under the entry-point group {plugins.GROUP}")
 
 
 def cmd_show(args) -> int:
@@ -365,32 +321,28 @@ def cmd_show(args) -> int:
     [claim] = claims
     data = claim.claim.model_dump(mode="json")
     header = f"# {claim.file} [profile: {claim.profile}] scenario hash {claim.scenario_hash()}"
-    console.print(header, markup=False, soft_wrap=True)
-    console.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=10_000), markup=False, soft_wrap=True)
+    console.out.print(header, markup=False, soft_wrap=True)
+    console.out.print(
+        yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=10_000), markup=False, soft_wrap=True
+    )
     return 0
 
 
 def cmd_run(args) -> int:
     claims, problems = load_claims(args)
-    say_problems(problems)
+    console.say_problems(problems)
     if not claims:
         return BISECT_SKIP if bisecting() else 2
     run = open_invocation(claims, args)
-    console.print(
+    console.out.print(
         f"lipbench: {len(claims)} claims, {sum(len(c.runs()) for c in claims)} runs, "
         f"profile {', '.join(sorted({c.profile for c in claims}))}, device {run.device}; results in {run.out}",
         soft_wrap=True,  # a CI log must get the folder's name whole
     )
     outcomes = execute(claims, run)
-    print_table(outcomes, problems)
-    print_addresses(run, outcomes)
+    console.print_table(outcomes, problems)
+    console.print_addresses(run, outcomes)
     return exit_code(outcomes, bad_input=bool(problems), bisect=bisecting())
-
-
-def print_addresses(run: invocation.Invocation, outcomes) -> None:
-    """After an invocation that logged to MLflow: where its runs are in the UI."""
-    for line in run.session.addresses(outcomes):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_baseline_update(args) -> int:
@@ -398,16 +350,16 @@ def cmd_baseline_update(args) -> int:
     if args.from_run:
         return _update_from_run(args)
     claims, problems = load_claims(args)
-    say_problems(problems)
+    console.say_problems(problems)
     if problems or not claims:
         return 2
     run = open_invocation(claims, args)
-    console.print(
+    console.out.print(
         f"lipbench: running {len(claims)} claims to store their baselines; results in {run.out}", soft_wrap=True
     )
     outcomes = execute(claims, run)
-    print_table(outcomes)
-    print_addresses(run, outcomes)
+    console.print_table(outcomes)
+    console.print_addresses(run, outcomes)
     env = environment(run.device)
     refused = 0
     for o in outcomes:
@@ -415,7 +367,7 @@ def cmd_baseline_update(args) -> int:
             o, Path(args.baselines) if args.baselines else default_root(o.claim.file), env, force=args.force
         )
         refused += path is None
-        (console if path else errors).print(message, markup=False, soft_wrap=True)
+        (console.out if path else console.errors).print(message, markup=False, soft_wrap=True)
     return 1 if refused else 0
 
 
@@ -445,9 +397,11 @@ def _update_from_run(args) -> int:
                 outcome, root, load_result(folder)["environment"], force=args.force, hash_problem=problem
             )
             refused += path is None
-            (console if path else errors).print(message, markup=False, soft_wrap=True)
+            (console.out if path else console.errors).print(message, markup=False, soft_wrap=True)
     if not matched:
-        errors.print(f"lipbench: error: {args.from_run} holds no result of the claims in {', '.join(args.paths)}")
+        console.errors.print(
+            f"lipbench: error: {args.from_run} holds no result of the claims in {', '.join(args.paths)}"
+        )
         return 2
     return 1 if refused else 0
 
@@ -465,7 +419,7 @@ def cmd_baseline_show(args) -> int:
             try:
                 data = read_baseline(path)
             except BaselineError as e:
-                errors.print(f"lipbench: error: {e}", markup=False, soft_wrap=True)
+                console.errors.print(f"lipbench: error: {e}", markup=False, soft_wrap=True)
                 bad += 1
                 continue
             shown += 1
@@ -488,27 +442,27 @@ def cmd_baseline_show(args) -> int:
             table.add_row(
                 f"{data['collection']}/{data['claim']}",
                 profile,
-                styled(data["status"]),
+                console.styled(data["status"]),
                 f"{a['statistic_name']} = {fmt(a['statistic'])}" if a.get("statistic") is not None else "-",
                 tracked or "-",
                 f"{env.get('date', '-')}\n{env.get('device', '-')} @ {env.get('git_commit') or '-'}",
                 f"{data['scenario_hash']}\n{same}",
             )
-    print_whole(table)
+    console.print_whole(table)
     if not shown and not bad:
-        console.print("no baselines stored for these suites; store them with `lipbench baseline update PATH`")
+        console.out.print("no baselines stored for these suites; store them with `lipbench baseline update PATH`")
     return 2 if bad else 0
 
 
 def cmd_cache_info(args) -> int:
     info = RunCache(args.cache_dir).info()
-    console.print(f"run cache: {info.path}", markup=False, soft_wrap=True)
-    console.print(f"{info.entries} cached runs, {info.bytes / 1e6:.1f} MB")
+    console.out.print(f"run cache: {info.path}", markup=False, soft_wrap=True)
+    console.out.print(f"{info.entries} cached runs, {info.bytes / 1e6:.1f} MB")
     if info.entries:
         when = {
             k: datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M") for k, v in (("o", info.oldest), ("n", info.newest))
         }
-        console.print(f"last used: oldest {when['o']}, newest {when['n']}")
+        console.out.print(f"last used: oldest {when['o']}, newest {when['n']}")
     return 0
 
 
@@ -517,18 +471,20 @@ def cmd_cache_prune(args) -> int:
         raise LipbenchError(f"--older-than must be a number of days >= 0, not {args.older_than}.")
     cache = RunCache(args.cache_dir)
     count, freed = cache.prune(None if args.all else args.older_than)
-    console.print(f"deleted {count} cached runs ({freed / 1e6:.1f} MB) from {cache.root}", markup=False, soft_wrap=True)
+    console.out.print(
+        f"deleted {count} cached runs ({freed / 1e6:.1f} MB) from {cache.root}", markup=False, soft_wrap=True
+    )
     return 0
 
 
 def cmd_compare(args) -> int:
     rows = compare_rows(sides(args.a, args.tracking_uri), sides(args.b, args.tracking_uri))
-    print_whole(compare_table(rows, args.a, args.b))
+    console.print_whole(compare_table(rows, args.a, args.b))
     return 0
 
 
 def cmd_explain(args) -> int:
-    explain(args.results, args.against, console, args.tracking_uri)
+    explain(args.results, args.against, console.out, args.tracking_uri)
     return 0
 
 
@@ -542,10 +498,10 @@ def cmd_history(args) -> int:
     found = series(points, keys)
     if not found:
         raise LipbenchError(f"no stored run of the claims in {args.path} ({', '.join(args.results) or 'MLflow store'})")
-    print_history(found, console)
+    print_history(found, console.out)
     if args.html:
         path = write_history_page(found, args.html)
-        console.print(f"history: {path}", markup=False, soft_wrap=True)
+        console.out.print(f"history: {path}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -554,7 +510,7 @@ def cmd_report(args) -> int:
     source = Path(args.results) if Path(args.results).exists() else folders
     points = from_results(args.history) if args.history else None
     path = write_report(source, args.out, history=points)
-    console.print(f"report: {path}")
+    console.out.print(f"report: {path}")
     return 0
 
 
@@ -562,7 +518,7 @@ def open_invocation(claims: list[ResolvedClaim], args) -> invocation.Invocation:
     """Every input checked, the store and experiments opened, the results folder made: before anything trains."""
 
     def warn(text: str) -> None:
-        errors.print(text, markup=False, soft_wrap=True)
+        console.errors.print(text, markup=False, soft_wrap=True)
 
     return invocation.Invocation(invocation.Options.of(args), claims, warn)
 
@@ -581,7 +537,7 @@ def execute(claims: list[ResolvedClaim], run: invocation.Invocation):
 
     started = time.perf_counter()
     try:
-        with progress_for(console, claims) as progress:
+        with progress_for(console.out, claims) as progress:
             outcomes = run.run(claims, on_progress=progress.advance, on_claim_done=done)
     except Interrupted as e:
         kept = (
@@ -589,7 +545,7 @@ def execute(claims: list[ResolvedClaim], run: invocation.Invocation):
             if cache is not None
             else "runs are not cached (--no-cache)"
         )
-        errors.print(
+        console.errors.print(
             f"lipbench: interrupted ({e.signal_name}): {len(finished)} of {len(claims)} claims finished "
             f"(saved under {session.out}); {kept}",
             markup=False,
@@ -599,67 +555,13 @@ def execute(claims: list[ResolvedClaim], run: invocation.Invocation):
     line = f"finished in {time.perf_counter() - started:.0f} s"
     if cache is not None:
         line += f"; reused {cache.reused} cached runs, trained {cache.trained}"
-    console.print(line)
+    console.out.print(line)
     if session.unlogged:
         session.warn(
             f"lipbench: warning: {len(session.unlogged)} of {len(outcomes)} claims are not in the MLflow store "
             f"{session.store_uri} ({', '.join(session.unlogged[:5])}); every result is in {session.out}"
         )
     return outcomes
-
-
-def print_table(outcomes, problems: list[SuiteError] = ()) -> None:
-    table = Table(title="lipbench verdicts", show_lines=False)
-    for col in ("claim", "profile", "verdict", "statistic", "threshold", "p", "vs baseline", "runs", "time"):
-        table.add_column(col)
-    for o in outcomes:
-        r, verdict, comparison = o.result, o.verdict, o.comparison
-        stat = f"{r.statistic_name} = {fmt(r.statistic)}" if r else "-"
-        thr = fmt(r.threshold) if r else "-"
-        p = fmt(r.pvalue, 2, missing="-") if r else "-"
-        table.add_row(
-            o.claim.name,
-            o.claim.profile,
-            styled(verdict),
-            stat,
-            thr,
-            p,
-            _versus(comparison),
-            str(len(o.records)),
-            f"{o.seconds:.0f} s",
-        )
-    for problem in problems:  # a file refused before training, beside claims that ran
-        table.add_row(Path(problem.file).name, "-", styled(Verdict.ERROR), "-", "-", "-", "-", "0", "-")
-    print_whole(table)
-    for problem in problems:
-        say(Verdict.ERROR, str(problem))
-    for o in outcomes:
-        verdict, comparison = o.verdict, o.comparison
-        if o.sentence:
-            say(verdict, f"{o.claim.name}: {o.sentence}")
-        if comparison is not None and comparison.sentence:
-            console.print(
-                f"    baseline: {comparison.sentence}", markup=False, highlight=False, soft_wrap=not console.is_terminal
-            )
-
-
-def say(verdict: str, text: str) -> None:
-    """`VERDICT text` on one line (a log reader greps it whole; a terminal wraps it)."""
-    console.print(f"{styled(verdict)} ", end="")
-    console.print(text, markup=False, highlight=False, soft_wrap=not console.is_terminal)
-
-
-def _versus(comparison) -> str:
-    """The baseline column: the largest |z| of the tracked statistics, or why there is none."""
-    if comparison is None or comparison.comparable is None:
-        return "new" if comparison is not None and comparison.verdict == Verdict.NEW else "-"
-    if not comparison.comparable:
-        return "not comparable"
-    tested = [c for c in comparison.changes if c.t is not None]
-    if not tested:
-        return StatOutcome.NOT_COMPARED
-    worst = max(tested, key=lambda c: abs(c.t))
-    return f"{worst.name}: t = {fmt(worst.t, 2)}"
 
 
 if __name__ == "__main__":

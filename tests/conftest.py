@@ -74,6 +74,6 @@ def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Print the CLI's stdout on a 300-column console, so tables and paths are not cut or wrapped."""
     from rich.console import Console
 
-    from lipbench import cli
+    from lipbench import console
 
-    monkeypatch.setattr(cli, "console", Console(width=300, highlight=False))
+    monkeypatch.setattr(console, "out", Console(width=300, highlight=False))

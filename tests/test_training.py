@@ -21,7 +21,7 @@ from lipbench.runner import run_claims
 from lipbench.suite import GradientSpec, RunSpec, Scenario, load_claim
 from lipbench.torch.ensemble import ENSEMBLE_SUPPORT, decision_keys, ensemble_key, ensemble_obstacle
 from lipbench.torch.lipschitz import spectral_norms
-from lipbench.torch.training import BatchSampler, GradientNoise, Recorder
+from lipbench.torch.training import BatchSampler, GradientNoise, RecordBuffer
 
 MLP = {
     "model": {"name": "mlp", "hidden": [16]},
@@ -109,7 +109,7 @@ def test_a_diverged_record_names_what_was_not_finite(loss: float, sigma: float, 
 def test_the_recorder_marks_each_run_at_its_first_non_finite_row_and_drops_the_rest() -> None:
     sc = scenario_from(MLP, steps=6, record_every=2, record=["sigma", "K", "loss"])
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-    recorder = Recorder(sc, model, members=3, device=torch.device("cpu"))
+    recorder = RecordBuffer(sc, model, members=3, device=torch.device("cpu"))
     labels = torch.zeros(3, 4, dtype=torch.long)
     logits = torch.zeros(3, 4, 10)
     for row, step in enumerate(recorder.marks):

@@ -431,6 +431,11 @@ def noise(rng: np.random.Generator, shape: tuple[int, ...], family: str) -> np.n
 # --------------------------------------------------------------------------- the base class
 
 
+def edge_scenarios(params: dict[str, Any], key: str, null: Any, alternative: Any) -> dict[str, dict[str, Any]]:
+    """The model with `key` at the claim's edge (null), at the suite's alternative, and as fitted."""
+    return {"null": {**params, key: null}, "alternative": {**params, key: alternative}, "fitted": params}
+
+
 @dataclass
 class Decision:
     """What ``decide`` returns for R replicates: pass flags, the headline statistic and its interval,

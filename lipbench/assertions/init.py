@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
-from scipy import stats
 
 from lipbench.assertions.base import (
     Assertion,
@@ -22,6 +21,7 @@ from lipbench.assertions.base import (
     repeated_units,
     verdict_word,
 )
+from lipbench.assertions.levels import mean_interval, worst_level
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,14 +111,9 @@ class InitScaling(Assertion):
     def decide(self, data: dict[str, Any]) -> Decision:
         r = np.asarray(data["ratio"], dtype=float)  # [R, layer, unit]
         n = r.shape[-1]
-        mean = r.mean(axis=-1)
-        se = r.std(axis=-1, ddof=1) / math.sqrt(n)
-        q = stats.t.ppf((1 + self.confidence) / 2, n - 1)
-        low, high = mean - q * se, mean + q * se
+        mean, se, low, high = mean_interval(r, self.confidence)
         ok = (low >= 1 - self.tolerance) & (high <= 1 + self.tolerance)
-        score = np.where(ok, 0.0, 1e6) + np.maximum(np.abs(low - 1), np.abs(high - 1))
-        worst = np.argmax(score, axis=-1)
-        pick = np.arange(r.shape[0])
+        worst, pick = worst_level(ok, np.maximum(np.abs(low - 1), np.abs(high - 1)))
         return Decision(
             passed=np.all(ok, axis=-1),
             statistic=mean[pick, worst],

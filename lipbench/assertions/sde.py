@@ -25,6 +25,7 @@ from lipbench.assertions.base import (
     ci_text,
     crossed_grid,
     crossed_within_variance,
+    edge_scenarios,
     effective_df,
     fmt,
     jackknife_over_sampling_seeds,
@@ -36,6 +37,7 @@ from lipbench.assertions.base import (
     sweep_name,
     verdict_word,
 )
+from lipbench.assertions.levels import mean_interval, worst_level
 from lipbench.assertions.variance import (
     _grid_data,
     _zero_spread,
@@ -149,13 +151,9 @@ class SDEAgreement(Assertion):
     def decide(self, data: dict[str, Any]) -> Decision:
         rel = np.asarray(data["rel"], dtype=float)  # [R, sweep, runs]
         n = rel.shape[-1]
-        mean = rel.mean(axis=-1)
-        se = rel.std(axis=-1, ddof=1) / math.sqrt(n)
-        q = stats.t.ppf((1 + self.confidence) / 2, n - 1)
-        low, high = mean - q * se, mean + q * se
+        mean, se, low, high = mean_interval(rel, self.confidence)
         ok = (low >= -self.tolerance) & (high <= self.tolerance)
-        worst = np.argmax(np.where(ok, 0.0, 1e6) + np.maximum(np.abs(low), np.abs(high)), axis=-1)
-        pick = np.arange(rel.shape[0])
+        worst, pick = worst_level(ok, np.maximum(np.abs(low), np.abs(high)))
         return Decision(
             np.all(ok, axis=-1),
             mean[pick, worst],
@@ -235,7 +233,7 @@ class SDEAgreement(Assertion):
         return {"mean": 0.0, "sd": 0.1}
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {"null": {**params, "mean": self.tolerance}, "alternative": {**params, "mean": 0.0}, "fitted": params}
+        return edge_scenarios(params, "mean", self.tolerance, 0.0)
 
     def simulate(
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
@@ -301,8 +299,7 @@ class VariancePrediction(Assertion):
                 high = np.fmax(high, np.exp(log_ratio + q_jack * se_jack))
             se = np.fmax(se, se_jack * q_jack / q_norm)
         ok = (low >= 1 / self.factor) & (high <= self.factor)
-        worst = np.argmax(np.where(ok, 0.0, 1e6) + np.nan_to_num(np.abs(log_ratio), nan=1e5, posinf=1e5), axis=-1)
-        pick = np.arange(y.shape[0])
+        worst, pick = worst_level(ok, np.nan_to_num(np.abs(log_ratio), nan=1e5, posinf=1e5))
         return Decision(
             np.all(ok, axis=-1),
             ratio[pick, worst],
@@ -368,7 +365,7 @@ class VariancePrediction(Assertion):
         return {"ratio": 1.0, "pred": [0.01] * design.sweep_values, "mean": 1.0, "init_sd": 0.1}
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {"null": {**params, "ratio": self.factor}, "alternative": {**params, "ratio": 1.0}, "fitted": params}
+        return edge_scenarios(params, "ratio", self.factor, 1.0)
 
     def simulate(
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str

@@ -21,6 +21,7 @@ from lipbench.assertions.base import (
     at_rounding_level,
     check_frame,
     draws_text,
+    edge_scenarios,
     failed,
     fmt,
     noise,
@@ -495,11 +496,7 @@ class GrowthTrend(Assertion):
         }
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {
-            "null": {**params, "growth": self.min_growth},
-            "alternative": {**params, "growth": self.alternative_growth},
-            "fitted": params,
-        }
+        return edge_scenarios(params, "growth", self.min_growth, self.alternative_growth)
 
     def simulate(
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str

@@ -24,6 +24,7 @@ from lipbench.assertions.base import (
     ci_text,
     crossed_within_variance,
     draws_text,
+    edge_scenarios,
     effective_df,
     failed,
     fmt,
@@ -38,6 +39,7 @@ from lipbench.assertions.base import (
     unit_grid,
     verdict_word,
 )
+from lipbench.assertions.levels import worst_level
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -343,9 +345,7 @@ class Invariance(Assertion):
         p_dom = stats.f.sf(f, n_init - 1, df_f)
         between = np.sqrt(np.maximum(0.0, np.var(init_means, axis=-1, ddof=1) - cv2 / n_samp))
         ok = (high < self.max_relative_spread) & (p_dom < self.alpha)
-        score = np.where(ok, 0.0, 1e6) + np.nan_to_num(high, nan=1e5, posinf=1e5)
-        worst = np.argmax(score, axis=-1)  # a failing sweep value first, then the largest bound
-        pick = np.arange(y.shape[0])
+        worst, pick = worst_level(ok, np.nan_to_num(high, nan=1e5, posinf=1e5))  # failing first, then largest bound
         se = cv * np.sqrt(log_variance_moments(df)[1]) / 2  # delta method on log cv
         return Decision(
             passed=np.all(ok, axis=-1),
@@ -425,11 +425,7 @@ class Invariance(Assertion):
         return {"cv": self.alternative_cv, "init_cv": 4 * self.max_relative_spread, "mean": 1.0}
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {
-            "null": {**params, "cv": self.max_relative_spread},
-            "alternative": {**params, "cv": self.alternative_cv},
-            "fitted": params,
-        }
+        return edge_scenarios(params, "cv", self.max_relative_spread, self.alternative_cv)
 
     def simulate(
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str

@@ -53,6 +53,11 @@ def _builtin_only(model: type[BaseModel], builtins: tuple[str, ...], value: Any,
     return value
 
 
+def kwargs_field(description: str) -> Any:
+    """The `kwargs` mapping of a callable section: empty by default, checked against the callable even then."""
+    return Field(default_factory=dict, validate_default=True, description=description)
+
+
 class CallableSpec(Strict):
     """A `name` (built in, an installed plugin's, or an importable "package.module:callable") with the
     `kwargs` of a callable: the name is resolved and the keywords checked against its signature when
@@ -81,9 +86,7 @@ class ModelSpec(CallableSpec):
             "(it gets `input_shape` and `num_classes` when it takes them, and is built under the init seed)."
         )
     )
-    kwargs: Kwargs = Field(
-        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin model."
-    )
+    kwargs: Kwargs = kwargs_field("Keyword arguments of a factory or plugin model.")
     hidden: list[Annotated[int, Field(gt=0)]] = [512, 256]
     width: Annotated[int, Field(gt=0)] = 32
     dropout: bool = False
@@ -113,9 +116,7 @@ class DatasetSpec(CallableSpec):
             "`(x_train, y_train, x_test, y_test)` (it gets `root`, the data folder, when it takes it)."
         )
     )
-    kwargs: Kwargs = Field(
-        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin dataset."
-    )
+    kwargs: Kwargs = kwargs_field("Keyword arguments of a factory or plugin dataset.")
     train_size: Annotated[int, Field(gt=0)] | None = None
     test_size: Annotated[int, Field(gt=0)] | None = None
     synthetic_shape: tuple[int, int, int] = (1, 8, 8)
@@ -142,9 +143,7 @@ class ScheduleSpec(CallableSpec):
             "`LRScheduler`."
         ),
     )
-    kwargs: Kwargs = Field(
-        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin schedule."
-    )
+    kwargs: Kwargs = kwargs_field("Keyword arguments of a factory or plugin schedule.")
     warmup_steps: Annotated[int, Field(ge=0)] = 0  # linear warmup from lr / (warmup_steps + 1) to lr, then the schedule
     step_size: Annotated[int, Field(gt=0)] | None = Field(None, validate_default=True)  # `step` only (required there)
     gamma: Annotated[float, Field(gt=0, le=1)] | None = Field(None, validate_default=True)  # `step`, `exponential`
@@ -177,9 +176,7 @@ class OptimizerSpec(CallableSpec):
             "`weight_decay` when it takes them), e.g. `torch.optim:RMSprop`."
         ),
     )
-    kwargs: Kwargs = Field(
-        default_factory=dict, validate_default=True, description="Keyword arguments of a factory or plugin optimiser."
-    )
+    kwargs: Kwargs = kwargs_field("Keyword arguments of a factory or plugin optimiser.")
     lr: Annotated[float, Field(gt=0)]  # the base learning rate (see schedule)
     batch_size: Annotated[int, Field(gt=0)]  # mini-batch size b
     weight_decay: Annotated[float, Field(ge=0)] = 0.0  # sgd, adam: + weight_decay * W to the gradient; adamw: decoupled
@@ -253,9 +250,7 @@ class RunFunctionSpec(CallableSpec):
             "`package.module:callable` (or an installed plugin's run name) called as `fn(context, recorder, **kwargs)`."
         )
     )
-    kwargs: Kwargs = Field(
-        default_factory=dict, validate_default=True, description="Options handed to the function (`context.options`)."
-    )
+    kwargs: Kwargs = kwargs_field("Options handed to the function (`context.options`).")
 
 
 class Scenario(Strict):

@@ -27,7 +27,7 @@ from lipbench.torch.training import (
     MONITOR_SIZE,
     BatchSampler,
     GradientNoise,
-    Recorder,
+    RecordBuffer,
     Stream,
     initial_model,
     member_labels,
@@ -57,7 +57,7 @@ def train(spec: RunSpec, data: Dataset, device: torch.device | str = "cpu") -> R
     noise = GradientNoise([spec], [p.shape for p in model.parameters()], device)
     # Regularisers (mixup, label smoothing, auto-augment, FGSM): the batch and loss the step trains on.
     transform = BatchTransform(sc.regularisers, x_train, data.num_classes, device, run_seed(spec, Stream.REGULARISERS))
-    recorder = Recorder(sc, model, members=1, device=device)
+    recorder = RecordBuffer(sc, model, members=1, device=device)
     tracker = run_tracker(sc, model, data.input_shape, len(recorder.marks), device)  # conv: the operator's norm
     names = [f"{name}.weight" for name, _ in lipschitz_layers(model)]
     probe = None

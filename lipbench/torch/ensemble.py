@@ -32,7 +32,7 @@ first and last records, and every `exact_every`-th, take an exact (or converged)
 there the estimate's relative error is measured and reported as summary["sigma_rel_err"] (its
 maximum over checks), with the conv layers' certified brackets (summary["sigma_bracket_<l>"]).
 
-Divergence (lipbench.torch.training.Recorder): a member whose record holds a non-finite sigma or
+Divergence (lipbench.torch.training.RecordBuffer): a member whose record holds a non-finite sigma or
 (recorded) loss is marked, its step factors drop to zero and its later rows are dropped; the
 other members go on. No host sync in the loop: records go into one device tensor that crosses
 to the host once per chunk. Members are chunked by `max_members` (default: a memory estimate).
@@ -67,7 +67,7 @@ from lipbench.torch.training import (
     BatchSampler,
     Factors,
     GradientNoise,
-    Recorder,
+    RecordBuffer,
     Stream,
     initial_model,
     member_labels,
@@ -79,7 +79,7 @@ from lipbench.torch.training import (
 
 __all__ = [
     "ENSEMBLE_SUPPORT",
-    "Decision",
+    "Support",
     "can_ensemble",
     "decision_keys",
     "default_exact_every",
@@ -102,7 +102,7 @@ CPU_MEMORY_BUDGET = 2 * 1024**3  # bytes an ensemble may use on the CPU; on CUDA
 
 
 @dataclass(frozen=True)
-class Decision:
+class Support:
     """How the ensemble treats one scenario field (key "optimizer.lr") or one allowed value of a
     field (key "gradient.noise=uniform").
 
@@ -116,19 +116,19 @@ class Decision:
     per_member: bool = False
 
 
-_SHARED = Decision(True, "the members share it")
-_PER_MEMBER = Decision(True, "each member has its own", per_member=True)
-_RUNS = Decision(True, "vectorised")
+_SHARED = Support(True, "the members share it")
+_PER_MEMBER = Support(True, "each member has its own", per_member=True)
+_RUNS = Support(True, "vectorised")
 
 #: One decision per field and per allowed value of the scenario schema (see `decision_keys`).
-ENSEMBLE_SUPPORT: dict[str, Decision] = {
+ENSEMBLE_SUPPORT: dict[str, Support] = {
     "model.name": _SHARED,
-    "model.name=mlp": Decision(True, "vectorised; without dropout trained by the hand-written `_fused_mlp_step`"),
-    "model.name=convnet": Decision(True, "members as the groups of grouped convolutions, through autograd"),
+    "model.name=mlp": Support(True, "vectorised; without dropout trained by the hand-written `_fused_mlp_step`"),
+    "model.name=convnet": Support(True, "members as the groups of grouped convolutions, through autograd"),
     "model.hidden": _SHARED,
     "model.width": _SHARED,
-    "model.dropout": Decision(True, "every member its own masks: the ConvNet's are engine.train's, the MLP's not"),
-    "model.batch_norm": Decision(True, "batch statistics without running ones, per member and channel"),
+    "model.dropout": Support(True, "every member its own masks: the ConvNet's are engine.train's, the MLP's not"),
+    "model.batch_norm": Support(True, "batch statistics without running ones, per member and channel"),
     "model.init": _SHARED,
     "model.init=default": _RUNS,
     "model.init=normal": _RUNS,
@@ -143,19 +143,19 @@ ENSEMBLE_SUPPORT: dict[str, Decision] = {
     "dataset.synthetic_size": _SHARED,
     "optimizer.name": _SHARED,
     "optimizer.name=sgd": _RUNS,
-    "optimizer.name=adam": Decision(False, "the ensemble's update is plain SGD"),
-    "optimizer.name=adamw": Decision(False, "the ensemble's update is plain SGD"),
-    "optimizer.momentum": Decision(False, "the ensemble keeps no momentum buffers"),
-    "optimizer.nesterov": Decision(False, "the ensemble keeps no momentum buffers"),
+    "optimizer.name=adam": Support(False, "the ensemble's update is plain SGD"),
+    "optimizer.name=adamw": Support(False, "the ensemble's update is plain SGD"),
+    "optimizer.momentum": Support(False, "the ensemble keeps no momentum buffers"),
+    "optimizer.nesterov": Support(False, "the ensemble keeps no momentum buffers"),
     "optimizer.betas": _SHARED,  # Adam's; Adam is not vectorised
     "optimizer.eps": _SHARED,
     "optimizer.schedule.name": _SHARED,
     "optimizer.schedule.name=constant": _RUNS,
     **{
-        f"optimizer.schedule.name={name}": Decision(False, "the ensemble's learning rate is constant")
+        f"optimizer.schedule.name={name}": Support(False, "the ensemble's learning rate is constant")
         for name in ("step", "exponential", "cosine", "linear")
     },
-    "optimizer.schedule.warmup_steps": Decision(False, "the ensemble's learning rate is constant"),
+    "optimizer.schedule.warmup_steps": Support(False, "the ensemble's learning rate is constant"),
     "optimizer.schedule.step_size": _SHARED,  # used by non-constant schedules only
     "optimizer.schedule.gamma": _SHARED,
     "optimizer.schedule.min_lr": _SHARED,
@@ -163,7 +163,7 @@ ENSEMBLE_SUPPORT: dict[str, Decision] = {
     "optimizer.kwargs": _SHARED,  # a factory's: factory names have no decision, so they train alone
     "model.kwargs": _SHARED,
     "dataset.kwargs": _SHARED,
-    "run.name": Decision(False, "a run function's own loop trains one run at a time"),
+    "run.name": Support(False, "a run function's own loop trains one run at a time"),
     "run.kwargs": _SHARED,
     "optimizer.lr": _PER_MEMBER,
     "optimizer.batch_size": _SHARED,
@@ -182,23 +182,23 @@ ENSEMBLE_SUPPORT: dict[str, Decision] = {
     "sampling=without_replacement": _RUNS,
     "record": _SHARED,
     **{f"record={name}": _RUNS for name in ("sigma", "K", "loss", "accuracy", "init")},
-    "record=sde": Decision(False, "the SDE probe needs one module's per-sample gradients"),
+    "record=sde": Support(False, "the SDE probe needs one module's per-sample gradients"),
     "device": _SHARED,
     "device=any": _RUNS,
     "device=cuda": _RUNS,
-    "regularisers.mixup": Decision(False, "mixup mixes each run's batch with draws of its own"),
+    "regularisers.mixup": Support(False, "mixup mixes each run's batch with draws of its own"),
     "regularisers.label_smoothing": _SHARED,
     "regularisers.auto_augment": _SHARED,
     "regularisers.auto_augment=none": _RUNS,
     **{
-        f"regularisers.auto_augment={policy}": Decision(False, "AutoAugment transforms each sample on its own")
+        f"regularisers.auto_augment={policy}": Support(False, "AutoAugment transforms each sample on its own")
         for policy in ("cifar10", "imagenet", "svhn")
     },
-    "regularisers.fgsm_epsilon": Decision(False, "FGSM takes each run's own input gradient first"),
+    "regularisers.fgsm_epsilon": Support(False, "FGSM takes each run's own input gradient first"),
     "lipschitz.conv": _SHARED,
-    "lipschitz.conv=operator": Decision(True, "the members' kernels are the groups of one grouped convolution"),
-    "lipschitz.conv=reshaped": Decision(True, "tracked as a stack of reshaped-kernel matrices"),
-    "lipschitz.conv=bound": Decision(True, "certified bounds of the members' kernels, batched"),
+    "lipschitz.conv=operator": Support(True, "the members' kernels are the groups of one grouped convolution"),
+    "lipschitz.conv=reshaped": Support(True, "tracked as a stack of reshaped-kernel matrices"),
+    "lipschitz.conv=bound": Support(True, "certified bounds of the members' kernels, batched"),
 }
 
 
@@ -414,7 +414,7 @@ def _train_chunk(
     step = functools.partial(
         _fused_mlp_step if fuses(sc) else _autograd_step, members, smoothing=sc.regularisers.label_smoothing
     )
-    recorder = Recorder(sc, members.base, M, device)
+    recorder = RecordBuffer(sc, members.base, M, device)
     tracker = SigmaTracker(
         layer_geometries(members.base, data.input_shape, sc.lipschitz.conv),
         sc.lipschitz.conv,

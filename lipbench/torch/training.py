@@ -10,7 +10,7 @@ the same seeds give the same trajectory under either loop:
 - `member_labels`: the training labels after label corruption;
 - `GradientNoise`, `transform_gradients`, `step_factors`: what is done to the mini-batch
   gradient before the SGD step, scale * g + noise, and the step itself;
-- `Recorder`: the recorded values (sigma per layer, loss, accuracy, extras such as the SDE terms)
+- `RecordBuffer`: the recorded values (sigma per layer, loss, accuracy, extras such as the SDE terms)
   on the device, the divergence check with its step, and the run records built from them.
 """
 
@@ -242,7 +242,7 @@ def step_factors(specs: Sequence[RunSpec], device: torch.device) -> Factors:
 # ---------------------------------------------------------------- records
 
 
-class Recorder:
+class RecordBuffer:
     """The records of M runs: one row per record step, kept on the device until `records`.
 
     A row holds sigma_<l> of each layer, `loss` and `accuracy` on the monitor set where

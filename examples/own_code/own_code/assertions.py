@@ -21,6 +21,7 @@ from lipbench.assertions.base import (
     Decision,
     Design,
     crossed_within_variance,
+    edge_scenarios,
     effective_df,
     fmt,
     jackknife_over_sampling_seeds,
@@ -160,11 +161,7 @@ class SamplingNoise(Assertion):
         return {"cv": self.alternative_cv, "init_cv": 4 * self.alternative_cv, "mean": 1.0}
 
     def scenarios(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {
-            "null": {**params, "cv": self.min_relative_spread},
-            "alternative": {**params, "cv": self.alternative_cv},
-            "fitted": params,
-        }
+        return edge_scenarios(params, "cv", self.min_relative_spread, self.alternative_cv)
 
     def simulate(
         self, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
