@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from lipbench.cache import RunCache, adopt, run_key
 from lipbench.devices import resolve_device
+from lipbench.ensemble_support import group_specs, members_independent
 from lipbench.executors import StopSignals, check_executor, run_units
 from lipbench.inconclusive import undecided
 from lipbench.outcome import ClaimOutcome, Verdict
@@ -147,13 +148,11 @@ def _units(specs: list[RunSpec], engine: str, n_workers: int) -> list[list[RunSp
     (measured: `auto` took 1.04x the wall time of `per-run` at 0.78x its CPU time); split, every worker
     trains a part of it. Splitting costs each part its own setup (data, initial and final exact SVDs, test
     accuracy) and a smaller ensemble; see README.md "Parallelism". Members are independent
-    (`ensemble.members_independent`), so a part trains its runs exactly as the whole group would; a group
+    (`ensemble_support.members_independent`), so a part trains its runs exactly as the whole group would; a group
     whose members share a random stream (the MLP's dropout under vmap) stays whole.
     """
     if engine == "per-run":
         return [[s] for s in specs]
-    from lipbench.torch.ensemble import group_specs, members_independent
-
     claims = dict.fromkeys(s.key for s in specs)
     groups = [g for claim in claims for g in group_specs([s for s in specs if s.key == claim])]
     units = []

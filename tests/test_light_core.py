@@ -50,3 +50,16 @@ def test_validating_a_suite_does_not_load_torch(write_suite) -> None:
     assert main(["validate", {str(path)!r}]) == 0
     """
     assert "torch" not in _loaded(code)
+
+
+def test_grouping_a_claims_runs_into_ensembles_does_not_load_torch(write_suite) -> None:
+    path = write_suite("grouped")
+    code = f"""
+    from lipbench.runner import _units
+    from lipbench.suite import load_claim
+    specs = load_claim({str(path)!r}).runs()
+    units = _units(specs, "ensemble", n_workers=1)
+    assert sorted(s.run_id for u in units for s in u) == sorted(s.run_id for s in specs)
+    assert len(units) < len(specs), [len(u) for u in units]  # the seeds of a sweep value train as one
+    """
+    assert "torch" not in _loaded(code)

@@ -143,7 +143,7 @@ def test_every_field_and_value_of_the_schema_has_an_ensemble_decision() -> None:
     assert "gradient.noise=uniform" in keys and "record=sde" in keys and "optimizer.lr" in keys
     missing = [k for k in keys if k not in ENSEMBLE_SUPPORT]
     stale = [k for k in ENSEMBLE_SUPPORT if k not in keys]
-    assert not missing, f"add a decision to lipbench.torch.ensemble.ENSEMBLE_SUPPORT for {missing}"
+    assert not missing, f"add a decision to lipbench.ensemble_support.ENSEMBLE_SUPPORT for {missing}"
     assert not stale, f"ENSEMBLE_SUPPORT decides keys the schema no longer has: {stale}"
     assert all(decision.why for decision in ENSEMBLE_SUPPORT.values())
 
@@ -161,7 +161,7 @@ def test_a_field_or_value_added_to_the_schema_is_found_without_a_decision() -> N
     keys = decision_keys(_WiderScenario)
     assert [k for k in keys if k not in ENSEMBLE_SUPPORT] == ["gradient.noise=laplace", "momentum"]
     wider = _WiderScenario.model_validate(scenario_from(MLP).model_dump())
-    assert ensemble_obstacle(wider) == "scenario.momentum has no decision in lipbench.torch.ensemble.ENSEMBLE_SUPPORT"
+    assert ensemble_obstacle(wider) == "scenario.momentum has no decision in lipbench.ensemble_support.ENSEMBLE_SUPPORT"
     assert ensemble_key(spec(wider)) is None  # trains alone: never silently ignored
 
 
@@ -171,7 +171,7 @@ def test_a_noise_value_without_a_decision_trains_alone_and_is_never_drawn_as_ano
     laplace = sc.model_copy(update={"gradient": GradientSpec.model_construct(noise="laplace", noise_std=0.1)})
     assert ensemble_key(spec(laplace)) is None
     assert ensemble_obstacle(laplace) == (
-        "scenario.gradient.noise = laplace: no decision in lipbench.torch.ensemble.ENSEMBLE_SUPPORT"
+        "scenario.gradient.noise = laplace: no decision in lipbench.ensemble_support.ENSEMBLE_SUPPORT"
     )
     with pytest.raises(ValueError, match="unknown gradient noise 'laplace'"):
         GradientNoise([spec(laplace)], [torch.Size([3])], torch.device("cpu"))
