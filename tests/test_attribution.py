@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import SCENARIO, write_claim
 from layered import LAYERS, layered_records
-from test_baselines import write_claim
 
 from lipbench import attribution, forces
 from lipbench.attribution import EXACT, EXACT_TOLERANCE, SHARE, attribute
@@ -153,3 +153,21 @@ def test_an_attribution_that_breaks_never_costs_the_verdict(tmp_path: Path, monk
     monkeypatch.setitem(attribution.RULES, "growth_trend", broken)
     summary = summarise(outcome)
     assert summary["attribution"] == [] and summary["tracked"] and summary["forces"] is None
+
+
+def test_a_format_2_baseline_of_a_convnet_is_not_comparable(tmp_path: Path) -> None:
+    """Format 2 took a conv layer's sigma of its reshaped kernel: a run whose conv layers are operators (the
+    records name them with summary.sigma_bracket_<l>) is never compared with it; under conv: reshaped it is."""
+    claim = claim_of(tmp_path, "growth")
+    base = judge(claim, layered_records(claim, seed=1))
+    old = json.loads(json.dumps(build_baseline(base, {"device": "cpu"})))
+    old["schema_version"] = 2
+    runs = layered_records(claim, seed=2)
+    for record in runs:
+        record.summary["sigma_bracket_0"] = 1e-6
+    result = judge_against(judge(claim, runs), old, device="cpu")
+    assert result.comparable is False and "reshaped kernel" in result.notes[0]
+    scenario = {**SCENARIO, "lipschitz": {"conv": "reshaped"}}  # K keeps the format 2 meaning: the rule is silent
+    reshaped = load_claim(write_claim(tmp_path / "reshaped", "growth", scenario=scenario), "quick")
+    notes = judge_against(judge(reshaped, runs), old, device="cpu").notes
+    assert not any("reshaped kernel" in n for n in notes)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from builders import write_claim
 from layered import layered_records
-from test_baselines import write_claim
 
 from lipbench.baselines import baseline_path, build_baseline, write_baseline
 from lipbench.cli import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_baselines import synthetic_records, write_claim
+from builders import synthetic_records, write_claim
 
 from lipbench.baselines import build_baseline, judge_against, store
 from lipbench.inconclusive import straddles
