@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     base_sub = base.add_subparsers(dest="baseline_command", required=True)
     update = base_sub.add_parser("update", help="run claims (or read a finished run) and store their baselines")
     update.add_argument("paths", nargs="+", metavar="PATH", help="suite files or directories of them")
-    add_to_parser(update, "profile", help="profile to store (default: paper with a GPU, else quick; or the run's)")
+    add_to_parser(
+        update,
+        "profile",
+        help="profile to store (default: quick where the file has it, else the file's own settings; or the run's)",
+    )
     update.add_argument(
         "--from-run",
         default=None,
