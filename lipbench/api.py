@@ -25,6 +25,7 @@ from lipbench.errors import LipbenchWarning
 from lipbench.invocation import ClaimSource, Invocation, Options, load_claims
 from lipbench.outcome import ClaimOutcome, Verdict, exit_code
 from lipbench.records import records_frame
+from lipbench.registry import DEFAULT_ENGINE
 from lipbench.suite import ResolvedClaim
 
 
@@ -82,7 +83,7 @@ def run(
     overrides: list[str] | tuple[str, ...] = (),
     device: str = "auto",
     workers: int | None = 1,
-    engine: str = "per-run",
+    engine: str = DEFAULT_ENGINE,
     executor: str = "local",
     ray_address: str | None = None,
     cache_dir: str | Path | None = None,

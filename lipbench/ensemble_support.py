@@ -250,8 +250,9 @@ def group_specs(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
 
 def members_independent(scenario: Scenario) -> bool:
     """Whether a member trains the same in any ensemble (alone, or with any other members): all but the MLP
-    with dropout, whose masks under vmap come from one generator shared by the ensemble."""
-    return scenario.model.name != "mlp" or not scenario.model.dropout
+    with dropout, whose masks under vmap come from one generator shared by the ensemble. A run function's
+    scenario (no model section) trains alone anyway."""
+    return scenario.model is None or scenario.model.name != "mlp" or not scenario.model.dropout
 
 
 def fuses(scenario: Scenario) -> bool:

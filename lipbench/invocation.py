@@ -23,6 +23,7 @@ from lipbench.executors import check_executor
 from lipbench.folders import new_results_folder
 from lipbench.options import SHARED_OPTIONS
 from lipbench.outcome import ClaimOutcome
+from lipbench.registry import DEFAULT_ENGINE
 from lipbench.runner import run_claims
 from lipbench.session import Session, Warn
 from lipbench.suite import BASE_PROFILE, ResolvedClaim, claim_from_mapping, load_claim, without_duplicates
@@ -69,7 +70,7 @@ class Options:
 
     device: str = "auto"
     workers: int | None = None
-    engine: str = "per-run"
+    engine: str = DEFAULT_ENGINE
     executor: str = "local"
     ray_address: str | None = None
     cache_dir: str | None = None

@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from lipbench.registry import ENGINES, EXECUTORS
+from lipbench.registry import DEFAULT_ENGINE, ENGINES, EXECUTORS
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,9 @@ SHARED_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "engine",
-        "per-run (default) trains each run alone; ensemble/auto train a claim's compatible runs as one vmapped model",
-        default="per-run",
+        "auto (default): a claim's compatible runs as ensembles, the rest alone; per-run: each run alone; "
+        "ensemble: as auto, a lone run too",
+        default=DEFAULT_ENGINE,
         choices=ENGINES,
     ),
     Option(

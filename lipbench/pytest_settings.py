@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lipbench.registry import DEFAULT_ENGINE
+
 SLOW_STEPS = 200_000  # model-steps above which a claim is marked slow (ini lipbench_slow_steps)
 
 
@@ -22,7 +24,7 @@ class Settings:
     out: Path = Path("lipbench-results")
     workers: int | None = None
     data_root: str | None = None
-    engine: str = "per-run"
+    engine: str = DEFAULT_ENGINE
     executor: str = "local"
     ray_address: str | None = None
     cache_dir: str | None = None

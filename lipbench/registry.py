@@ -16,6 +16,9 @@ MODELS: tuple[str, ...] = ("mlp", "convnet")
 #: How the runner trains a claim's runs: each alone (per-run), as one vectorised ensemble, or
 #: ensembles where two or more runs can share one (auto); see lipbench.torch.ensemble.
 ENGINES: tuple[str, ...] = ("auto", "per-run", "ensemble")
+#: auto: a claim's compatible runs as ensembles, the rest alone; measured faster than per-run on the quick suites
+#: (README, "Performance") with the same verdicts.
+DEFAULT_ENGINE = "auto"
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")  # built through torch.optim (lipbench.torch.optim)
 SCHEDULES: tuple[str, ...] = ("constant", "step", "exponential", "cosine", "linear")  # torch.optim.lr_scheduler

@@ -20,7 +20,7 @@ from lipbench.executors import StopSignals, check_executor, run_units
 from lipbench.inconclusive import undecided
 from lipbench.outcome import ClaimOutcome, Verdict
 from lipbench.records import RunRecord, records_frame
-from lipbench.registry import ENGINES
+from lipbench.registry import DEFAULT_ENGINE, ENGINES
 from lipbench.suite import ClaimKey, ResolvedClaim, RunSpec, empirical_note
 
 
@@ -40,7 +40,7 @@ def run_claims(
     data_root: str | None = None,
     on_progress: Callable[[ResolvedClaim, int, int], None] | None = None,
     on_claim_done: Callable[[ClaimOutcome], None] | None = None,
-    engine: str = "per-run",
+    engine: str = DEFAULT_ENGINE,
     executor: str = "local",
     ray_address: str | None = None,
     cache: RunCache | None = None,

@@ -189,6 +189,8 @@ def test_a_part_of_a_group_trains_its_runs_as_the_whole_group_does(members) -> N
 def test_the_mlps_dropout_masks_tie_its_members_together() -> None:
     assert not ensemble.members_independent(scenario(MLP, model={"dropout": True}))
     assert ensemble.members_independent(scenario(CONVNET, model={"dropout": True}))
+    # a run function's scenario has no model section: its runs train alone, and grouping them must not fail
+    assert ensemble.members_independent(scenario(MLP).model_copy(update={"model": None}))
 
 
 def test_chunks_give_the_same_runs_as_one_ensemble() -> None:
