@@ -15,6 +15,7 @@ from lipbench import cache as cache_module
 from lipbench.cache import RunCache, adopt, run_key, source_digest
 from lipbench.cli import main
 from lipbench.outcome import Verdict
+from lipbench.registry import DEFAULT_ENGINE
 from lipbench.runner import run_claims
 from lipbench.suite import load_claim
 
@@ -86,7 +87,7 @@ def test_a_cached_record_that_fails_to_load_is_trained_again(write_suite) -> Non
     [first] = run_claims([claim], device="cpu", workers=1, cache=cache)
     assert (cache.reused, cache.trained, cache.written) == (0, 6, 6)
 
-    paths = {spec.run_id: cache.path(run_key(spec, "per-run", "cpu")) for spec in claim.runs()}
+    paths = {spec.run_id: cache.path(run_key(spec, DEFAULT_ENGINE, "cpu")) for spec in claim.runs()}
     bad = list(paths.values())[:4]
     bad[0].write_text(bad[0].read_text()[:100])  # truncated
     bad[1].write_bytes(b"\x00\xff not json")  # garbage
@@ -102,7 +103,7 @@ def test_a_cached_record_that_fails_to_load_is_trained_again(write_suite) -> Non
     assert (again.rejected, again.reused, again.trained) == (4, 2, 4)
     assert second.status == first.status == Verdict.PASS
     assert _comparable(second.records) == _comparable(first.records)
-    assert all(RunCache().load(run_key(spec, "per-run", "cpu")) is not None for spec in claim.runs())  # replaced
+    assert all(RunCache().load(run_key(spec, DEFAULT_ENGINE, "cpu")) is not None for spec in claim.runs())  # replaced
 
 
 def test_two_claims_that_need_the_same_run_share_it(write_suite) -> None:

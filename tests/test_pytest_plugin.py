@@ -265,7 +265,7 @@ def test_xdist_workers_log_every_run_to_one_fresh_store(pytester: pytest.Pyteste
     for child in children:
         assert child["status"] == "FINISHED"
         step_keys = {k for k in child["histories"] if not k.startswith("summary.") and k != "seconds"}
-        assert step_keys == {"K", "log_K", "sigma_0", "sigma_1", "loss", "accuracy"}
+        assert step_keys == {"K", "log_K", "sigma_0", "sigma_1", "drift_0", "drift_1", "loss", "accuracy"}
         for key in step_keys:
             assert sorted(child["histories"][key]) == steps, (child["tags"].get("mlflow.runName"), key)
     statuses = {name: run["tags"]["lipbench.status"] for name, run in parents.items()}

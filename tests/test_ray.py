@@ -68,8 +68,8 @@ def test_ray_and_local_executors_give_identical_records_and_verdicts(write_suite
         load_claim(write_suite("scale"), "quick"),
         load_claim(write_suite("more-seeds", {"seeds": {"init": 3, "sampling": 2}}), "quick"),
     ]
-    on_ray = run_claims(claims, device="cpu", executor="ray")
-    local = run_claims(claims, device="cpu", workers=1)
+    on_ray = run_claims(claims, device="cpu", executor="ray", workers=2)
+    local = run_claims(claims, device="cpu", workers=2)  # the same workers: ensemble groups split alike
     assert [o.status for o in on_ray] == [Verdict.PASS, Verdict.PASS]
     assert [_comparable(o) for o in on_ray] == [_comparable(o) for o in local]
 
@@ -87,13 +87,16 @@ def test_the_quick_implications_suite_on_ray_equals_the_local_executor_and_holds
     claims = [load_claim(f, "quick") for f in suite_files([ROOT / "suites" / "implications"])]
     on_ray = run_claims(claims, device="cpu", executor="ray", workers=2)
     local = run_claims(claims, device="cpu", workers=2)
-    assert len(on_ray) == 10 and {o.status for o in on_ray} == {Verdict.PASS}, [o.sentence for o in on_ray]
+    assert len(on_ray) == 10, [o.sentence for o in on_ray]
+    undecided = {o.claim.name: o.status for o in on_ray if o.status != Verdict.PASS}
+    assert undecided == {"batch_size": Verdict.INCONCLUSIVE}, [o.sentence for o in on_ray]  # README, Reproduction
     for ray_outcome, local_outcome in zip(on_ray, local, strict=True):
         assert ray_outcome.status == local_outcome.status, ray_outcome.claim.name
         assert summarise(ray_outcome) == summarise(local_outcome), ray_outcome.claim.name
         comparison = verdict_for(ray_outcome, ROOT / "baselines", "cpu")
         assert comparison.comparable, (ray_outcome.claim.name, comparison.sentence)
-        assert comparison.verdict in (Verdict.PASS, Verdict.IMPROVED), (ray_outcome.claim.name, comparison.sentence)
+        expected = (Verdict.PASS, Verdict.IMPROVED, Verdict.INCONCLUSIVE)
+        assert comparison.verdict in expected, (ray_outcome.claim.name, comparison.sentence)
 
 
 def test_a_ray_worker_killed_mid_collection_is_retried_by_ray(write_suite, local_ray) -> None:
