@@ -75,8 +75,8 @@ def test_git_bisect_run_finds_the_planted_break(tmp_path: Path) -> None:
     unrunnable = commit(repo, "a loop that cannot be imported", loop=LOOP + "def (\n")
     commit(repo, "the loop imports again", loop=LOOP + "# fixed\n")
     commit(repo, "a comment", loop=LOOP + "# tidy\n")
-    planted = commit(repo, "the break: no growth", rate="0.0")
-    commit(repo, "another comment", rate="0.0", loop=LOOP + "# more\n")
+    planted = commit(repo, "the break: little growth", rate="0.02")
+    commit(repo, "another comment", rate="0.02", loop=LOOP + "# more\n")
     script = tmp_path / "run.sh"
     script.write_text(
         f"#!/bin/sh\nexec {sys.executable} -m lipbench.cli run growth.yaml --profile quick --device cpu --workers 1 "

@@ -142,7 +142,7 @@ def test_ctrl_c_stops_at_once_keeps_finished_runs_and_the_same_command_resumes(w
     suites, cache = tmp_path / "suites", tmp_path / "cache"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["run", str(suites), "--profile", "quick", "--workers", "2", "--out", str(tmp_path / "out")]
-    argv += ["--tracking-uri", uri]
+    argv += ["--tracking-uri", uri, "--engine", "per-run"]  # one run a unit: the late claim is still training
     first = _lipbench(*argv, cwd=tmp_path, cache=cache)
     early_done = tmp_path / "out" / "suites" / "early" / "mlflow_run_id"
     _wait_for(lambda: early_done.exists() or first.poll() is not None, 300, "the first claim to be logged")
@@ -174,6 +174,7 @@ def test_ctrl_c_stops_at_once_keeps_finished_runs_and_the_same_command_resumes(w
 
     reference = tmp_path / "reference"
     plain = ["run", str(suites), "--profile", "quick", "--workers", "1", "--no-mlflow", "--no-cache"]
+    plain += ["--engine", "per-run"]
     assert main([*plain, "--out", str(reference)]) == second.returncode
     resumed, uninterrupted = _claim_files(tmp_path / "out"), _claim_files(reference)
     assert set(resumed) == {"early", "late"}
