@@ -35,6 +35,8 @@ import numpy as np
 
 from lipbench.assertions.base import (
     Assertion,
+    AssertionDataError,
+    at_rounding_level,
     crossed_grid,
     crossed_within_variance,
     jackknife_over_sampling_seeds,
@@ -179,8 +181,16 @@ def _growth(spec: Any, frame: pd.DataFrame, layers: list[int]) -> list[Attributi
     worst = int(decision.extras["worst"][0])
     wide, names = _with_layer_columns(frame, layers, log=True)
     units = []
+    runs = np.asarray(decision.extras["growth"])[0][worst]
     for name in names:
-        layer_data = spec.model_copy(update={"quantity": name}).extract(wide)
+        try:
+            layer_data = spec.model_copy(update={"quantity": name}).extract(wide)
+        except AssertionDataError:  # the layer's log sigma is degenerate data on its own account
+            late = [x.to_numpy()[-len(data["steps"]) :] for _, x in wide.groupby("run")[name]]
+            if not all(at_rounding_level(np.ptp(x), np.abs(x).max()) for x in late):
+                raise
+            units.append(np.zeros_like(runs))  # a layer that did not move (frozen): its late growth is 0
+            continue
         units.append(np.asarray(spec.decide(layer_data).extras["growth"])[0][worst])
     return [_exact("late_growth", float(decision.statistic[0]), "run", layers, units)]
 
