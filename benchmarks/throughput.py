@@ -47,10 +47,11 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from lipbench.devices import resolve_device  # noqa: E402
 from lipbench.suite import RunSpec, Scenario  # noqa: E402
 from lipbench.torch import ensemble  # noqa: E402
 from lipbench.torch.data import Dataset, load_dataset  # noqa: E402
-from lipbench.torch.engine import resolve_device, train  # noqa: E402
+from lipbench.torch.engine import train  # noqa: E402
 from lipbench.torch.ensemble import train_ensemble  # noqa: E402
 from lipbench.torch.models import build_model, initialise, lipschitz_layers  # noqa: E402
 from lipbench.torch.tracking import (  # noqa: E402
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    device = resolve_device(args.device)
+    device = torch.device(resolve_device(args.device))
     mode = "smoke" if args.smoke else "quick" if args.quick else "cuda" if device.type == "cuda" else "full"
     repeats = args.repeats or (1 if mode in ("smoke", "quick") else 2)
     threads = torch.get_num_threads()
