@@ -217,6 +217,7 @@ def test_a_two_node_ray_cluster_reaches_the_local_verdicts(write_suite, tmp_path
     path = write_suite("clustered")
     out = tmp_path / "out"
     argv = ["run", str(path), "--profile", "quick", "--no-mlflow", "--no-cache", "--out", str(out)]
+    argv += ["--engine", "per-run"]  # one run a unit: the cluster's split of ensemble groups is not the local one's
     on_cluster = subprocess.run(
         [sys.executable, "-m", "lipbench.cli", *argv, "--executor", "ray", "--ray-address", address],
         env=env,
@@ -229,7 +230,7 @@ def test_a_two_node_ray_cluster_reaches_the_local_verdicts(write_suite, tmp_path
 
     from lipbench.results import load_outcome
 
-    [local] = run_claims([load_claim(path, "quick")], device="cpu", workers=1)
+    [local] = run_claims([load_claim(path, "quick")], device="cpu", workers=1, engine="per-run")
     assert _comparable(load_outcome(out / "suites" / "clustered")) == _comparable(local)
 
 
@@ -244,6 +245,7 @@ def test_ctrl_c_under_the_ray_executor_ends_ray_too(write_suite, tmp_path: Path)
     env.update(LIPBENCH_CACHE_DIR=str(cache))
     env.pop("RAY_ADDRESS", None)
     argv = ["run", str(path), "--profile", "quick", "--no-mlflow", "--executor", "ray", "--workers", "2"]
+    argv += ["--engine", "per-run"]  # one run a unit: runs are still training when the signal comes
     proc = subprocess.Popen(
         [sys.executable, "-m", "lipbench.cli", *argv, "--out", str(tmp_path / "out")],
         env=env,
