@@ -48,14 +48,15 @@ from lipbench.baselines import (
     judge_against,
     read_baseline,
 )
+from lipbench.inconclusive import EQUIVALENCE, intervals_of, straddling
+from lipbench.options import RECORD_REPLICATES, UNIT_REPLICATES
 from lipbench.outcome import StatOutcome, Verdict
 from lipbench.runner import judge
 from lipbench.suite import ResolvedClaim
 
 MOVED = (StatOutcome.REGRESSED, StatOutcome.IMPROVED)  # a false alarm when only the seeds changed
 FALSE_ALARM_TARGET = ALPHA  # per comparison
-REPLICATES = 2000  # per scenario and noise family: a rate near 1% known to about ±0.45% (95%)
-RECORD_REPLICATES = 300  # per scenario and family on the record path (each set judged as a run is: ~10 ms)
+REPLICATES = UNIT_REPLICATES
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class CalibrationRow:
     runs: int
     path: str = "units"  # "units": the assertion's own simulate(); "records": RunRecords through runner.judge
     errors: float = 0.0  # the share of simulated record sets judged ERROR (degenerate draws)
+    # INCONCLUSIVE (an equivalence interval straddling its margin): its share at the stated alternative and
+    # under the null; None for a test that is not an equivalence test
+    inconclusive: Rate | None = None
+    inconclusive_null: Rate | None = None
 
     @classmethod
     def of(
@@ -102,6 +107,7 @@ class CalibrationRow:
         runs: int,
         path: str = "units",
         errors: float = 0.0,
+        inconclusive: tuple[Rate | None, Rate | None] = (None, None),
     ) -> CalibrationRow:
         """The row of `claim` (its names, test and nominal alpha) under one noise family."""
         spec = claim.claim.assertion
@@ -119,6 +125,7 @@ class CalibrationRow:
             runs,
             path,
             errors,
+            *inconclusive,
         )
 
     @property
@@ -216,19 +223,34 @@ def calibrate_claim(
     rows = []
     for family in families:
         rng = np.random.default_rng(RNG_SEED)
-        false_pass = max(
-            (Rate.of(spec.decide(spec.simulate(design, p, rng, reps, family)).passed) for p in nulls),
-            key=lambda r: r.rate,
-        )
-        power = Rate.of(spec.decide(spec.simulate(design, scenarios["alternative"], rng, reps, family)).passed)
+        null_decisions = [spec.decide(spec.simulate(design, p, rng, reps, family)) for p in nulls]
+        worst = max(null_decisions, key=lambda d: float(np.mean(d.passed)))
+        alt = spec.decide(spec.simulate(design, scenarios["alternative"], rng, reps, family))
         alarm = false_alarm_rate(spec, design, null_fallback, rng, min(reps, 1000), family)
-        rows.append(CalibrationRow.of(claim, family, source, false_pass, power, alarm, design.runs))
+        undecided = (_undecided_units(spec, alt), _undecided_units(spec, worst))
+        rates = (Rate.of(worst.passed), Rate.of(alt.passed), alarm)
+        rows.append(CalibrationRow.of(claim, family, source, *rates, design.runs, inconclusive=undecided))
     return rows
 
 
+def _undecided_units(spec: Assertion, decision) -> Rate | None:
+    """The share of replicates that are INCONCLUSIVE (not passed, an interval straddling its band)."""
+    found = intervals_of(spec, decision)
+    if found is None:
+        return None
+    return Rate.of(~np.asarray(decision.passed) & straddling(found))
+
+
+def _undecided_records(spec: Assertion, outcomes) -> Rate | None:
+    if spec.test not in EQUIVALENCE:
+        return None
+    return Rate.of(np.array([o.status == Verdict.INCONCLUSIVE for o in outcomes]))
+
+
 def record_outcomes(claim: ResolvedClaim, params: dict[str, Any], family: str, rng: np.random.Generator, reps: int):
-    """`reps` simulated record sets of the claim, each judged as `lipbench run` judges its records."""
-    return [judge(claim, simulate.simulate_records(claim, params, family, rng)) for _ in range(reps)]
+    """`reps` simulated record sets of the claim, each judged as `lipbench run` judges its records (the status;
+    an INCONCLUSIVE sentence without the seeds the design would need, which no rate here reads)."""
+    return [judge(claim, simulate.simulate_records(claim, params, family, rng), reasons=False) for _ in range(reps)]
 
 
 def _passed(outcomes) -> np.ndarray:
@@ -269,7 +291,8 @@ def calibrate_claim_records(
         extra = {"residuals": residuals} if family == "fitted" and residuals is not None else {}
         rng = np.random.default_rng(RNG_SEED)
         null_outcomes = [record_outcomes(claim, {**p, **extra}, family, rng, reps) for p in nulls]
-        false_pass = max((Rate.of(_passed(o)) for o in null_outcomes), key=lambda r: r.rate)
+        worst = max(null_outcomes, key=lambda o: float(np.mean(_passed(o))))
+        false_pass = Rate.of(_passed(worst))
         alt = record_outcomes(claim, {**scenarios["alternative"], **extra}, family, rng, reps)
         pairs = record_outcomes(claim, {**fallback, **extra}, family, rng, reps)
         every = [o for group in (*null_outcomes, alt, pairs) for o in group]
@@ -277,7 +300,10 @@ def calibrate_claim_records(
         errors = float(np.mean([o.status == Verdict.ERROR for o in every]))
         power = Rate.of(_passed(alt))
         runs = len(claim.runs())
-        rows.append(CalibrationRow.of(claim, family, source, false_pass, power, alarm, runs, "records", errors))
+        undecided = (_undecided_records(spec, alt), _undecided_records(spec, worst))
+        rows.append(
+            CalibrationRow.of(claim, family, source, false_pass, power, alarm, runs, "records", errors, undecided)
+        )
     return rows
 
 
@@ -321,6 +347,7 @@ COLUMNS = (
     "false pass",
     "power",
     "baseline false alarm",
+    "inconclusive at alternative / null",
     "meets",
 )
 
@@ -338,6 +365,7 @@ def table_rows(rows: list[CalibrationRow]) -> list[tuple[str, ...]]:
             _pct(r.false_pass),
             _pct(r.power),
             _pct(r.false_alarm),
+            "n/a" if r.inconclusive is None else f"{_pct(r.inconclusive)} / {_pct(r.inconclusive_null)}",
             "yes" if not r.why else f"no: {r.why}",
         )
         for r in rows
@@ -354,14 +382,20 @@ def _short(r: Rate | None) -> str:
     return "n/a" if r is None else f"{100 * r.rate:.1f} [{100 * r.low:.1f}, {100 * r.high:.1f}]"
 
 
+def _undecided_cell(row: CalibrationRow | None) -> str:
+    if row is None or row.inconclusive is None:
+        return "n/a"
+    return f"{_short(row.inconclusive)} / {_short(row.inconclusive_null)}"
+
+
 def summary_markdown(rows: list[CalibrationRow]) -> str:
     """The README's two tables: the unit path (normal / skewed), and the record path (per claim: the
     worst family for each rate, the fitted family's power, and the normal family beside the unit path's)."""
     claims = list(dict.fromkeys((r.collection, r.claim) for r in rows))
     out = [
         "| claim | test | runs | α | false pass % normal / skewed | power % normal / skewed | "
-        "baseline false alarm % normal / skewed | misses |",
-        "|---|---|---|---|---|---|---|---|",
+        "baseline false alarm % normal / skewed | INCONCLUSIVE % normal: alternative / null | misses |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key in claims:
         unit = {r.family: r for r in rows if (r.collection, r.claim) == key and r.path == "units"}
@@ -376,13 +410,14 @@ def summary_markdown(rows: list[CalibrationRow]) -> str:
                 f"{_short(getattr(n, a) if n else None)} / {_short(getattr(k, a) if k else None)}"
                 for a in ("false_pass", "power", "false_alarm")
             )
-            + f" | {misses} |"
+            + f" | {_undecided_cell(first)} | {misses} |"
         )
     out += [
         "",
         "| claim | test | runs | α | false pass %: worst family | power %: fitted | power %: worst family | "
-        "baseline false alarm %: worst family | false pass % normal: units / records | misses |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "baseline false alarm %: worst family | false pass % normal: units / records | "
+        "INCONCLUSIVE % fitted: alternative / null | misses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in claims:
         rec = [r for r in rows if (r.collection, r.claim) == key and r.path == "records"]
@@ -402,7 +437,7 @@ def summary_markdown(rows: list[CalibrationRow]) -> str:
             f"{_short(worst_pw.power)} ({worst_pw.family}) | "
             + (f"{_short(worst_fa.false_alarm)} ({worst_fa.family})" if worst_fa else "n/a")
             + f" | {_short(unit_normal.false_pass if unit_normal else None)} / "
-            f"{_short(normal.false_pass if normal else None)} | {misses} |"
+            f"{_short(normal.false_pass if normal else None)} | {_undecided_cell(fitted)} | {misses} |"
         )
     return "\n".join(out) + "\n"
 

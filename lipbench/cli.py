@@ -33,7 +33,7 @@ from lipbench.baselines import (
     store,
 )
 from lipbench.cache import RunCache
-from lipbench.calibration import COLUMNS, RECORD_REPLICATES, calibrate, table_rows, write_outputs
+from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
 from lipbench.compare import compare_rows, compare_table, load_side, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
@@ -110,15 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "profile",
         help="profile to store (default: quick where the file has it, else the file's own settings; or the run's)",
     )
-    update.add_argument(
-        "--from-run",
-        default=None,
-        metavar="RESULTS_OR_RUN_ID",
-        help="store from a finished run (a results folder or a claim's MLflow run id) instead of running",
-    )
-    update.add_argument(
-        "--force", action="store_true", help="store claims that did not PASS, or whose scenario differs"
-    )
+    add_to_parser(update, "from-run", "force")
     training(update)
     update.set_defaults(func=cmd_baseline_update, overrides=[])
     show_base = base_sub.add_parser("show", help="table of the stored baselines of suite files")
@@ -135,10 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     expl = sub.add_parser("explain", help="which layers and forces a claim's judged statistics come from")
     expl.add_argument("results", metavar="RESULTS", help="results folder (or a claim's folder, or its MLflow run id)")
-    expl.add_argument(
-        "--against", default=None, metavar="BASELINE|RESULTS", help="a baseline file or folder, or a results folder"
-    )
-    add_to_parser(expl, "tracking-uri")
+    add_to_parser(expl, "against", "tracking-uri")
     expl.set_defaults(func=cmd_explain)
 
     hist = sub.add_parser("history", help="each claim's tracked statistics over stored runs, by date and commit")
@@ -146,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("results", nargs="*", metavar="RESULTS_DIR", help="results folders (default: the MLflow store)")
     add_to_parser(hist, "profile", help="only this profile (default: every profile)")
     add_to_parser(hist, "tracking-uri")
-    hist.add_argument("--html", default=None, metavar="FILE", help="also write the figures to an HTML page")
+    add_to_parser(hist, "html")
     hist.set_defaults(func=cmd_history, overrides=[])
 
     cache = sub.add_parser("cache", help="show or trim the cache of finished runs")
@@ -157,24 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     prune = cache_sub.add_parser("prune", help="delete cached runs: all of them, or those unused for DAYS")
     add_to_parser(prune, "cache-dir")
     which = prune.add_mutually_exclusive_group(required=True)
-    which.add_argument("--all", action="store_true", help="delete every cached run")
-    which.add_argument("--older-than", type=float, metavar="DAYS", help="delete runs unused for more than DAYS")
+    add_to_parser(which, "all", "older-than")
     prune.set_defaults(func=cmd_cache_prune)
 
     rep = sub.add_parser("report", help="a self-contained HTML report of a finished run")
     rep.add_argument("results", metavar="RESULTS_DIR", help="results folder (or a claim's MLflow run id)")
     add_to_parser(rep, "out", help="folder of report.html (default: RESULTS_DIR)")
     add_to_parser(rep, "tracking-uri", help="MLflow store of a run id (default MLFLOW_TRACKING_URI)")
-    rep.add_argument(
-        "--history", nargs="+", default=None, metavar="RESULTS_DIR", help="draw each claim's history from these runs"
-    )
+    add_to_parser(rep, "history")
     rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser("list", help="claims, profiles, runs and model-steps of suites; installed plugins")
     selection(lst, nargs="*")
-    lst.add_argument(
-        "--plugins", action="store_true", help="list the models, datasets, ... that installed packages register"
-    )
+    add_to_parser(lst, "plugins")
     lst.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="print the resolved claim of one suite file")
@@ -191,19 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure each claim's false-pass rate, power and baseline false-alarm rate by simulation (no training)",
     )
     selection(cal)
-    cal.add_argument("--replicates", type=int, default=2000, help="simulated replicates per scenario (default 2000)")
-    cal.add_argument(
-        "--record-replicates",
-        type=int,
-        default=RECORD_REPLICATES,
-        help=f"simulated record sets per scenario and family on the record path (default {RECORD_REPLICATES})",
-    )
-    cal.add_argument(
-        "--path",
-        choices=("both", "units", "records"),
-        default="both",
-        help="units: the assertions' own models (fast); records: RunRecords through runner.judge; both (default)",
-    )
+    add_to_parser(cal, "replicates", "record-replicates", "path")
     add_to_parser(cal, "out", help="folder for calibration-<profile>.json/.html (default: results)")
     add_to_parser(cal, "baselines")
     cal.set_defaults(func=cmd_calibrate, overrides=[])

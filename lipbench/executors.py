@@ -338,14 +338,15 @@ def start_ray(address: str | None, n_workers: int) -> None:
     """Connect to the cluster at `address` (or RAY_ADDRESS), else start a local one of `n_workers` CPUs.
 
     Ray stays up for the rest of the process (a pytest session runs many claims) and is shut down
-    by Ray itself at exit."""
+    by Ray itself at exit. A local instance runs its workers at lipbench's own niceness: Ray's default
+    (niceness 15) lets any other work on the machine starve the units, as the local executor's are not."""
     ray = _import_ray()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
-        options.update(address="local", num_cpus=n_workers)
+        options.update(address="local", num_cpus=n_workers, _system_config={"worker_niceness": 0})
     else:
         options["address"] = address
     try:

@@ -124,12 +124,16 @@ def power(spec: Assertion, design: Design, params: dict[str, Any]) -> float:
     return float(np.mean(spec.decide(data).passed))
 
 
-def undecided(claim: ResolvedClaim, frame: pd.DataFrame, result: AssertionResult) -> str | None:
-    """Why a failed equivalence test is INCONCLUSIVE rather than FAIL; None when it is a FAIL (or passed)."""
+def undecided(claim: ResolvedClaim, frame: pd.DataFrame, result: AssertionResult, reason: bool = True) -> str | None:
+    """Why a failed equivalence test is INCONCLUSIVE rather than FAIL; None when it is a FAIL (or passed).
+
+    With `reason=False` the sample size the design would need is not simulated (the calibration, which
+    counts verdicts and reads no sentence): the status is the same."""
     if result.passed:
         return None
     spec = claim.claim.assertion
     found = intervals_of(spec, spec.decide(spec.extract(frame)))
     if not found or not straddling(found)[0]:
         return None
-    return f"the interval straddles the margin: the design cannot decide; {needed_seeds(claim, result)}"
+    why = "the interval straddles the margin: the design cannot decide"
+    return f"{why}; {needed_seeds(claim, result)}" if reason else why

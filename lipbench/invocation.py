@@ -21,9 +21,8 @@ from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
 from lipbench.executors import check_executor
 from lipbench.folders import new_results_folder
-from lipbench.options import SHARED_OPTIONS
+from lipbench.options import OPTIONS, SHARED_OPTIONS
 from lipbench.outcome import ClaimOutcome
-from lipbench.registry import DEFAULT_ENGINE
 from lipbench.runner import run_claims
 from lipbench.session import Session, Warn
 from lipbench.suite import BASE_PROFILE, ResolvedClaim, claim_from_mapping, load_claim, without_duplicates
@@ -66,20 +65,20 @@ def load_claims(
 
 @dataclass(frozen=True)
 class Options:
-    """What one invocation trains with: the shared options (lipbench.options), as every face gives them."""
+    """What one invocation trains with: the shared options, with the option table's defaults (lipbench.options)."""
 
-    device: str = "auto"
-    workers: int | None = None
-    engine: str = DEFAULT_ENGINE
-    executor: str = "local"
-    ray_address: str | None = None
-    cache_dir: str | None = None
-    no_cache: bool = False
-    tracking_uri: str | None = None
-    no_mlflow: bool = False
-    data_root: str | None = None
-    out: str | Path | None = None
-    baselines: str | Path | None = None
+    device: str = OPTIONS["device"].default
+    workers: int | None = OPTIONS["workers"].default
+    engine: str = OPTIONS["engine"].default
+    executor: str = OPTIONS["executor"].default
+    ray_address: str | None = OPTIONS["ray-address"].default
+    cache_dir: str | None = OPTIONS["cache-dir"].default
+    no_cache: bool = OPTIONS["no-cache"].default
+    tracking_uri: str | None = OPTIONS["tracking-uri"].default
+    no_mlflow: bool = OPTIONS["no-mlflow"].default
+    data_root: str | None = OPTIONS["data-root"].default
+    out: str | Path | None = OPTIONS["out"].default
+    baselines: str | Path | None = OPTIONS["baselines"].default
     experiment_ids: dict[str, str] = field(default_factory=dict)  # under pytest-xdist: the controller's
 
     @classmethod

@@ -1,12 +1,14 @@
-"""The options `lipbench run` and the pytest plugin share: one table, two faces.
+"""Every option of lipbench's commands, in one table; those `lipbench run` and the pytest plugin share, two faces.
 
-Each option is written `--NAME` on the command line and `--lipbench-NAME` under pytest, with the
-same type, default, choices and help, so the two faces cannot drift apart.
+Each shared option is written `--NAME` on the command line and `--lipbench-NAME` under pytest, with
+the same type, default, choices and help, so the two faces cannot drift apart. The options of one
+command (`COMMAND_OPTIONS`) are declared here too, so that every flag and its default is read from
+one place (`lipbench.invocation.Options`, the plugin's settings and `lipbench.calibration` take their
+defaults from this table).
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ class Option:
     metavar: str | None = None
     repeat: bool = False  # given once per value, collected in a list
     dest_name: str | None = None  # the attribute, when not the name's
+    nargs: str | None = None  # "+": one flag followed by one or more values
 
     @property
     def dest(self) -> str:
@@ -39,6 +42,8 @@ class Option:
         out: dict[str, Any] = {"default": self.default, "help": self.help}
         if self.repeat:
             out.update(action="append", default=[])
+        if self.nargs is not None:
+            out["nargs"] = self.nargs
         if self.type is not None:
             out["type"] = self.type
         if self.choices is not None:
@@ -100,11 +105,47 @@ SELECTION_OPTIONS: tuple[Option, ...] = (
         dest_name="overrides",
     ),
 )
-OPTIONS = {o.name: o for o in (*SHARED_OPTIONS, *SELECTION_OPTIONS)}
+UNIT_REPLICATES = 2000  # calibrate, per scenario and noise family: a rate near 1% known to about ±0.45% (95%)
+RECORD_REPLICATES = 300  # calibrate, per scenario and family on the record path (a set judged as a run is: ~10 ms)
+#: Options of one command each: baseline update (from-run, force), explain (against), history (html), cache prune
+#: (all, older-than), report (history), list (plugins), calibrate (replicates, record-replicates, path).
+COMMAND_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "from-run",
+        "store from a finished run (a results folder or a claim's MLflow run id) instead of running",
+        metavar="RESULTS_OR_RUN_ID",
+    ),
+    Option("force", "store claims that did not PASS, or whose scenario differs", False, bool),
+    Option("against", "a baseline file or folder, or a results folder", metavar="BASELINE|RESULTS"),
+    Option("html", "also write the figures to an HTML page", metavar="FILE"),
+    Option("all", "delete every cached run", False, bool),
+    Option("older-than", "delete runs unused for more than DAYS", type=float, metavar="DAYS"),
+    Option("history", "draw each claim's history from these runs", metavar="RESULTS_DIR", nargs="+"),
+    Option("plugins", "the models, datasets, ... that installed packages register", False, bool),
+    Option(
+        "replicates",
+        f"simulated replicates per scenario on the unit path (default {UNIT_REPLICATES})",
+        UNIT_REPLICATES,
+        int,
+    ),
+    Option(
+        "record-replicates",
+        f"simulated record sets per scenario and family on the record path (default {RECORD_REPLICATES})",
+        RECORD_REPLICATES,
+        int,
+    ),
+    Option(
+        "path",
+        "units, the assertions' own models (fast); records, RunRecords through runner.judge; both (default)",
+        "both",
+        choices=("both", "units", "records"),
+    ),
+)
+OPTIONS = {o.name: o for o in (*SHARED_OPTIONS, *SELECTION_OPTIONS, *COMMAND_OPTIONS)}
 
 
-def add_to_parser(parser: argparse.ArgumentParser, *names: str, help: str | None = None) -> None:
-    """Add the named shared options to an argparse (sub)parser; `help` replaces the table's (one option only)."""
+def add_to_parser(parser: Any, *names: str, help: str | None = None) -> None:
+    """Add the named options to an argparse (sub)parser or group; `help` replaces the table's (one option only)."""
     for name in names:
         kwargs = OPTIONS[name].kwargs()
         if help is not None:

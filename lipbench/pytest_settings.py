@@ -1,5 +1,6 @@
 """The state of the lipbench pytest plugin in one pytest process, shared by `lipbench.pytest_plugin` and
-`lipbench.pytest_xdist` (neither reaches into the other). Light: only the standard library."""
+`lipbench.pytest_xdist` (neither reaches into the other). Light: the standard library and the option table,
+whose defaults it takes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lipbench.registry import DEFAULT_ENGINE
+from lipbench.options import OPTIONS
 
 SLOW_STEPS = 200_000  # model-steps above which a claim is marked slow (ini lipbench_slow_steps)
 
@@ -17,19 +18,19 @@ class Settings:
     """Plugin state of one pytest process, kept in `config.stash`."""
 
     suite_paths: list[Path] = field(default_factory=list)
-    device_option: str = "auto"
-    profile_option: str | None = None
-    mlflow: bool = True
-    tracking_uri: str | None = None
+    device_option: str = OPTIONS["device"].default
+    profile_option: str | None = OPTIONS["profile"].default
+    mlflow: bool = not OPTIONS["no-mlflow"].default
+    tracking_uri: str | None = OPTIONS["tracking-uri"].default
     out: Path = Path("lipbench-results")
-    workers: int | None = None
-    data_root: str | None = None
-    engine: str = DEFAULT_ENGINE
-    executor: str = "local"
-    ray_address: str | None = None
-    cache_dir: str | None = None
-    no_cache: bool = False
-    baselines: str | None = None
+    workers: int | None = OPTIONS["workers"].default
+    data_root: str | None = OPTIONS["data-root"].default
+    engine: str = OPTIONS["engine"].default
+    executor: str = OPTIONS["executor"].default
+    ray_address: str | None = OPTIONS["ray-address"].default
+    cache_dir: str | None = OPTIONS["cache-dir"].default
+    no_cache: bool = OPTIONS["no-cache"].default
+    baselines: str | None = OPTIONS["baselines"].default
     slow_steps: int = SLOW_STEPS
     threads: int | None = None
     experiment_ids: dict[str, str] = field(default_factory=dict)

@@ -167,8 +167,11 @@ def _cost(spec: RunSpec) -> float:
     return spec.scenario.steps * (batch + 64)  # + a per-step overhead
 
 
-def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) -> ClaimOutcome:
-    """The claim's status from its records: ERROR if any run failed, else the assertion's verdict."""
+def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0, reasons: bool = True) -> ClaimOutcome:
+    """The claim's status from its records: ERROR if any run failed, else the assertion's verdict.
+
+    `reasons=False` leaves out of an INCONCLUSIVE sentence the seeds the design would need (a simulation
+    of its own); the status does not depend on it."""
     records = sorted(records, key=lambda r: r.run_id)
     problems = [r.problem for r in records if not r.ok]
     if problems:
@@ -188,7 +191,7 @@ def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0) 
     elif result.passed:
         status = Verdict.PASS
     else:
-        why = undecided(claim, frame, result)
+        why = undecided(claim, frame, result, reason=reasons)
         status = Verdict.FAIL if why is None else Verdict.INCONCLUSIVE
         if why is not None:
             sentence = result.sentence.replace("— FAIL", "— INCONCLUSIVE")

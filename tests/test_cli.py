@@ -141,3 +141,42 @@ def test_the_cli_and_the_pytest_plugin_offer_the_same_executors() -> None:
     assert OPTIONS["executor"].choices == EXECUTORS  # the one table both faces are built from
     args = build_parser().parse_args(["run", "suites", "--executor", "ray", "--ray-address", "auto"])
     assert (args.executor, args.ray_address) == ("ray", "auto")
+
+
+def test_every_flag_of_every_command_comes_from_the_option_table() -> None:
+    """No command declares a flag of its own: each optional argument is an entry of lipbench.options, with
+    the table's default; and the invocation's and the plugin's defaults are the table's."""
+    import argparse
+    import dataclasses
+
+    from lipbench.cli import build_parser
+    from lipbench.invocation import Options
+    from lipbench.options import OPTIONS
+    from lipbench.pytest_settings import Settings
+
+    def parsers(p: argparse.ArgumentParser):
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+
+    seen = set()
+    for p in parsers(build_parser()):
+        for action in p._actions:
+            flags = [s for s in action.option_strings if s.startswith("--") and s != "--help"]
+            for flag in flags:
+                option = OPTIONS.get(flag[2:])
+                assert option is not None, f"{p.prog}: {flag} is not in the option table"
+                assert action.dest == option.dest and action.default == (option.kwargs()["default"]), (p.prog, flag)
+                seen.add(option.name)
+    assert seen == set(OPTIONS), set(OPTIONS) - seen  # and every entry is offered by some command
+    settings, options = Settings(), Options()
+    for f in dataclasses.fields(Options):
+        if f.name in {o.dest for o in OPTIONS.values()}:
+            assert getattr(options, f.name) == OPTIONS[f.name.replace("_", "-")].default, f.name
+    assert (settings.engine, settings.executor, settings.device_option) == (
+        options.engine,
+        options.executor,
+        options.device,
+    )

@@ -63,6 +63,16 @@ def _unit_workers() -> list[int]:
     return pids
 
 
+def test_the_local_ray_instance_runs_its_tasks_at_lipbenchs_niceness(local_ray) -> None:
+    """Ray's default niceness for workers (15) let a second pytest worker starve the units (3-4 % of a core)."""
+
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
+
+
 def test_ray_and_local_executors_give_identical_records_and_verdicts(write_suite, local_ray) -> None:
     claims = [
         load_claim(write_suite("scale"), "quick"),
@@ -74,25 +84,21 @@ def test_ray_and_local_executors_give_identical_records_and_verdicts(write_suite
     assert [_comparable(o) for o in on_ray] == [_comparable(o) for o in local]
 
 
-@pytest.mark.slow  # trains the quick implications suite twice
-def test_the_quick_implications_suite_on_ray_equals_the_local_executor_and_holds_its_baselines(local_ray) -> None:
-    """Every claim of suites/implications at its quick profile, trained by Ray tasks and by the local
-    executor on this machine: the same verdicts and, to the last bit, the same summaries (per sweep value
-    the mean, sd and n of the judged quantity, and the tracked statistics). Against the committed
-    baselines (made on another machine, whose BLAS rounds otherwise) they are judged by the tolerance
-    rule, as a user's run is: no claim REGRESSED."""
-    from lipbench.baselines import summarise, verdict_for
+@pytest.mark.slow  # trains the quick implications suite
+def test_the_quick_implications_suite_on_ray_holds_its_baselines(local_ray) -> None:
+    """Every claim of suites/implications at its quick profile, trained by Ray tasks: the verdicts of the
+    README's reproduction, and against the committed baselines (made on another machine, whose BLAS
+    rounds otherwise) judged by the tolerance rule, as a user's run is: no claim REGRESSED. That Ray and
+    the local executor give the same records to the last bit is the test above, on this machine."""
+    from lipbench.baselines import verdict_for
     from lipbench.discovery import suite_files
 
     claims = [load_claim(f, "quick") for f in suite_files([ROOT / "suites" / "implications"])]
     on_ray = run_claims(claims, device="cpu", executor="ray", workers=2)
-    local = run_claims(claims, device="cpu", workers=2)
     assert len(on_ray) == 10, [o.sentence for o in on_ray]
     undecided = {o.claim.name: o.status for o in on_ray if o.status != Verdict.PASS}
     assert undecided == {"batch_size": Verdict.INCONCLUSIVE}, [o.sentence for o in on_ray]  # README, Reproduction
-    for ray_outcome, local_outcome in zip(on_ray, local, strict=True):
-        assert ray_outcome.status == local_outcome.status, ray_outcome.claim.name
-        assert summarise(ray_outcome) == summarise(local_outcome), ray_outcome.claim.name
+    for ray_outcome in on_ray:
         comparison = verdict_for(ray_outcome, ROOT / "baselines", "cpu")
         assert comparison.comparable, (ray_outcome.claim.name, comparison.sentence)
         expected = (Verdict.PASS, Verdict.IMPROVED, Verdict.INCONCLUSIVE)
@@ -180,6 +186,7 @@ def ray_cluster(tmp_path: Path):
         "RAY_AUTH_MODE": "token",  # Ray's token authentication, as a real cluster should have it
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_worker_niceness": "0",  # as the local instance lipbench starts (README, Several machines)
     }
     env.pop("RAY_ADDRESS", None)
     ray_cli = str(Path(sys.executable).with_name("ray"))

@@ -168,3 +168,26 @@ def test_the_record_path_reports_every_family_of_a_test() -> None:
     assert all(r.path == "records" and r.model == "baseline" and r.errors == 0 for r in rows)
     fa = next(r for r in rows if r.family == "normal").false_alarm
     assert fa is not None and fa.n == 10  # consecutive pairs: stored as a baseline (JSON), then compared
+
+
+# --------------------------------------------------------------------------- INCONCLUSIVE in the calibration
+
+
+def test_calibration_counts_inconclusive_verdicts_of_equivalence_tests_only() -> None:
+    """At the edge of its margin a power-law interval is centred on the edge, so it mostly straddles it:
+    most non-passes there are INCONCLUSIVE, not FAIL. A trend test has no margin: no INCONCLUSIVE rate."""
+    [row] = calibrate_claim_records(claim("batch_size"), reps=40, families=("normal",))
+    assert row.inconclusive is not None and row.inconclusive_null is not None
+    assert row.inconclusive.rate <= 1 - row.power.rate + 1e-12  # INCONCLUSIVE is one way of not passing
+    assert row.inconclusive_null.rate <= 1 - row.false_pass.rate + 1e-12
+    assert row.inconclusive_null.rate > 0.5, row.inconclusive_null
+    [trend] = calibrate_claim_records(claim("noisy_gradient"), reps=20, families=("normal",))
+    assert trend.inconclusive is None and trend.inconclusive_null is None
+
+
+def test_the_unit_path_reports_the_same_inconclusive_share_at_the_margin() -> None:
+    from lipbench.calibration import calibrate_claim
+
+    [row] = calibrate_claim(claim("batch_size"), reps=400, families=("normal",))
+    assert row.inconclusive_null is not None and row.inconclusive_null.rate > 0.5, row.inconclusive_null
+    assert row.inconclusive.rate <= 1 - row.power.rate + 1e-12
