@@ -84,25 +84,23 @@ def test_ray_and_local_executors_give_identical_records_and_verdicts(write_suite
     assert [_comparable(o) for o in on_ray] == [_comparable(o) for o in local]
 
 
-@pytest.mark.slow  # trains the quick implications suite
-def test_the_quick_implications_suite_on_ray_holds_its_baselines(local_ray) -> None:
-    """Every claim of suites/implications at its quick profile, trained by Ray tasks: the verdicts of the
-    README's reproduction, and against the committed baselines (made on another machine, whose BLAS
-    rounds otherwise) judged by the tolerance rule, as a user's run is: no claim REGRESSED. That Ray and
-    the local executor give the same records to the last bit is the test above, on this machine."""
+@pytest.mark.slow  # trains three claims of the quick implications suite
+def test_quick_implications_claims_on_ray_hold_their_baselines(local_ray) -> None:
+    """Claims of suites/implications at their quick profile, trained by Ray tasks (MLP ensembles split over
+    the workers, and ConvNet runs): the verdicts of the README's reproduction, and against the committed
+    baselines (made on another machine, whose BLAS rounds otherwise) judged by the tolerance rule, as a
+    user's run is: no claim REGRESSED. That Ray and the local executor give the same records to the last
+    bit is the test above, on this machine."""
     from lipbench.baselines import verdict_for
-    from lipbench.discovery import suite_files
 
-    claims = [load_claim(f, "quick") for f in suite_files([ROOT / "suites" / "implications"])]
+    names = ("label_corruption", "noisy_gradient", "unbounded_growth")
+    claims = [load_claim(ROOT / "suites" / "implications" / f"{name}.yaml", "quick") for name in names]
     on_ray = run_claims(claims, device="cpu", executor="ray", workers=2)
-    assert len(on_ray) == 10, [o.sentence for o in on_ray]
-    undecided = {o.claim.name: o.status for o in on_ray if o.status != Verdict.PASS}
-    assert undecided == {"batch_size": Verdict.INCONCLUSIVE}, [o.sentence for o in on_ray]  # README, Reproduction
+    assert [o.status for o in on_ray] == [Verdict.PASS] * 3, [o.sentence for o in on_ray]  # README, Reproduction
     for ray_outcome in on_ray:
         comparison = verdict_for(ray_outcome, ROOT / "baselines", "cpu")
         assert comparison.comparable, (ray_outcome.claim.name, comparison.sentence)
-        expected = (Verdict.PASS, Verdict.IMPROVED, Verdict.INCONCLUSIVE)
-        assert comparison.verdict in expected, (ray_outcome.claim.name, comparison.sentence)
+        assert comparison.verdict in (Verdict.PASS, Verdict.IMPROVED), (ray_outcome.claim.name, comparison.sentence)
 
 
 def test_a_ray_worker_killed_mid_collection_is_retried_by_ray(write_suite, local_ray) -> None:
