@@ -12,8 +12,12 @@ documented in `lipbench.baselines`.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -51,8 +55,26 @@ from lipbench.results import environment, load_outcome, load_result
 from lipbench.suite import BASE_PROFILE, ResolvedClaim, load_claim
 
 
+def _exit_now(signum: int, frame: object) -> None:
+    os.write(2, f"lipbench: {signal.Signals(signum).name} again: exiting now\n".encode())
+    os._exit(130)
+
+
+def _ignore_signals_if(stopped: threading.Event) -> None:
+    """After a stop, the last exit hook: Python resets its signal handlers to the default at finalization, and a
+    second Ctrl-C then would kill the process (status -2) while it is already exiting 130; now it is ignored.
+    (Ignoring, not blocking: a thread of a native library that does not block it would take the signal.)"""
+    if stopped.is_set():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    as_program = argv is None  # the process ends when this returns (not a call from Python)
+    stopped = threading.Event()
+    if as_program:
+        atexit.register(_ignore_signals_if, stopped)  # registered first, so it runs after Ray's and MLflow's hooks
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
@@ -68,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.errors.print(f"lipbench: error: {where}: {e.strerror or e}", markup=False, soft_wrap=True)
         return BISECT_SKIP if bisecting() else 2
     except KeyboardInterrupt as e:
+        if as_program:  # stopping: a further signal, while the process saves and exits, exits at once
+            stopped.set()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _exit_now)
         if not isinstance(e, Interrupted):
             console.errors.print("lipbench: interrupted; finished claims are saved under the results folder")
         if args.command in ("run", "baseline"):
