@@ -199,31 +199,9 @@ def test_sigterm_stops_a_run_in_this_process_at_once(write_suite, tmp_path: Path
     assert 1 <= len(RunCache(cache).entries()) < 6
 
 
-def test_a_second_ctrl_c_while_lipbench_ends_exits_130_too(write_suite, tmp_path: Path) -> None:
-    """The second Ctrl-C can come after the first stop has finished, while the process saves and exits
-    (CI saw it: Python's own handler was back, and the process died of the signal, status -2)."""
-    write_suite("ending", {**LONGER, "seeds": {"init": 4, "sampling": 1}})
-    cache = tmp_path / "cache"
-    argv = ["run", str(tmp_path / "suites"), "--profile", "quick", "--workers", "2", "--no-mlflow"]
-    proc = _lipbench(*argv, "--out", str(tmp_path / "out"), cwd=tmp_path, cache=cache)
-    _wait_for(lambda: RunCache(cache).entries() or proc.poll() is not None, 300, "a finished run")
-    assert proc.poll() is None, proc.communicate()
-    os.killpg(proc.pid, signal.SIGINT)
-    seen = []
-    for line in proc.stderr:  # up to the last line lipbench prints before it returns
-        seen.append(line)
-        if "resume with:" in line:
-            break
-    with contextlib.suppress(ProcessLookupError):  # it may have ended already
-        os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
-    err = "".join(seen) + err
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
-    _no_process_left(proc.pid)
-
-
-def test_a_second_ctrl_c_exits_at_once(write_suite, tmp_path: Path) -> None:
+def _ctrl_c_twice(write_suite, tmp_path: Path, second_after: str | None) -> tuple[subprocess.Popen, str]:
+    """A run of 4 units on 2 workers gets Ctrl-C once a run has finished, and again once lipbench has printed
+    a line containing `second_after` (None: its first line after the signal). Its status and stderr."""
     write_suite("twice", {**LONGER, "seeds": {"init": 4, "sampling": 1}})
     cache = tmp_path / "cache"
     argv = ["run", str(tmp_path / "suites"), "--profile", "quick", "--workers", "2", "--no-mlflow"]
@@ -231,11 +209,28 @@ def test_a_second_ctrl_c_exits_at_once(write_suite, tmp_path: Path) -> None:
     _wait_for(lambda: RunCache(cache).entries() or proc.poll() is not None, 300, "a finished run")
     assert proc.poll() is None, proc.communicate()
     os.killpg(proc.pid, signal.SIGINT)
-    seen = [proc.stderr.readline()]  # the first is being handled: the workers are being stopped
-    with contextlib.suppress(ProcessLookupError):
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if second_after is None or second_after in line:
+            break
+    with contextlib.suppress(ProcessLookupError):  # it may have ended already
         os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=10)
-    err = "".join(seen) + err
+    return proc, "".join(seen) + err
+
+
+def test_a_second_ctrl_c_while_lipbench_ends_exits_130_too(write_suite, tmp_path: Path) -> None:
+    """The second Ctrl-C can come after the first stop has finished, while the process saves and exits
+    (CI saw it: Python's own handler was back, and the process died of the signal, status -2)."""
+    proc, err = _ctrl_c_twice(write_suite, tmp_path, second_after="resume with:")  # lipbench's last line
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    _no_process_left(proc.pid)
+
+
+def test_a_second_ctrl_c_exits_at_once(write_suite, tmp_path: Path) -> None:
+    proc, err = _ctrl_c_twice(write_suite, tmp_path, second_after=None)  # while the workers are being stopped
     assert proc.returncode == 130, err
     # while stopping, the second exits at once; when the stop had already ended, the process was exiting 130
     assert "SIGINT again: exiting now" in err or "resume with:" in err, err
