@@ -56,7 +56,6 @@ from lipbench.suite import ResolvedClaim
 
 MOVED = (StatOutcome.REGRESSED, StatOutcome.IMPROVED)  # a false alarm when only the seeds changed
 FALSE_ALARM_TARGET = ALPHA  # per comparison
-REPLICATES = UNIT_REPLICATES
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,7 @@ def false_alarm_rate(
 
 
 def calibrate_claim(
-    claim: ResolvedClaim, *, reps: int = REPLICATES, baselines: Path | None = None, families=NOISE_FAMILIES
+    claim: ResolvedClaim, *, reps: int = UNIT_REPLICATES, baselines: Path | None = None, families=NOISE_FAMILIES
 ) -> list[CalibrationRow]:
     """Simulate the claim's design under its null, its stated alternative and a seeds-only change."""
     spec = claim.claim.assertion
@@ -310,7 +309,7 @@ def calibrate_claim_records(
 def calibrate(
     claims: list[ResolvedClaim],
     *,
-    reps: int = REPLICATES,
+    reps: int = UNIT_REPLICATES,
     baselines: Path | None = None,
     families=NOISE_FAMILIES,
     record_reps: int = RECORD_REPLICATES,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import os
 import shlex
 import signal
 import sys
@@ -41,7 +40,7 @@ from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
 from lipbench.compare import compare_rows, compare_table, load_side, sides
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
-from lipbench.executors import Interrupted
+from lipbench.executors import Interrupted, exit_at_once
 from lipbench.explain import explain
 from lipbench.folders import writable_folder
 from lipbench.history import from_mlflow, from_results, print_history, series
@@ -53,11 +52,6 @@ from lipbench.provenance import BISECT_SKIP, bisecting
 from lipbench.report import write_history_page, write_report
 from lipbench.results import environment, load_outcome, load_result
 from lipbench.suite import BASE_PROFILE, ResolvedClaim, load_claim
-
-
-def _exit_now(signum: int, frame: object) -> None:
-    os.write(2, f"lipbench: {signal.Signals(signum).name} again: exiting now\n".encode())
-    os._exit(130)
 
 
 def _ignore_signals_if(stopped: threading.Event) -> None:
@@ -93,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if as_program:  # stopping: a further signal, while the process saves and exits, exits at once
             stopped.set()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, _exit_now)
+                signal.signal(sig, exit_at_once)
         if not isinstance(e, Interrupted):
             console.errors.print("lipbench: interrupted; finished claims are saved under the results folder")
         if args.command in ("run", "baseline"):

@@ -55,6 +55,12 @@ class Interrupted(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
+def exit_at_once(signum: int, frame: object = None) -> None:
+    """A signal after a stop was asked for: say so and end the process now, status 130 (a signal handler)."""
+    os.write(2, f"lipbench: {signal.Signals(signum).name} again: exiting now\n".encode())
+    os._exit(130)
+
+
 class StopSignals:
     """SIGINT and SIGTERM while collecting: the first asks for a stop, the second exits at once.
 
@@ -87,8 +93,7 @@ class StopSignals:
             for stop in self._on_exit:
                 with contextlib.suppress(Exception):
                     stop()
-            os.write(2, f"lipbench: {name} again: exiting now\n".encode())
-            os._exit(130)
+            exit_at_once(signum)
         self.requested = name
         if self._raise_now:
             raise Interrupted(name)
