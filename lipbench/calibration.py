@@ -38,16 +38,8 @@ import numpy as np
 
 from lipbench import simulate
 from lipbench.assertions.base import NOISE_FAMILIES, POWER_TARGET, RNG_SEED, Assertion, Design, wilson
-from lipbench.baselines import (
-    ALPHA,
-    BaselineError,
-    baseline_path,
-    build_baseline,
-    compare_tracked,
-    default_root,
-    judge_against,
-    read_baseline,
-)
+from lipbench.baselines import ALPHA, build_baseline, compare_tracked, judge_against
+from lipbench.design import design_model, stored_units
 from lipbench.inconclusive import EQUIVALENCE, intervals_of, straddling
 from lipbench.options import RECORD_REPLICATES, UNIT_REPLICATES
 from lipbench.outcome import StatOutcome, Verdict
@@ -157,42 +149,6 @@ def nominal_alpha(spec: Assertion) -> float:
     return (1 - float(spec.confidence)) / 2
 
 
-def design_of(claim: ResolvedClaim) -> Design:
-    c = claim.claim
-    return Design(
-        tuple(c.sweep.values) if c.sweep else None,
-        c.seeds.init,
-        c.seeds.sampling,
-        c.scenario.steps // c.scenario.record_every + 1,
-        c.scenario.steps,
-    )
-
-
-def baseline_data(claim: ResolvedClaim, baselines: Path | None) -> dict[str, Any] | None:
-    """The units the claim's stored baseline was decided on, if there is a readable one for its scenario."""
-    root = baselines if baselines is not None else default_root(claim.file)
-    path = baseline_path(root, claim.collection, claim.name, claim.profile)
-    if not path.exists():
-        return None
-    try:
-        doc = read_baseline(path)
-    except BaselineError:
-        return None
-    return (doc.get("assertion") or {}).get("details", {}).get("data") or None
-
-
-def model_of(claim: ResolvedClaim, baselines: Path | None) -> tuple[dict[str, Any], str]:
-    """The generative model's parameters: fitted to the claim's stored baseline units, else the defaults."""
-    spec = claim.claim.assertion
-    data = baseline_data(claim, baselines)
-    if data:
-        try:
-            return spec.fit(data), "baseline"
-        except (ValueError, KeyError, TypeError):
-            pass
-    return spec.default_model(design_of(claim)), "default"
-
-
 def false_alarm_rate(
     spec: Assertion, design: Design, params: dict[str, Any], rng: np.random.Generator, reps: int, family: str
 ) -> Rate | None:
@@ -214,8 +170,9 @@ def calibrate_claim(
 ) -> list[CalibrationRow]:
     """Simulate the claim's design under its null, its stated alternative and a seeds-only change."""
     spec = claim.claim.assertion
-    design = design_of(claim)
-    params, source = model_of(claim, baselines)
+    design = claim.design
+    model = design_model(claim, baselines)
+    params, source = model.params, model.source
     scenarios = spec.scenarios(params)
     nulls = [v for k, v in scenarios.items() if k.startswith("null")]
     null_fallback = scenarios["alternative"] if source == "default" else scenarios["fitted"]
@@ -279,9 +236,10 @@ def calibrate_claim_records(
     spec = claim.claim.assertion
     if spec.test not in simulate.RECORD_TESTS:
         return []
-    params, source = model_of(claim, baselines)
-    data = baseline_data(claim, baselines) if source == "baseline" else None
-    residuals = simulate.baseline_residuals(spec.test, data) if data else None
+    model = design_model(claim, baselines)
+    params, source = model.params, model.source
+    stored = stored_units(claim, baselines) if source == "baseline" else None
+    residuals = simulate.baseline_residuals(spec.test, stored[0]) if stored else None
     scenarios = spec.scenarios(params)
     nulls = [v for k, v in scenarios.items() if k.startswith("null")]
     fallback = scenarios["fitted"] if source == "baseline" else scenarios["alternative"]

@@ -38,6 +38,7 @@ from lipbench.baselines import (
 from lipbench.cache import RunCache
 from lipbench.calibration import COLUMNS, calibrate, table_rows, write_outputs
 from lipbench.compare import compare_rows, compare_table, load_side, sides
+from lipbench.design import design_check
 from lipbench.discovery import suite_files
 from lipbench.errors import LipbenchError, SuiteError
 from lipbench.executors import Interrupted, exit_at_once
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check suite files (every profile) without running them")
     selection(val)
+    add_to_parser(val, "baselines")
     val.set_defaults(func=cmd_validate)
 
     cal = sub.add_parser(
@@ -209,18 +211,22 @@ def load_claims(args) -> tuple[list[ResolvedClaim], list[SuiteError]]:
 
 def cmd_validate(args) -> int:
     """Exit 2 for a file that cannot be loaded; 1 for a design that cannot reach its power under some profile
-    (`run` makes it an ERROR verdict, exit 1); else 0."""
+    (`run` makes it an ERROR verdict, exit 1); else 0. An expected failure's power shortfall is a note."""
     claims, problems = load_claims(args)
     console.say_problems(problems)
     designs = 0
+    root = Path(args.baselines) if args.baselines else None
     for c in claims:
         for profile in c.profiles or (BASE_PROFILE,):
             resolved = c if profile == c.profile else load_claim(c.file, profile, args.overrides)
-            design = resolved.design_problem()
-            if design:
-                line = f"lipbench: error: {c.file}: seeds/sweep: [profile {profile}] {design}"
+            check = design_check(resolved, root)
+            if check.problem:
+                line = f"lipbench: error: {c.file}: seeds/sweep: [profile {profile}] {check.problem}"
                 console.errors.print(line, markup=False, soft_wrap=True)
                 designs += 1
+            elif check.note:
+                line = f"lipbench: note: {c.file}: [profile {profile}, expect: fail] {check.note}"
+                console.errors.print(line, markup=False, soft_wrap=True)
     if not problems and not designs:
         console.out.print(f"{len(claims)} suite files are valid (every profile)")
     return 2 if problems else 1 if designs else 0

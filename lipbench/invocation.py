@@ -149,6 +149,7 @@ class Invocation:
             executor=o.executor,
             ray_address=o.ray_address,
             cache=self.cache,
+            baselines=self.session.baselines,
             on_progress=on_progress,
             on_claim_done=done,
         )

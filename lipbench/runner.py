@@ -1,7 +1,8 @@
 """Plans the runs of claims, trains them in long-lived worker processes, and judges each claim.
 
-The runner knows nothing of MLflow, baselines or the terminal: callers pass `on_progress`
-and `on_claim_done` and do their own logging, so the CLI and the pytest plugin share it.
+The runner knows nothing of MLflow or the terminal, and reads baselines only for the design check's
+model (`lipbench.design`): callers pass `on_progress` and `on_claim_done` and do their own logging and
+baseline comparison, so the CLI and the pytest plugin share it.
 The torch modules (engine, ensemble, data) are imported inside the functions that train, so
 planning and judging claims loads no torch.
 """
@@ -12,8 +13,10 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from lipbench.cache import RunCache, adopt, run_key
+from lipbench.design import design_check
 from lipbench.devices import resolve_device
 from lipbench.ensemble_support import group_specs, members_independent
 from lipbench.executors import StopSignals, check_executor, run_units
@@ -44,6 +47,7 @@ def run_claims(
     executor: str = "local",
     ray_address: str | None = None,
     cache: RunCache | None = None,
+    baselines: Path | None = None,
 ) -> list[ClaimOutcome]:
     """Train every run of every claim (in parallel when workers > 1) and judge each claim.
 
@@ -57,6 +61,9 @@ def run_claims(
     SIGINT or SIGTERM stops the collection: `executors.Interrupted` is raised once every
     finished run has been delivered (and cached), and claims finished by then have had
     `on_claim_done`.
+
+    `baselines`: the folder whose stored baselines the design check fits its model to (None: each suite
+    file's own, `baselines.default_root`).
     """
     if engine not in ENGINES:
         raise ValueError(f"`engine` must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}.")
@@ -66,8 +73,9 @@ def run_claims(
     outcomes: dict[ClaimKey, ClaimOutcome] = {}
     pending: dict[ClaimKey, list[RunSpec]] = {}
     started: dict[ClaimKey, float] = {}
+    notes: dict[ClaimKey, str | None] = {}
     for claim in claims:
-        problem = _precheck(claim, device)
+        problem, notes[claim.key] = _precheck(claim, device, baselines)
         if problem is not None:
             outcomes[claim.key] = problem
         else:
@@ -77,7 +85,7 @@ def run_claims(
     done_records: dict[ClaimKey, list[RunRecord]] = {key: [] for key in pending}
 
     def finish(key: ClaimKey) -> None:
-        outcome = judge(by_key[key], done_records[key], time.perf_counter() - started[key])
+        outcome = judge(by_key[key], done_records[key], time.perf_counter() - started[key], design_note=notes[key])
         outcomes[key] = outcome
         if on_claim_done:
             on_claim_done(outcome)
@@ -167,11 +175,18 @@ def _cost(spec: RunSpec) -> float:
     return spec.scenario.steps * (batch + 64)  # + a per-step overhead
 
 
-def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0, reasons: bool = True) -> ClaimOutcome:
+def judge(
+    claim: ResolvedClaim,
+    records: list[RunRecord],
+    seconds: float = 0.0,
+    reasons: bool = True,
+    design_note: str | None = None,
+) -> ClaimOutcome:
     """The claim's status from its records: ERROR if any run failed, else the assertion's verdict.
 
     `reasons=False` leaves out of an INCONCLUSIVE sentence the seeds the design would need (a simulation
-    of its own); the status does not depend on it."""
+    of its own); the status does not depend on it. `design_note`: an expected failure's power shortfall
+    (`lipbench.design`), which its XFAIL or XPASS sentence states."""
     records = sorted(records, key=lambda r: r.run_id)
     problems = [r.problem for r in records if not r.ok]
     if problems:
@@ -188,6 +203,9 @@ def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0, 
         return ClaimOutcome(claim, Verdict.ERROR, records, error=error, seconds=seconds)
     if claim.claim.expect == "fail":
         status = Verdict.XPASS if result.passed else Verdict.XFAIL
+        if design_note:
+            note = f"Expected to fail on a design short of power, so no evidence against the claim: {design_note}"
+            result = dataclasses.replace(result, sentence=f"{result.sentence} {note}")
     elif result.passed:
         status = Verdict.PASS
     else:
@@ -199,11 +217,14 @@ def judge(claim: ResolvedClaim, records: list[RunRecord], seconds: float = 0.0, 
     return ClaimOutcome(claim, status, records, result=result, seconds=seconds)
 
 
-def _precheck(claim: ResolvedClaim, device: str) -> ClaimOutcome | None:
+def _precheck(claim: ResolvedClaim, device: str, baselines: Path | None) -> tuple[ClaimOutcome | None, str | None]:
+    """An outcome decided before training (SKIPPED, or ERROR for a design that cannot be run), and an
+    expected failure's design note."""
     if claim.claim.scenario.device == "cuda" and not device.startswith("cuda"):
-        return ClaimOutcome(claim, Verdict.SKIPPED, error="needs a CUDA device (scenario.device: cuda); none is in use")
-    problem = claim.design_problem()
-    if problem:
-        error = f"{claim.file}: seeds/sweep/record_every: {problem.rstrip('.')}"
-        return ClaimOutcome(claim, Verdict.ERROR, error=error)
-    return None
+        error = "needs a CUDA device (scenario.device: cuda); none is in use"
+        return ClaimOutcome(claim, Verdict.SKIPPED, error=error), None
+    check = design_check(claim, baselines)
+    if check.problem:
+        error = f"{claim.file}: seeds/sweep/record_every: {check.problem.rstrip('.')}"
+        return ClaimOutcome(claim, Verdict.ERROR, error=error), None
+    return None, check.note

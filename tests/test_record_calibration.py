@@ -14,7 +14,8 @@ import pytest
 
 from lipbench.assertions.base import wilson
 from lipbench.assertions.init import DESIGN_LAYER, finite_size_ratio
-from lipbench.calibration import calibrate_claim_records, model_of
+from lipbench.calibration import calibrate_claim_records
+from lipbench.design import design_check, design_model
 from lipbench.outcome import Verdict
 from lipbench.runner import judge
 from lipbench.simulate import simulate_records
@@ -28,7 +29,7 @@ def claim(name: str, profile: str = "quick", overrides: tuple[str, ...] = ()):
 
 
 def records(c, family: str = "normal", scenario: str = "alternative", seed: int = 0):
-    params, _ = model_of(c, None)
+    params = design_model(c).params
     return simulate_records(c, c.claim.assertion.scenarios(params)[scenario], family, np.random.default_rng(seed))
 
 
@@ -116,14 +117,16 @@ def test_k_identical_across_sampling_seeds_is_an_error_not_an_exponent() -> None
 @pytest.mark.parametrize("family", ["lognormal", "t3", "uneven_spread"])
 def test_invariance_holds_alpha_when_k_is_skewed_heavy_tailed_or_unevenly_spread(family: str) -> None:
     # CV exactly at the 5 % limit, the rest fitted to the baseline. On 3 x 5 runs without a kurtosis
-    # floor this simulation gives 7.1 % (log-normal, skewness 2), 7.2 % (t3) and 2.0 % (uneven CV).
+    # floor this simulation gave 7.1 % (log-normal, skewness 2), 7.2 % (t3) and 2.0 % (uneven CV).
     c = claim("seed_invariance")
-    params, _ = model_of(c, None)
+    params = design_model(c).params
     null = c.claim.assertion.scenarios(params)["null"]
-    rate, _, _ = pass_rate(c, null, family, 400)
-    assert rate <= c.claim.assertion.alpha, rate
+    # Held within the Monte-Carlo interval, as calibrate counts a target met: on 6 x 6 runs, t3 gives
+    # 4.5 % [3.6, 5.7] over 1500 sets; 1000 sets fail this for a true rate from about 6.5 %.
+    rate, low, _ = pass_rate(c, null, family, 1000)
+    assert low <= c.claim.assertion.alpha, rate
     old = claim("seed_invariance", "quick", ("seeds.init=3", "seeds.sampling=5"))
-    assert "power" in old.design_problem()  # the floor's price: 3 x 5 runs no longer reach 0.8 at CV 2.5 %
+    assert "power" in design_check(old).problem  # the floor's price: 3 x 5 runs no longer reach 0.8 at CV 2.5 %
 
 
 @pytest.mark.parametrize("profile", ["quick", "paper"])
@@ -133,9 +136,9 @@ def test_init_scaling_has_power_at_the_finite_size_ratio(profile: str) -> None:
     c = claim("initialization", profile)
     mean, sd = finite_size_ratio(*DESIGN_LAYER)
     assert mean == pytest.approx(0.9716, abs=0.001) and sd == pytest.approx(0.024, abs=0.001)
-    assert c.design_problem() is None and c.claim.seeds.init >= 12
+    assert design_check(c).problem is None and c.claim.seeds.init >= 12
     ten = claim("initialization", profile, ("seeds.init=10",))
-    assert "power" in ten.design_problem()
+    assert "power" in design_check(ten).problem
     layers = {"mean": [0.992, 0.994, mean], "sd": [0.008, 0.005, sd]}  # 256 x 512, 512 x 784, 10 x 256
     rate, _, high = pass_rate(c, layers, "normal", 300)
     assert high >= 0.8, rate
@@ -151,7 +154,7 @@ def test_a_conditional_verdict_says_which_init_draws_it_speaks_for(name: str) ->
     outcome = judge(c, records(c, "init_specific"))
     assert "for these 3 init draws" in outcome.result.sentence
     one = claim(name, "quick", ("seeds.init=1",))
-    assert "at least 2 init seeds" in one.design_problem()
+    assert "at least 2 init seeds" in design_check(one).problem
 
 
 def test_the_record_path_reports_every_family_of_a_test() -> None:

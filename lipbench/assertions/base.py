@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -561,38 +562,49 @@ class Assertion(BaseModel):
         sampling_seeds: int,
         records_per_run: int,
         steps: int = 0,
+        model: dict[str, Any] | None = None,
+        model_label: str = "the assertion's default model",
     ) -> str | None:
-        """Why the planned design can never pass, or cannot reach power 0.8 at the stated alternative; None if fine."""
+        """Why the planned design can never pass, or cannot reach power 0.8 at the stated alternative under
+        `model` (None: ``default_model``); None if fine. ``lipbench.design`` checks a claim's design."""
         sweep = None
         if isinstance(sweep_values, int):
             sweep = tuple(float(v) for v in range(1, sweep_values + 1)) if sweep_values > 1 else None
         elif len(sweep_values) > 0:
             sweep = tuple(float(v) for v in sweep_values)
         design = Design(sweep, init_seeds, sampling_seeds, records_per_run, steps)
-        problem = self.structural_problem(design)
-        if problem:
-            return problem
-        power, high = design_power(self, design)
-        if high < POWER_TARGET:
-            return (
-                f"{self.test} with this design ({design.sweep_values} sweep values x {init_seeds} init x "
-                f"{sampling_seeds} sampling seeds) has power {fmt(power, 2)} at the alternative it states "
-                f"(simulated, 95% upper bound {fmt(high, 2)}), below {POWER_TARGET}; add seeds or sweep values."
-            )
-        return None
+        return self.structural_problem(design) or self.power_problem(design, model, model_label)
+
+    def power_problem(
+        self, design: Design, model: dict[str, Any] | None = None, model_label: str = "the assertion's default model"
+    ) -> str | None:
+        """Why `design` cannot reach power 0.8 at the stated alternative under `model`; None if it can."""
+        power, high = design_power(self, design, model)
+        if high >= POWER_TARGET:
+            return None
+        return (
+            f"{self.test} with this design ({design.sweep_values} sweep values x {design.init_seeds} init x "
+            f"{design.sampling_seeds} sampling seeds) has power {fmt(power, 2)} at the alternative it states "
+            f"under {model_label} (simulated, 95% upper bound {fmt(high, 2)}), below {POWER_TARGET}; "
+            "add seeds or sweep values."
+        )
 
 
 @functools.lru_cache(maxsize=256)
-def _design_power_cached(cls: type[Assertion], spec_json: str, design: Design) -> tuple[float, float]:
+def _design_power_cached(
+    cls: type[Assertion], spec_json: str, design: Design, model_json: str | None
+) -> tuple[float, float]:
     spec = cls.model_validate_json(spec_json)
-    params = spec.scenarios(spec.default_model(design))["alternative"]
+    model = json.loads(model_json) if model_json is not None else spec.default_model(design)
+    params = spec.scenarios(model)["alternative"]
     rng = np.random.default_rng(RNG_SEED)
     data = spec.simulate(design, params, rng, DESIGN_REPLICATES, "normal")
     passes = int(np.sum(spec.decide(data).passed))
     return passes / DESIGN_REPLICATES, wilson(passes, DESIGN_REPLICATES)[1]
 
 
-def design_power(spec: Assertion, design: Design) -> tuple[float, float]:
-    """Simulated power (and its 95% upper bound) of ``spec`` on ``design`` at its stated alternative,
-    under its default generative model (normal noise); cached per (spec, design)."""
-    return _design_power_cached(type(spec), spec.model_dump_json(), design)
+def design_power(spec: Assertion, design: Design, model: dict[str, Any] | None = None) -> tuple[float, float]:
+    """Simulated power (and its 95% upper bound) of ``spec`` on ``design`` at its stated alternative, with
+    normal noise, under `model` (None: its default generative model); cached per (spec, design, model)."""
+    model_json = None if model is None else json.dumps(model, sort_keys=True)
+    return _design_power_cached(type(spec), spec.model_dump_json(), design, model_json)

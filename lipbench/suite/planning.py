@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lipbench.assertions.base import Design
 from lipbench.errors import SuiteError
 from lipbench.suite.schema import Claim, Scenario
 
@@ -90,16 +91,16 @@ class ResolvedClaim:
     def model_steps(self) -> int:
         return sum(r.scenario.steps for r in self.runs())
 
-    def design_problem(self) -> str | None:
-        """A configuration that can never reach its alpha is found before any training."""
+    @property
+    def design(self) -> Design:
+        """What the claim plans, as its assertion's design check and calibration read it."""
         c = self.claim
-        records = c.scenario.steps // c.scenario.record_every + 1
-        return c.assertion.check_design(
-            sweep_values=tuple(c.sweep.values) if c.sweep else 1,
-            init_seeds=c.seeds.init,
-            sampling_seeds=c.seeds.sampling,
-            records_per_run=records,
-            steps=c.scenario.steps,
+        return Design(
+            tuple(c.sweep.values) if c.sweep else None,
+            c.seeds.init,
+            c.seeds.sampling,
+            c.scenario.steps // c.scenario.record_every + 1,
+            c.scenario.steps,
         )
 
 
