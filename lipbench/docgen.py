@@ -61,8 +61,9 @@ NOTES: dict[str, str] = {
     ),
     "expect": (
         "`fail` marks a claim known not to reproduce: reported XFAIL while it fails and XPASS when it holds "
-        "(both exit 0). `empirical` asks a claim whose theory assumes plain SGD (the SDE terms, the variance "
-        "prediction) of another optimiser or schedule: it runs, is judged as usual, and its verdict says so."
+        "(both exit 0); a design short of power under the model fitted to its baseline is not refused for it, "
+        "and its sentence says so. `empirical` asks a claim whose theory assumes plain SGD (the SDE terms, the "
+        "variance prediction) of another optimiser or schedule: it runs, is judged as usual, and its verdict says so."
     ),
     "expect_reason": "One sentence on why the claim does not reproduce; required with `expect: fail`.",
     "strict": "With `expect: fail`, an XPASS fails the run (exit 1).",

@@ -86,9 +86,18 @@ def test_an_expected_failure_short_of_power_runs_and_its_sentence_says_so(tmp_pa
     assert "no evidence against the claim" in outcome.result.sentence and check.note in outcome.result.sentence
 
 
-def test_validate_notes_the_shipped_expected_failures_short_of_power(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(ROOT / "suites")]) == 0
+def test_validate_notes_an_expected_failure_short_of_power(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "implications" / "seed_invariance.yaml"  # the collection the shipped baseline is stored under
+    suite.parent.mkdir()
+    text = INVARIANCE.read_text().replace("seeds: {init: 6, sampling: 6}", "seeds: {init: 3, sampling: 5}")
+    suite.write_text(text + "    expect: fail\n    expect_reason: too few runs\n")
+    assert main(["validate", str(suite), "--baselines", str(ROOT / "baselines")]) == 0
     err = capsys.readouterr().err
-    notes = [line for line in err.splitlines() if line.startswith("lipbench: note: ")]
-    assert notes and all("[profile quick, expect: fail]" in line for line in notes), err
-    assert not [line for line in err.splitlines() if line.startswith("lipbench: error")]
+    [note] = [line for line in err.splitlines() if line.startswith("lipbench: note: ")]
+    assert "[profile quick, expect: fail]" in note and "fitted to the stored baseline" in note, err
+    assert "lipbench: error" not in err
+
+
+def test_every_shipped_design_has_its_power_under_the_fitted_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(ROOT / "suites")]) == 0
+    assert "lipbench: error" not in capsys.readouterr().err

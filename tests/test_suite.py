@@ -82,7 +82,7 @@ def test_shipped_suites_exist() -> None:
 #: (The quick hashes of batch_size and both variance_prediction files moved afterwards with their
 #: sampling-seed counts, and those of seed_invariance (5 x 6 runs) and initialization (13 init draws)
 #: with theirs; initialization_width's (widths 16-128, 4 init draws), seed_invariance's (6 x 6), the
-#: decompositions' (10 runs) and sde_agreement's (8 runs) when the design check sized them on the fitted
+#: decompositions' (10 or 20 runs) and sde_agreement's (8 runs) when the design check sized them on the fitted
 #: model: design changes for power that come with new baselines.)
 SHIPPED_HASHES: dict[str, dict[str, str]] = json.loads(
     (Path(__file__).parent / "fixtures/scenario_hashes.json").read_text()
