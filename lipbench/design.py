@@ -2,10 +2,11 @@
 
 A design (sweep values, init and sampling seeds, records per run) is refused when the test can never
 decide on it (``Assertion.structural_problem``) or when its simulated power at the alternative the
-suite states is below ``POWER_TARGET``. The power is simulated under a generative model of the test's
-units: fitted to the claim's stored baseline where one exists whose scenario equals this one apart
-from its seeds (the spread these runs really have), else the assertion's default model. A design
-change that alters only the seeds keeps the fitted model: that is how a design is resized.
+suite states is below ``POWER_TARGET``. The power is simulated, with normal noise, under a generative
+model of the test's units: fitted to the claim's stored baseline where one exists whose scenario equals
+this one apart from its seeds and its `expect` (the spread these runs really have), else the
+assertion's default model. A design change that alters only the seeds keeps the fitted model: that is
+how a design is resized.
 
 A profile that expects the claim to fail (``expect: fail``) states already that it does not confirm
 the claim; its power shortfall is not an ERROR but a note the XFAIL or XPASS sentence carries, so that
