@@ -16,10 +16,14 @@ an ERROR for every profile.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from lipbench.assertions.base import Assertion, Design
 from lipbench.baselines import BaselineError, baseline_path, changed_keys, default_root, read_baseline, scenario_dump
 from lipbench.suite import ResolvedClaim
 
@@ -35,13 +39,15 @@ class DesignModel:
 
     params: dict[str, Any]
     source: str  # "baseline" (fitted to a stored baseline's units) or "default"
-    path: Path | None = None  # the baseline fitted
+    path: Path | None = None  # the baseline fitted (or, with "default", the one that gave no model)
 
     @property
     def label(self) -> str:
-        if self.source == "baseline" and self.path is not None:
-            shown = self.path.relative_to(Path.cwd()) if self.path.is_relative_to(Path.cwd()) else self.path
+        shown = self.path and (self.path.relative_to(Path.cwd()) if self.path.is_relative_to(Path.cwd()) else self.path)
+        if self.source == "baseline":
             return f"the model fitted to the stored baseline {shown}"
+        if shown:
+            return f"the assertion's default model (the stored baseline {shown} gives no model to fit)"
         return "the assertion's default model (no stored baseline of this scenario)"
 
 
@@ -74,11 +80,30 @@ def design_model(claim: ResolvedClaim, root: Path | None = None) -> DesignModel:
     spec = claim.claim.assertion
     stored = stored_units(claim, root)
     if stored is not None:
-        try:
-            return DesignModel(spec.fit(stored[0]), "baseline", stored[1])
-        except (ValueError, KeyError, TypeError):
-            pass
-    return DesignModel(spec.default_model(claim.design), "default")
+        params = _fitted(spec, claim.design, stored[0])
+        if params is not None:
+            return DesignModel(params, "baseline", stored[1])
+    return DesignModel(spec.default_model(claim.design), "default", stored[1] if stored else None)
+
+
+def _fitted(spec: Assertion, design: Design, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The model fitted to a baseline's units, if they give one this design can be simulated from (a baseline
+    edited by hand, or of data the test cannot fit, gives None rather than a traceback before training)."""
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params = spec.fit(data)
+            if not all(np.isfinite(v).all() for v in _numbers(params)):
+                return None
+            alternative = spec.scenarios(params)["alternative"]
+            spec.decide(spec.simulate(design, alternative, np.random.default_rng(0), 2, "normal"))
+    except (ValueError, KeyError, TypeError, IndexError, ArithmeticError):
+        return None
+    return params
+
+
+def _numbers(params: dict[str, Any]) -> list[np.ndarray]:
+    return [np.asarray(v, dtype=float) for v in params.values() if isinstance(v, (int, float, list))]
 
 
 def design_check(claim: ResolvedClaim, root: Path | None = None) -> DesignCheck:

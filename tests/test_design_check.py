@@ -101,3 +101,19 @@ def test_validate_notes_an_expected_failure_short_of_power(tmp_path: Path, capsy
 def test_every_shipped_design_has_its_power_under_the_fitted_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(ROOT / "suites")]) == 0
     assert "lipbench: error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("units", [[[1.0]], [[-1.0, 2.0], [3.0, 4.0]], "abc"], ids=["one value", "other shape", "text"])
+def test_a_baseline_that_gives_no_model_falls_back_to_the_default_and_says_so(
+    tmp_path: Path, units, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A baseline edited by hand: fitting it divided by zero or broadcast shapes (a traceback before training).
+    root = tmp_path / "baselines"
+    (root / "implications").mkdir(parents=True)
+    doc = json.loads((STORED / "initialization_width.quick.json").read_text())
+    doc["assertion"]["details"]["data"]["y"] = units
+    (root / "implications" / "initialization_width.quick.json").write_text(json.dumps(doc))
+    model = design_model(load_claim(WIDTH, "quick"), root)
+    assert model.source == "default" and "gives no model to fit" in model.label
+    assert main(["validate", str(WIDTH), "--baselines", str(root)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
