@@ -39,8 +39,8 @@ import numpy as np
 from lipbench import simulate
 from lipbench.assertions.base import NOISE_FAMILIES, POWER_TARGET, RNG_SEED, Assertion, Design, wilson
 from lipbench.baselines import ALPHA, build_baseline, compare_tracked, judge_against
-from lipbench.design import design_model, stored_units
-from lipbench.inconclusive import EQUIVALENCE, intervals_of, straddling
+from lipbench.design import design_model
+from lipbench.inconclusive import EQUIVALENCE, undecided_flags
 from lipbench.options import RECORD_REPLICATES, UNIT_REPLICATES
 from lipbench.outcome import StatOutcome, Verdict
 from lipbench.runner import judge
@@ -191,10 +191,8 @@ def calibrate_claim(
 
 def _undecided_units(spec: Assertion, decision) -> Rate | None:
     """The share of replicates that are INCONCLUSIVE (not passed, an interval straddling its band)."""
-    found = intervals_of(spec, decision)
-    if found is None:
-        return None
-    return Rate.of(~np.asarray(decision.passed) & straddling(found))
+    flags = undecided_flags(spec, decision)
+    return None if flags is None else Rate.of(flags)
 
 
 def _undecided_records(spec: Assertion, outcomes) -> Rate | None:
@@ -238,8 +236,7 @@ def calibrate_claim_records(
         return []
     model = design_model(claim, baselines)
     params, source = model.params, model.source
-    stored = stored_units(claim, baselines) if source == "baseline" else None
-    residuals = simulate.baseline_residuals(spec.test, stored[0]) if stored else None
+    residuals = simulate.baseline_residuals(spec.test, model.units) if model.units else None
     scenarios = spec.scenarios(params)
     nulls = [v for k, v in scenarios.items() if k.startswith("null")]
     fallback = scenarios["fitted"] if source == "baseline" else scenarios["alternative"]

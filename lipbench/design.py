@@ -16,21 +16,27 @@ an ERROR for every profile.
 
 from __future__ import annotations
 
+import functools
+import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lipbench.assertions.base import Assertion, Design
+from lipbench.assertions.base import DESIGN_REPLICATES, POWER_TARGET, RNG_SEED, Assertion, Design, wilson
 from lipbench.baselines import BaselineError, baseline_path, changed_keys, default_root, read_baseline, scenario_dump
+from lipbench.numbers import fmt
+from lipbench.records import jsonable
 from lipbench.suite import ResolvedClaim
 
 #: Keys whose change leaves each run's distribution as it was: a baseline that differs from the claim in
 #: these only still describes its runs' spread (the seeds resize the design; `expect` is what the suite
 #: expects of the verdict).
 SAME_RUNS = ("seeds.", "expect:")
+DEFAULT_LABEL = "the assertion's default model"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class DesignModel:
     params: dict[str, Any]
     source: str  # "baseline" (fitted to a stored baseline's units) or "default"
     path: Path | None = None  # the baseline fitted (or, with "default", the one that gave no model)
+    units: dict[str, Any] | None = None  # the baseline's units it was fitted to
 
     @property
     def label(self) -> str:
@@ -47,8 +54,8 @@ class DesignModel:
         if self.source == "baseline":
             return f"the model fitted to the stored baseline {shown}"
         if shown:
-            return f"the assertion's default model (the stored baseline {shown} gives no model to fit)"
-        return "the assertion's default model (no stored baseline of this scenario)"
+            return f"{DEFAULT_LABEL} (the stored baseline {shown} gives no model to fit)"
+        return f"{DEFAULT_LABEL} (no stored baseline of this scenario)"
 
 
 @dataclass(frozen=True)
@@ -80,15 +87,15 @@ def design_model(claim: ResolvedClaim, root: Path | None = None) -> DesignModel:
     spec = claim.claim.assertion
     stored = stored_units(claim, root)
     if stored is not None:
-        params = _fitted(spec, claim.design, stored[0])
+        params = fitted_model(spec, claim.design, stored[0])
         if params is not None:
-            return DesignModel(params, "baseline", stored[1])
+            return DesignModel(params, "baseline", stored[1], stored[0])
     return DesignModel(spec.default_model(claim.design), "default", stored[1] if stored else None)
 
 
-def _fitted(spec: Assertion, design: Design, data: dict[str, Any]) -> dict[str, Any] | None:
-    """The model fitted to a baseline's units, if they give one this design can be simulated from (a baseline
-    edited by hand, or of data the test cannot fit, gives None rather than a traceback before training)."""
+def fitted_model(spec: Assertion, design: Design, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The model fitted to units (a baseline's, or a result's), if they give one `design` can be simulated from
+    (units edited by hand, of data the test cannot fit, or of a test without a model give None, not a traceback)."""
     try:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -97,13 +104,68 @@ def _fitted(spec: Assertion, design: Design, data: dict[str, Any]) -> dict[str, 
                 return None
             alternative = spec.scenarios(params)["alternative"]
             spec.decide(spec.simulate(design, alternative, np.random.default_rng(0), 2, "normal"))
-    except (ValueError, KeyError, TypeError, IndexError, ArithmeticError):
+    except (NotImplementedError, ValueError, KeyError, TypeError, IndexError, ArithmeticError):
         return None
     return params
 
 
 def _numbers(params: dict[str, Any]) -> list[np.ndarray]:
     return [np.asarray(v, dtype=float) for v in params.values() if isinstance(v, (int, float, list))]
+
+
+@functools.lru_cache(maxsize=256)
+def _design_power_cached(
+    cls: type[Assertion], spec_json: str, design: Design, model_json: str | None
+) -> tuple[float, float]:
+    spec = cls.model_validate_json(spec_json)
+    model = json.loads(model_json) if model_json is not None else spec.default_model(design)
+    params = spec.scenarios(model)["alternative"]
+    rng = np.random.default_rng(RNG_SEED)
+    data = spec.simulate(design, params, rng, DESIGN_REPLICATES, "normal")
+    passes = int(np.sum(spec.decide(data).passed))
+    return passes / DESIGN_REPLICATES, wilson(passes, DESIGN_REPLICATES)[1]
+
+
+def design_power(spec: Assertion, design: Design, model: dict[str, Any] | None = None) -> tuple[float, float]:
+    """Simulated power (and its 95% upper bound) of ``spec`` on ``design`` at its stated alternative, with
+    normal noise, under `model` (None: its default generative model); cached per (spec, design, model)."""
+    model_json = None if model is None else json.dumps(model, sort_keys=True, default=jsonable)
+    return _design_power_cached(type(spec), spec.model_dump_json(), design, model_json)
+
+
+def power_problem(
+    spec: Assertion, design: Design, model: dict[str, Any] | None = None, model_label: str = DEFAULT_LABEL
+) -> str | None:
+    """Why `design` cannot reach power 0.8 at the stated alternative under `model`; None if it can."""
+    power, high = design_power(spec, design, model)
+    if high >= POWER_TARGET:
+        return None
+    return (
+        f"{spec.test} with this design ({design.sweep_values} sweep values x {design.init_seeds} init x "
+        f"{design.sampling_seeds} sampling seeds) has power {fmt(power, 2)} at the alternative it states "
+        f"under {model_label} (simulated, 95% upper bound {fmt(high, 2)}), below {POWER_TARGET}; "
+        "add seeds or sweep values."
+    )
+
+
+def check_design(
+    spec: Assertion,
+    *,
+    sweep_values: int | Sequence[float],
+    init_seeds: int,
+    sampling_seeds: int,
+    records_per_run: int,
+    steps: int = 0,
+) -> str | None:
+    """Why a planned design (given by its counts) can never pass, or cannot reach power 0.8 at the stated
+    alternative under the assertion's default model; None if fine. A claim's design: ``design_check``."""
+    sweep = None
+    if isinstance(sweep_values, int):
+        sweep = tuple(float(v) for v in range(1, sweep_values + 1)) if sweep_values > 1 else None
+    elif len(sweep_values) > 0:
+        sweep = tuple(float(v) for v in sweep_values)
+    design = Design(sweep, init_seeds, sampling_seeds, records_per_run, steps)
+    return spec.structural_problem(design) or power_problem(spec, design)
 
 
 def design_check(claim: ResolvedClaim, root: Path | None = None) -> DesignCheck:
@@ -115,7 +177,7 @@ def design_check(claim: ResolvedClaim, root: Path | None = None) -> DesignCheck:
     if problem:
         return DesignCheck(problem)
     model = design_model(claim, root)
-    shortfall = spec.power_problem(design, model.params, model.label)
+    shortfall = power_problem(spec, design, model.params, model.label)
     if shortfall and claim.claim.expect == "fail":
         return DesignCheck(None, shortfall)
     return DesignCheck(shortfall)

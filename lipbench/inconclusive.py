@@ -6,25 +6,19 @@ several intervals, one of them does) — evidence against the claim, FAIL; or it
 of the band — the design cannot decide, INCONCLUSIVE. The reason says, as benchstat does for too
 few samples, how many seeds the design would need: the smallest design, scaling the seeds of the
 claim's unit of replication, whose power at the alternative the suite states reaches
-``POWER_TARGET``, by the simulation ``check_design`` runs, with the generative model fitted to
+``POWER_TARGET``, by the simulation the design check runs (``lipbench.design``), with the model fitted to
 these runs' units (their spread, not the default one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lipbench.assertions.base import (
-    DESIGN_REPLICATES,
-    POWER_TARGET,
-    RNG_SEED,
-    Assertion,
-    AssertionResult,
-    Decision,
-    Design,
-)
+from lipbench.assertions.base import POWER_TARGET, Assertion, AssertionResult, Decision, Design
+from lipbench.design import design_power, fitted_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,12 +79,17 @@ def inconclusive_rate(
 ) -> float | None:
     """The share of `reps` simulated replicates (the calibration's generative model at `params`) that are
     INCONCLUSIVE: not passed, with an interval straddling its band; None for a test without a band."""
-    data = spec.simulate(design, params, rng, reps, family)
-    d = spec.decide(data)
-    found = intervals_of(spec, d)
+    flags = undecided_flags(spec, spec.decide(spec.simulate(design, params, rng, reps, family)))
+    return None if flags is None else float(np.mean(flags))
+
+
+def undecided_flags(spec: Assertion, decision: Decision) -> np.ndarray | None:
+    """Per replicate of `decision`: INCONCLUSIVE (not passed, an interval straddling its band); None for a test
+    without a band."""
+    found = intervals_of(spec, decision)
     if found is None:
         return None
-    return float(np.mean(~np.asarray(d.passed) & straddling(found)))
+    return ~np.asarray(decision.passed) & straddling(found)
 
 
 def needed_seeds(claim: ResolvedClaim, result: AssertionResult) -> str:
@@ -99,29 +98,19 @@ def needed_seeds(claim: ResolvedClaim, result: AssertionResult) -> str:
     spec, c = claim.claim.assertion, claim.claim
     data = (result.details or {}).get("data")
     axis = "init" if spec.test == "init_scaling" else "sampling"
-    try:
-        params = spec.scenarios(spec.fit(data))["alternative"]
-    except (NotImplementedError, KeyError, TypeError, ValueError):
+    model = fitted_model(spec, claim.design, data) if data else None
+    if model is None:
         return "the design's power cannot be simulated from these units"
-    records = c.scenario.steps // c.scenario.record_every + 1
-    sweep = tuple(c.sweep.values) if c.sweep else None
     for factor in FACTORS:
         init = c.seeds.init * (factor if axis == "init" else 1)
         sampling = c.seeds.sampling * (factor if axis == "sampling" else 1)
-        design = Design(sweep, init, sampling, records, c.scenario.steps)
+        design = dataclasses.replace(claim.design, init_seeds=init, sampling_seeds=sampling)
         if spec.structural_problem(design):
             continue
-        if power(spec, design, params) >= POWER_TARGET:
+        if design_power(spec, design, model)[0] >= POWER_TARGET:
             return f"about {init if axis == 'init' else sampling} {axis} seeds (x{factor}) would decide it"
     most = (c.seeds.init if axis == "init" else c.seeds.sampling) * FACTORS[-1]
     return f"more than {most} {axis} seeds would be needed to decide it"
-
-
-def power(spec: Assertion, design: Design, params: dict[str, Any]) -> float:
-    """The pass rate of ``spec`` on ``design`` when its data follow ``params`` (as check_design simulates)."""
-    rng = np.random.default_rng(RNG_SEED)
-    data = spec.simulate(design, params, rng, DESIGN_REPLICATES, "normal")
-    return float(np.mean(spec.decide(data).passed))
 
 
 def undecided(claim: ResolvedClaim, frame: pd.DataFrame, result: AssertionResult, reason: bool = True) -> str | None:

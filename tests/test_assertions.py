@@ -25,6 +25,7 @@ from lipbench.assertions import (
 )
 from lipbench.assertions.base import wilson
 from lipbench.calibration import false_alarm_rate
+from lipbench.design import check_design
 
 REPS = 1000
 PAPER_BATCH = Design((32, 64, 96, 128, 160, 192, 224, 256), 3, 12, 11, 2000)
@@ -80,13 +81,14 @@ def test_power_law_has_power_at_minus_one_on_the_shipped_design() -> None:
 
 def test_power_law_refuses_designs_that_cannot_confirm() -> None:
     spec = PowerLaw()
-    assert "at least 4 sweep values" in spec.check_design(
-        sweep_values=(32, 64, 128), init_seeds=2, sampling_seeds=8, records_per_run=5
+    assert "at least 4 sweep values" in check_design(
+        spec, sweep_values=(32, 64, 128), init_seeds=2, sampling_seeds=8, records_per_run=5
     )
-    assert "power" in spec.check_design(
-        sweep_values=OLD_PAPER_BATCH.sweep, init_seeds=2, sampling_seeds=8, records_per_run=5
+    assert "power" in check_design(
+        spec, sweep_values=OLD_PAPER_BATCH.sweep, init_seeds=2, sampling_seeds=8, records_per_run=5
     )
-    assert spec.check_design(sweep_values=PAPER_BATCH.sweep, init_seeds=3, sampling_seeds=12, records_per_run=5) is None
+    design = {"init_seeds": 3, "sampling_seeds": 12, "records_per_run": 5}
+    assert check_design(spec, sweep_values=PAPER_BATCH.sweep, **design) is None
 
 
 def test_power_law_zero_spread_is_an_error() -> None:

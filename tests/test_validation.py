@@ -28,6 +28,7 @@ from lipbench.assertions import (
     VariancePrediction,
     VarianceScaling,
 )
+from lipbench.design import check_design
 from lipbench.errors import SuiteError
 from lipbench.suite import load_claim
 from lipbench.torch.sde import hessian_quadratic_form, hessian_trace, measure_sde_terms
@@ -247,8 +248,8 @@ def test_sde_agreement_fails_when_eps_is_left_out():
 
 
 def test_sde_agreement_design_and_data_errors():
-    assert SDEAgreement().check_design(sweep_values=1, init_seeds=2, sampling_seeds=1, records_per_run=10)
-    assert SDEAgreement().check_design(sweep_values=1, init_seeds=4, sampling_seeds=1, records_per_run=10) is None
+    assert check_design(SDEAgreement(), sweep_values=1, init_seeds=2, sampling_seeds=1, records_per_run=10)
+    assert check_design(SDEAgreement(), sweep_values=1, init_seeds=4, sampling_seeds=1, records_per_run=10) is None
     with pytest.raises(AssertionDataError, match="sde_drift"):
         SDEAgreement().evaluate(_sde_records(3).drop(columns="sde_drift"))
 
@@ -274,10 +275,11 @@ def test_variance_prediction_fails_two_orders_of_magnitude_off(noise):
 def test_variance_prediction_pools_init_seeds_and_checks_its_design():
     res = VariancePrediction().evaluate(_sde_records(8, beta2=4e-5, init_seeds=2, seed=5))
     assert 7 < res.details["groups"][0]["df"] <= 14  # crossed design: Satterthwaite df between one and two inits
-    assert VariancePrediction().check_design(sweep_values=1, init_seeds=1, sampling_seeds=3, records_per_run=5)
+    assert check_design(VariancePrediction(), sweep_values=1, init_seeds=1, sampling_seeds=3, records_per_run=5)
     # 8 seeds of one init reach power 0.76 once the interval also holds under skewed K (the jackknife); 12 reach 0.8
-    assert VariancePrediction().check_design(sweep_values=1, init_seeds=1, sampling_seeds=8, records_per_run=5)
-    assert VariancePrediction().check_design(sweep_values=1, init_seeds=1, sampling_seeds=12, records_per_run=5) is None
+    assert check_design(VariancePrediction(), sweep_values=1, init_seeds=1, sampling_seeds=8, records_per_run=5)
+    twelve = check_design(VariancePrediction(), sweep_values=1, init_seeds=1, sampling_seeds=12, records_per_run=5)
+    assert twelve is None
 
 
 def _scaling_records(observed_exponent: float, predicted_exponent: float, seed: int = 0) -> pd.DataFrame:

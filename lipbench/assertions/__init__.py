@@ -25,7 +25,6 @@ from lipbench.assertions.base import (
     Decision,
     Design,
     Tracked,
-    design_power,
 )
 from lipbench.assertions.init import InitScaling
 from lipbench.assertions.sde import SDE_TERMS, SDEAgreement, VariancePrediction, VarianceScaling
@@ -52,7 +51,6 @@ __all__ = [
     "VarianceScaling",
     "assertion_model",
     "available_tests",
-    "design_power",
     "plugin_assertion",
 ]
 

@@ -2,9 +2,10 @@
 
 An assertion is a pydantic params model (the ``assertion:`` block of a suite file) that
 
-- checks a planned design before any training (``check_design``): structural limits first, then
-  its power at the alternative the suite states, by the same simulation ``lipbench calibrate``
-  runs;
+- states the designs it can never decide on (``structural_problem``) and the generative model of
+  its units (``fit``, ``default_model``, ``scenarios``, ``simulate``), from which the design check
+  (``lipbench.design.check_design``) simulates its power before any training and ``lipbench
+  calibrate`` its error rates;
 - turns records into its *data*: a few numpy arrays of the independent units it decides on
   (``extract``), and decides, vectorised over replicates, from such arrays (``decide``);
 - wraps both into an ``AssertionResult`` (``evaluate``).
@@ -19,8 +20,6 @@ recorded quantities.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -553,58 +552,3 @@ class Assertion(BaseModel):
             details=details,
             tracked=self.tracked_of(d),
         )
-
-    def check_design(
-        self,
-        *,
-        sweep_values: int | Sequence[float],
-        init_seeds: int,
-        sampling_seeds: int,
-        records_per_run: int,
-        steps: int = 0,
-        model: dict[str, Any] | None = None,
-        model_label: str = "the assertion's default model",
-    ) -> str | None:
-        """Why the planned design can never pass, or cannot reach power 0.8 at the stated alternative under
-        `model` (None: ``default_model``); None if fine. ``lipbench.design`` checks a claim's design."""
-        sweep = None
-        if isinstance(sweep_values, int):
-            sweep = tuple(float(v) for v in range(1, sweep_values + 1)) if sweep_values > 1 else None
-        elif len(sweep_values) > 0:
-            sweep = tuple(float(v) for v in sweep_values)
-        design = Design(sweep, init_seeds, sampling_seeds, records_per_run, steps)
-        return self.structural_problem(design) or self.power_problem(design, model, model_label)
-
-    def power_problem(
-        self, design: Design, model: dict[str, Any] | None = None, model_label: str = "the assertion's default model"
-    ) -> str | None:
-        """Why `design` cannot reach power 0.8 at the stated alternative under `model`; None if it can."""
-        power, high = design_power(self, design, model)
-        if high >= POWER_TARGET:
-            return None
-        return (
-            f"{self.test} with this design ({design.sweep_values} sweep values x {design.init_seeds} init x "
-            f"{design.sampling_seeds} sampling seeds) has power {fmt(power, 2)} at the alternative it states "
-            f"under {model_label} (simulated, 95% upper bound {fmt(high, 2)}), below {POWER_TARGET}; "
-            "add seeds or sweep values."
-        )
-
-
-@functools.lru_cache(maxsize=256)
-def _design_power_cached(
-    cls: type[Assertion], spec_json: str, design: Design, model_json: str | None
-) -> tuple[float, float]:
-    spec = cls.model_validate_json(spec_json)
-    model = json.loads(model_json) if model_json is not None else spec.default_model(design)
-    params = spec.scenarios(model)["alternative"]
-    rng = np.random.default_rng(RNG_SEED)
-    data = spec.simulate(design, params, rng, DESIGN_REPLICATES, "normal")
-    passes = int(np.sum(spec.decide(data).passed))
-    return passes / DESIGN_REPLICATES, wilson(passes, DESIGN_REPLICATES)[1]
-
-
-def design_power(spec: Assertion, design: Design, model: dict[str, Any] | None = None) -> tuple[float, float]:
-    """Simulated power (and its 95% upper bound) of ``spec`` on ``design`` at its stated alternative, with
-    normal noise, under `model` (None: its default generative model); cached per (spec, design, model)."""
-    model_json = None if model is None else json.dumps(model, sort_keys=True)
-    return _design_power_cached(type(spec), spec.model_dump_json(), design, model_json)
